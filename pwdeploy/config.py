@@ -1,0 +1,203 @@
+"""Typed run configuration: defaults < dataset YAML (configs/NAME.yaml or --config) < command-line flags.
+
+Built once, validated (unknown keys and wrong types name the key), written to the run's config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class PWSettings:
+    gamma: float = 1.0
+    min_weight: float = 0.5
+    # Paper: soft target from the original model where it was right, hard label where it was wrong.
+    label_correction: bool = True
+
+
+@dataclass
+class DataSettings:
+    name: str = "synthetic"
+    root: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelSettings:
+    arch: str = "smallcnn"
+    num_classes: int | None = None
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 128
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    num_workers: int = 0
+
+
+@dataclass
+class PruneSettings:
+    method: str = "taylor"
+    flops_reduction: float = 0.75
+    # taylor: gradient batches per importance estimate, optimizer steps between pruning steps
+    taylor_batches: int = 4
+    steps_between: int = 10
+    # autobot: bottleneck training steps and FLOPs-penalty weight
+    autobot_steps: int = 200
+    autobot_lr: float = 0.05
+    autobot_flops_weight: float = 4.0
+    # never remove more than this fraction of a layer's channels
+    max_layer_reduction: float = 0.95
+
+
+@dataclass
+class RunConfig:
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    loss: str = "pw"
+    # pw settings per pruning method; "default" applies where a method has none
+    pw: dict[str, PWSettings] = field(default_factory=lambda: {"default": PWSettings()})
+    prune: PruneSettings = field(default_factory=PruneSettings)
+    retrain: TrainSettings = field(default_factory=TrainSettings)
+    baseline: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=15, lr=3e-3))
+    flops_reductions: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9])
+    # where the PW loss is applied (paper's ablation): importance, retraining, or both
+    pw_applies_to: str = "both"
+    # group-aware extension (not the paper's method): rebalance PW weights so each group carries equal weight
+    group_balanced: bool = False
+    target: str = "onnx-fp32"
+    seed: int = 0
+    device: str = "auto"
+
+    def pw_for(self, method: str | None = None) -> PWSettings:
+        return self.pw.get(method or self.prune.method) or self.pw.get("default") or PWSettings()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "loss": ("pw", "ce"),
+    "prune.method": ("taylor", "autobot", "magnitude"),
+    "pw_applies_to": ("both", "importance", "retraining"),
+    "retrain.optimizer": ("adamw", "sgd"),
+    "retrain.schedule": ("cosine", "constant"),
+}
+
+
+def _build(cls, data: Any, where: str):
+    """Dataclass ``cls`` from ``data`` with type checks; errors name the dotted key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {_key(where, unknown[0])!r}: known keys are {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(hints[k], v, _key(where, k)) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _coerce(tp, value, key: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        return _coerce(tp, value, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        return {k: _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()} if args else dict(value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads 1e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, str, bool, float) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"config key {key!r} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    return data
+
+
+def dataset_config_path(name: str) -> Path | None:
+    path = CONFIG_DIR / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def build_config(overrides: dict | None = None, *, config_file: str | Path | None = None,
+                 data_name: str | None = None) -> RunConfig:
+    """Defaults, then the dataset's YAML (or ``config_file``), then ``overrides`` (from CLI flags)."""
+    overrides = overrides or {}
+    name = data_name or overrides.get("data", {}).get("name")
+    layers: dict = {}
+    path = Path(config_file) if config_file else (dataset_config_path(name) if name else None)
+    if path is not None:
+        layers = load_yaml(path)
+        # flags pick the dataset; a file written for another dataset must not swap it silently
+    merged = _merge(layers, overrides)
+    config = _build(RunConfig, merged, "")
+    for key, allowed in CHOICES.items():
+        obj = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            obj = getattr(obj, p)
+        if getattr(obj, leaf) not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(obj, leaf)!r}")
+    if not 0.0 <= config.prune.flops_reduction < 1.0:
+        raise ConfigError(f"--flops-reduction must be in [0, 1), got {config.prune.flops_reduction}")
+    return config
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    """Rebuild a RunConfig from a run's config.json (its extra keys such as versions are ignored)."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    return _build(RunConfig, {k: v for k, v in d.items() if k in known}, "")

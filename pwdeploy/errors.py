@@ -1,0 +1,19 @@
+"""User-facing errors. The CLI prints their message on one line and exits 2; gate failures exit 1."""
+
+
+class PwdeployError(Exception):
+    """Bad input from the user: the message names the problem and the fix."""
+
+    exit_code = 2
+
+
+class DataError(PwdeployError):
+    """A dataset is missing, malformed or inconsistent with the model."""
+
+
+class ModelError(PwdeployError):
+    """A model file or architecture cannot be loaded as asked."""
+
+
+class ConfigError(PwdeployError):
+    """A configuration file or flag combination is invalid."""

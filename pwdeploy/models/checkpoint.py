@@ -1,0 +1,120 @@
+"""pwdeploy checkpoints: architecture + weights + pruned layer shapes, loadable with ``weights_only=True``.
+
+A pruned model cannot be rebuilt from its architecture name alone, so the checkpoint records, per layer,
+the integer attributes pruning changes (channels, features, groups). Loading builds the architecture,
+applies those attributes, resizes parameters to the stored shapes and loads the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..fsutil import atomic_path
+from . import create_model
+
+FORMAT = "pwdeploy.checkpoint/1"
+# Integer attributes torch-pruning rewrites when it removes channels.
+SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features")
+
+
+def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
+    shapes = {}
+    for name, module in model.named_modules():
+        attrs = {a: int(getattr(module, a)) for a in SHAPE_ATTRS if isinstance(getattr(module, a, None), int)}
+        if attrs:
+            shapes[name] = attrs
+    return shapes
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, arch: str, num_classes: int,
+                    meta: dict[str, Any] | None = None) -> None:
+    payload = {
+        "format": FORMAT,
+        "arch": arch,
+        "num_classes": int(num_classes),
+        "layer_shapes": layer_shapes(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def build_from_checkpoint(payload: dict) -> nn.Module:
+    model = create_model(payload["arch"], payload["num_classes"])
+    modules = dict(model.named_modules())
+    for name, attrs in payload.get("layer_shapes", {}).items():
+        if name in modules:
+            for attr, value in attrs.items():
+                setattr(modules[name], attr, value)
+    state = payload["state_dict"]
+    for key, tensor in state.items():
+        owner_name, _, leaf = key.rpartition(".")
+        owner = modules.get(owner_name)
+        if owner is None:
+            continue
+        if leaf in owner._parameters and owner._parameters[leaf] is not None:
+            if owner._parameters[leaf].shape != tensor.shape:
+                owner._parameters[leaf] = nn.Parameter(torch.empty_like(tensor))
+        elif leaf in owner._buffers and owner._buffers[leaf] is not None:
+            if owner._buffers[leaf].shape != tensor.shape:
+                owner._buffers[leaf] = torch.empty_like(tensor)
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
+               trust_pickle: bool = False) -> tuple[nn.Module, dict]:
+    """Load ``path`` as a pwdeploy checkpoint, a state dict (+ arch/num_classes) or, if trusted, a pickle.
+
+    Returns the model (eval mode, CPU) and a description: arch, num_classes, meta, kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for non-weights files
+        if not trust_pickle:
+            raise ModelError(f"{path} is not a weights-only file (a pickled module?): re-save it with "
+                             "model.state_dict() and pass --arch/--num-classes, or pass --trust-pickle "
+                             "if you trust its source") from exc
+        module = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(module, nn.Module):
+            raise ModelError(f"{path} holds a {type(module).__name__}, not a torch.nn.Module") from exc
+        if arch is None:
+            raise ModelError("a pickled module needs --arch (and --num-classes) so the run can be reloaded "
+                             "without pickle later")
+        return module.eval(), {"kind": "pickle", "arch": arch, "num_classes": num_classes or _out_dim(module),
+                               "meta": {}}
+
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        model = build_from_checkpoint(payload)
+        return model.eval(), {"kind": "checkpoint", "arch": payload["arch"],
+                              "num_classes": payload["num_classes"], "meta": payload.get("meta", {})}
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        if arch is None or num_classes is None:
+            raise ModelError(f"{path} is a plain state dict: pass --arch (e.g. torchvision:resnet18) and "
+                             "--num-classes so pwdeploy can build the model")
+        model = create_model(arch, num_classes)
+        try:
+            model.load_state_dict(payload)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelError(f"state dict in {path} does not fit --arch {arch} --num-classes {num_classes}: "
+                             f"{first}") from exc
+        return model.eval(), {"kind": "state_dict", "arch": arch, "num_classes": num_classes, "meta": {}}
+    raise ModelError(f"{path} is neither a pwdeploy checkpoint nor a state dict: save model.state_dict() "
+                     "and pass --arch/--num-classes")
+
+
+def _out_dim(module: nn.Module) -> int:
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ModelError("cannot infer the class count of the pickled module: pass --num-classes")
+    return linears[-1].out_features
