@@ -56,6 +56,7 @@ class PruneSettings:
     # taylor: gradient batches per importance estimate, optimizer steps between pruning steps
     taylor_batches: int = 4
     steps_between: int = 10
+    taylor_lr: float = 0.01
     # autobot: bottleneck training steps and FLOPs-penalty weight
     autobot_steps: int = 200
     autobot_lr: float = 0.05
@@ -126,7 +127,7 @@ def _coerce(tp, value, key: str):
         return _coerce(tp, value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
         return {k: _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()} if args else dict(value)
@@ -177,7 +178,7 @@ def build_config(overrides: dict | None = None, *, config_file: str | Path | Non
                  data_name: str | None = None) -> RunConfig:
     """Defaults, then the dataset's YAML (or ``config_file``), then ``overrides`` (from CLI flags)."""
     overrides = overrides or {}
-    name = data_name or overrides.get("data", {}).get("name")
+    name = data_name or overrides.get("data", {}).get("name") or (None if config_file else "synthetic")
     layers: dict = {}
     path = Path(config_file) if config_file else (dataset_config_path(name) if name else None)
     if path is not None:

@@ -17,3 +17,9 @@ class ModelError(PwdeployError):
 
 class ConfigError(PwdeployError):
     """A configuration file or flag combination is invalid."""
+
+
+class GateFailed(PwdeployError):
+    """An artifact failed the per-group accuracy gate; the message names the failed group(s)."""
+
+    exit_code = 1

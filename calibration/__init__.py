@@ -1,0 +1,13 @@
+"""INT8 post-training calibration: a group-stratified calibration set, its provenance, and Q/DQ quantization.
+
+Heavy imports (onnxruntime.quantization) live in ``calibration.quantize`` and load only when quantizing.
+"""
+
+from .provenance import StaleCalibrationError, check_fresh, indices_sha256, make_provenance
+from .sampler import CalibrationSample, stratified_sample
+
+METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_SIZE = 512
+
+__all__ = ["CalibrationSample", "DEFAULT_SIZE", "METHODS", "StaleCalibrationError", "check_fresh",
+           "indices_sha256", "make_provenance", "stratified_sample"]

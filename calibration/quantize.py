@@ -1,0 +1,115 @@
+"""Explicit INT8 quantization: a Q/DQ ONNX made with ONNX Runtime's ``quantize_static``.
+
+Settings follow what TensorRT consumes for explicit quantization: QDQ format, signed INT8 activations and
+weights, symmetric (zero point 0: TensorRT's only supported scheme), per-channel weight scales.
+
+Weights use 7 bits by default (``reduce_range``, still symmetric with zero point 0, so TensorRT takes them):
+ONNX Runtime's x86 INT8 kernels on CPUs without VNNI multiply u8×s8 pairs into saturating 16-bit sums, and
+with full 8-bit weights that silently corrupts results. On this project's CI CPU (AVX2, no VNNI) a pruned
+SmallCNN lost 17.8 points on one group that way while the same Q/DQ graph, evaluated without the fused
+kernels, lost nothing. ``full_range_weights=True`` gives TensorRT-only deployments the last bit back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from pwdeploy.errors import PwdeployError
+
+ORT_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+# Batches per calibration pass: histogram calibrators keep every activation of a pass in memory.
+BATCHES_PER_PASS = 4
+
+
+class IndexedCalibrationReader(CalibrationDataReader):
+    """Feeds ``load(i)`` images for the chosen indices in batches; supports ORT's strided (chunked) passes."""
+
+    def __init__(self, load: Callable[[int], np.ndarray], indices: np.ndarray, input_name: str,
+                 batch_size: int = 32, on_batch: Callable[[int], None] | None = None):
+        self._load, self._input, self._on_batch = load, input_name, on_batch
+        idx = np.asarray(indices, dtype=np.int64)
+        self._batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+        self.set_range(0, len(self._batches))
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._pending = iter(self._batches[start_index:end_index])
+
+    def get_next(self):
+        batch = next(self._pending, None)
+        if batch is None:
+            return None
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        return {self._input: np.stack([self._load(int(i)) for i in batch]).astype(np.float32)}
+
+
+def _stride(num_batches: int) -> int:
+    """Largest batch count <= BATCHES_PER_PASS dividing ``num_batches`` (ORT requires an exact split)."""
+    return max(d for d in range(1, min(BATCHES_PER_PASS, num_batches) + 1) if num_batches % d == 0)
+
+
+def quantize_int8(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike, reader: IndexedCalibrationReader,
+                  *, method: str = "minmax", ranges_cache: str | os.PathLike | None = None,
+                  full_range_weights: bool = False) -> dict:
+    """Write a Q/DQ INT8 model of ``fp32_onnx`` to ``out_path`` (the caller makes it atomic).
+
+    ``ranges_cache``: ORT's JSON of calibrated tensor ranges; reused when present (the caller checks it is
+    not stale), written after calibrating otherwise. Returns the settings used.
+    """
+    if method not in ORT_METHODS:
+        raise PwdeployError(f"unknown calibration method {method!r}: use one of {', '.join(ORT_METHODS)}")
+    if len(reader) == 0 and not (ranges_cache and Path(ranges_cache).is_file()):
+        raise PwdeployError("the calibration set is empty: check the training split of the run's dataset")
+    extra = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "CalibStridedMinMax": _stride(max(1, len(reader))),  # chunked passes (any method), bounded memory
+    }
+    settings = {"format": "QDQ", "activation_type": "int8", "weight_type": "int8", "symmetric": True,
+                "per_channel": True, "weight_bits": 8 if full_range_weights else 7, "method": method,
+                "tool": "onnxruntime.quantization.quantize_static"}
+    with tempfile.TemporaryDirectory(prefix="pwdeploy-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Shape inference + graph optimisation first, as ORT recommends; fall back to the raw model if the
+        # symbolic shape pass cannot handle a graph.
+        with _quiet():
+            try:
+                quant_pre_process(str(fp32_onnx), str(prepared))
+                settings["pre_process"] = True
+            except Exception:  # noqa: BLE001 - optional step
+                prepared = Path(fp32_onnx)
+                settings["pre_process"] = False
+            quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            reduce_range=not full_range_weights, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=ORT_METHODS[method], extra_options=extra,
+                            calibration_cache_path=str(ranges_cache) if ranges_cache else None)
+    return settings
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The entropy/percentile calibrators print progress to stdout; keep the CLI's output clean."""
+    import logging
+
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # ORT logs a pre-processing hint through the root logger
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,308 @@
+"""Precision targets for a run directory: fp32 / fp16 / INT8 Q/DQ ONNX and, where possible, a TensorRT engine.
+
+``export_target(run_dir, target)`` reads what it needs from the run's files (compress calls it before the
+run is marked complete), writes every artifact atomically, records each in report.json ``"artifacts"``
+(sha256, precision, provenance) and returns what it did. It also writes ``verification_set.npz`` (the test
+images with the PyTorch models' logits) so `pwdeploy verify` can check the artifacts without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pwdeploy import rundir
+from pwdeploy.errors import PwdeployError
+from pwdeploy.fsutil import atomic_path, read_json, sha256_file, write_json
+from pwdeploy.verification_set import FILENAME as VERIFICATION_SET
+
+TARGETS = ("onnx-fp32", "onnx-fp16", "onnx-int8", "trt-fp32", "trt-fp16", "trt-int8")
+ONNX_FOR_PRECISION = {"fp32": rundir.MODEL_ONNX, "fp16": rundir.FP16_ONNX, "int8": rundir.INT8_ONNX}
+CALIBRATION_JSON = "calibration.json"  # provenance of the INT8 scales
+CALIBRATION_RANGES = "calibration_ranges.json"  # ONNX Runtime's calibrated tensor ranges (reusable cache)
+
+
+def target_precision(target: str) -> str:
+    check_target(target)
+    return target.split("-", 1)[1]
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise PwdeployError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+
+
+def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int = 512, calib_method: str = "minmax",
+                  seed: int = 0, console=None, recalibrate: bool = False, calib_shares: dict | None = None,
+                  int8_full_range: bool = False) -> dict:
+    """Make ``target``'s artifacts in ``run_dir`` and record them in its report.json. Returns
+    ``{"target", "precision", "artifact", "verify", "engine", "artifacts"}`` where ``verify`` is the file
+    `pwdeploy verify` checks for this target (the engine if built here, else the ONNX it is built from)."""
+    from calibration import METHODS
+
+    check_target(target)
+    if calib_method not in METHODS:
+        raise PwdeployError(f"unknown --calib-method {calib_method!r}: use one of {', '.join(METHODS)}")
+    run = Path(run_dir)
+    console = console or _default_console()
+    config = _read(run, rundir.CONFIG)
+    report_path = run / rundir.REPORT
+    report = read_json(report_path) if report_path.is_file() else {}
+    model_onnx = run / rundir.MODEL_ONNX
+    if not model_onnx.is_file():
+        raise PwdeployError(f"{run} has no {rundir.MODEL_ONNX}: re-run 'pwdeploy compress' to recreate the run")
+    precision = target_precision(target)
+    input_shape = tuple(config.get("input_shape") or report.get("input_shape"))
+    input_name = report.get("input_name", "input")
+    model_sha = sha256_file(model_onnx)
+
+    artifacts = dict(report.get("artifacts", {}))
+    artifacts[rundir.MODEL_ONNX] = {"sha256": model_sha, "precision": "fp32", "role": "pruned",
+                                    "runtime": "onnxruntime", "target": "onnx-fp32"}
+    if (run / rundir.ORIGINAL_ONNX).is_file():
+        artifacts[rundir.ORIGINAL_ONNX] = {"sha256": sha256_file(run / rundir.ORIGINAL_ONNX), "precision": "fp32",
+                                           "role": "original", "runtime": "onnxruntime"}
+    vs_record = ensure_verification_set(run, config, seed=seed, console=console)
+    if vs_record is not None:
+        artifacts[VERIFICATION_SET] = vs_record
+
+    onnx_name = ONNX_FOR_PRECISION[precision]
+    if precision == "fp16":
+        artifacts[onnx_name] = _export_fp16(run, model_onnx, model_sha, console)
+    elif precision == "int8":
+        artifacts[onnx_name] = _export_int8(run, config, model_onnx, model_sha, input_name, calib_size=calib_size,
+                                            method=calib_method, seed=seed, recalibrate=recalibrate,
+                                            shares=calib_shares, full_range=int8_full_range, console=console)
+    artifacts[onnx_name]["target"] = f"onnx-{precision}"
+
+    engine = None
+    verify_name = onnx_name
+    if target.startswith("trt-"):
+        engine = _engine(run, onnx_name, precision, input_name, input_shape, console)
+        if engine["built"]:
+            artifacts[rundir.ENGINE] = {"sha256": sha256_file(run / rundir.ENGINE), "precision": precision,
+                                        "runtime": "tensorrt", "target": target, "engine": engine}
+            verify_name = rundir.ENGINE
+        else:
+            artifacts[onnx_name]["engine"] = engine
+            artifacts.pop(rundir.ENGINE, None)
+        artifacts["build_engine.sh"] = {"sha256": sha256_file(run / "build_engine.sh"), "role": "engine build "
+                                        "script for the target device", "from": onnx_name, "precision": precision}
+
+    report = read_json(report_path) if report_path.is_file() else {}  # re-read: keep others' keys current
+    report["artifacts"] = artifacts
+    report["targets"] = sorted(set(report.get("targets", [])) | {target})
+    if engine is not None:
+        report["engine"] = engine
+    write_json(report_path, report)
+    return {"target": target, "precision": precision, "artifact": onnx_name, "verify": verify_name,
+            "engine": engine, "artifacts": {k: artifacts[k] for k in (onnx_name, verify_name)}}
+
+
+# --- fp16 -----------------------------------------------------------------------------------------------------
+
+def _export_fp16(run: Path, model_onnx: Path, model_sha: str, console) -> dict:
+    from .fp16 import convert_fp16
+
+    with atomic_path(run / rundir.FP16_ONNX) as tmp:
+        info = convert_fp16(model_onnx, tmp)
+    kept = ", ".join(info["kept_fp32_ops"]) or "none present"
+    console.print(f"wrote {rundir.FP16_ONNX} (fp16 weights and activations, fp32 inputs/outputs; kept in fp32: "
+                  f"{kept})")
+    if info["weights_out_of_fp16_range"]:
+        console.print(f"[yellow]warning:[/] {info['weights_out_of_fp16_range']} weights exceed the fp16 range and "
+                      "were clamped: check the fp16 verification closely")
+    return {"sha256": sha256_file(run / rundir.FP16_ONNX), "precision": "fp16", "runtime": "onnxruntime",
+            "source_sha256": model_sha, "conversion": info}
+
+
+# --- INT8 ------------------------------------------------------------------------------------------------------
+
+def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, *, calib_size: int,
+                 method: str, seed: int, recalibrate: bool, shares: dict | None, full_range: bool,
+                 console) -> dict:
+    from calibration import check_fresh
+    from calibration.quantize import quantize_int8
+
+    calib_json, ranges = run / CALIBRATION_JSON, run / CALIBRATION_RANGES
+    previous = read_json(calib_json) if calib_json.is_file() else None
+    if previous is not None and not recalibrate:
+        check_fresh(previous, model_sha)  # scales from another fp32 model are refused, never reused
+    reuse = (previous is not None and not recalibrate and ranges.is_file()
+             and previous.get("model_sha256") == model_sha and previous.get("method") == method
+             and previous.get("requested_size") == calib_size and previous.get("seed") == seed
+             and previous.get("shares") == shares and previous.get("ranges_sha256") == sha256_file(ranges))
+
+    if reuse:
+        provenance = previous
+        with atomic_path(run / rundir.INT8_ONNX) as tmp:
+            settings = quantize_int8(model_onnx, tmp, _EmptyReader(), method=method, ranges_cache=ranges,
+                                     full_range_weights=full_range)
+        console.print(f"wrote {rundir.INT8_ONNX} reusing the {method} calibration of this model "
+                      f"({provenance['n']} images)")
+    else:
+        provenance, settings = _calibrate_and_quantize(run, config, model_onnx, model_sha, input_name,
+                                                       calib_size=calib_size, method=method, seed=seed,
+                                                       shares=shares, full_range=full_range, console=console)
+    return {"sha256": sha256_file(run / rundir.INT8_ONNX), "precision": "int8", "runtime": "onnxruntime",
+            "source_sha256": model_sha, "quantization": settings, "calibration": provenance}
+
+
+class _EmptyReader:
+    """Stands in for the calibration reader when the cached ranges are reused."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def get_next(self):
+        return None
+
+
+def _calibrate_and_quantize(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, *,
+                            calib_size: int, method: str, seed: int, shares: dict | None, full_range: bool,
+                            console):
+    from calibration import make_provenance, stratified_sample
+    from calibration.quantize import IndexedCalibrationReader, quantize_int8
+    from pwdeploy.data import DataSpec, create_dataset
+    from pwdeploy.progress import task
+
+    spec = DataSpec.from_dict(config["data"])
+    train = create_dataset(spec, "train")
+    sample = stratified_sample(train.groups, train.group_names, calib_size, seed=seed, shares=shares)
+    counts = ", ".join(f"{g} {n}" for g, n in sample.counts.items())
+    for note in sample.notes:
+        console.print(f"[yellow]calibration:[/] {note}")
+    with task(f"INT8 calibration ({method})", total=len(sample.indices)) as bar, \
+            tempfile.TemporaryDirectory(prefix="pwdeploy-calib-") as tmpdir:
+        reader = IndexedCalibrationReader(train.load_image, sample.indices, input_name, batch_size=32,
+                                          on_batch=bar.advance)
+        cache = Path(tmpdir) / CALIBRATION_RANGES
+        with atomic_path(run / rundir.INT8_ONNX) as tmp:
+            settings = quantize_int8(model_onnx, tmp, reader, method=method, ranges_cache=cache,
+                                     full_range_weights=full_range)
+        with atomic_path(run / CALIBRATION_RANGES) as tmp:
+            tmp.write_bytes(cache.read_bytes())
+    provenance = make_provenance(
+        method=method, model_sha256=model_sha, indices=sample.indices, per_group=sample.per_group, seed=seed,
+        split="train", dataset=train.name, notes=sample.notes, requested_size=calib_size, shares=shares,
+        ranges_sha256=sha256_file(run / CALIBRATION_RANGES), ranges_file=CALIBRATION_RANGES)
+    write_json(run / CALIBRATION_JSON, provenance)
+    console.print(f"wrote {rundir.INT8_ONNX} (INT8 Q/DQ, symmetric, per-channel {settings['weight_bits']}-bit weights; "
+                  f"{method} calibration on "
+                  f"{len(sample.indices)} training images stratified by group: {counts})")
+    return provenance, settings
+
+
+# --- TensorRT --------------------------------------------------------------------------------------------------
+
+def _engine(run: Path, onnx_name: str, precision: str, input_name: str, input_shape: tuple, console) -> dict:
+    from .tensorrt import BUILD_SCRIPT, build_engine, tensorrt_status, write_build_script
+
+    write_build_script(run, onnx_name=onnx_name, precision=precision, input_name=input_name,
+                       input_shape=input_shape)
+    status = tensorrt_status()
+    if status["available"]:
+        info = build_engine(run / onnx_name, run / rundir.ENGINE, precision=precision, input_name=input_name,
+                            input_shape=input_shape)
+        gpu = info.get("gpu") or {}
+        console.print(f"built {rundir.ENGINE} from {onnx_name} with TensorRT {info['tensorrt_version']} on "
+                      f"{gpu.get('name')} (compute capability {gpu.get('compute_capability')}); for another device "
+                      f"run {BUILD_SCRIPT} there")
+        info["build_script"] = BUILD_SCRIPT
+        return info
+    (run / rundir.ENGINE).unlink(missing_ok=True)  # never leave an engine that does not match this export
+    console.print(f"[bold yellow]TensorRT engine NOT built here:[/] {status['reason']}. The artifact verified "
+                  f"instead is [bold]{onnx_name}[/]; build the engine on the target with [bold]bash {BUILD_SCRIPT}"
+                  "[/] (TensorRT 10 and 11).")
+    return {"built": False, "reason": status["reason"], "verified_instead": onnx_name, "build_script": BUILD_SCRIPT,
+            "precision": precision, "tensorrt_version": status.get("tensorrt_version")}
+
+
+# --- verification set ------------------------------------------------------------------------------------------
+
+def ensure_verification_set(run: Path, config: dict, *, seed: int = 0, console=None) -> dict | None:
+    """Write ``verification_set.npz`` (test images + PyTorch logits of pruned.pt and original.pt) unless one for
+    these exact checkpoints exists. Returns its artifact record, or None when the run has no pruned.pt."""
+    from pwdeploy.verification_set import load_verification_set
+
+    console = console or _default_console()
+    pruned_pt, original_pt = run / rundir.PRUNED_PT, run / rundir.ORIGINAL_PT
+    if not pruned_pt.is_file():
+        console.print(f"[yellow]note:[/] {run} has no {rundir.PRUNED_PT}: no {VERIFICATION_SET} written; verify "
+                      "will need --data and torch")
+        return None
+    models = {"pruned": sha256_file(pruned_pt)}
+    if original_pt.is_file():
+        models["original"] = sha256_file(original_pt)
+    path = run / VERIFICATION_SET
+    if path.is_file():
+        try:
+            existing = load_verification_set(path)
+            if existing.meta.get("models") == models and existing.meta.get("data") == config.get("data"):
+                return _vs_record(path, existing)
+        except PwdeployError:
+            pass  # unreadable or old: rewrite it
+    vs = build_verification_set(run, config, models, seed=seed)
+    from pwdeploy.verification_set import write_verification_set
+
+    write_verification_set(path, vs)
+    what = "a group-stratified subset of" if vs.meta["subset"] else "all of"
+    console.print(f"wrote {VERIFICATION_SET}: {what} the test split, {len(vs)} images "
+                  f"({', '.join(f'{g} {n}' for g, n in vs.group_counts().items())}) with PyTorch reference logits")
+    return _vs_record(path, vs)
+
+
+def build_verification_set(run: Path, config: dict, models: dict, *, seed: int = 0):
+    from pwdeploy.data import DataSpec, create_dataset
+    from pwdeploy.progress import task
+    from pwdeploy.runners import run_batches
+    from pwdeploy.runners.torch_runner import TorchRunner
+    from pwdeploy.verification_set import VerificationSet, choose_indices
+
+    spec = DataSpec.from_dict(config["data"])
+    test = create_dataset(spec, "test")
+    if len(test) == 0:
+        raise PwdeployError(f"the test split of {test.name} is empty: check --data-root")
+    shape = tuple(config.get("input_shape") or test.preprocessing.input_shape)
+    indices = choose_indices(test.groups, len(test.group_names), 4 * int(np.prod(shape)), seed=seed)
+    with task("verification set", total=len(indices)) as bar:
+        images = np.empty((len(indices), *shape), dtype=np.float32)
+        for row, i in enumerate(indices):
+            images[row] = test.load_image(int(i))
+            bar.advance()
+    device = config.get("device", "auto")
+    logits = {}
+    for name, file in (("pruned", rundir.PRUNED_PT), ("original", rundir.ORIGINAL_PT)):
+        if name in models:
+            with TorchRunner(run / file, device=device if device in ("auto", "cpu") else "auto") as runner:
+                logits[name] = run_batches(runner, images, batch_size=256)
+    meta = {"split": "test", "subset": bool(len(indices) < len(test)), "source_n": int(len(test)),
+            "dataset": test.name, "data": config.get("data"), "models": models, "seed": int(seed),
+            "preprocessing": test.preprocessing.to_dict(), "input_shape": list(shape),
+            "logits_from": "PyTorch checkpoints of this run (pruned.pt, original.pt)"}
+    return VerificationSet(images=images, labels=test.labels[indices], groups=test.groups[indices],
+                           group_names=list(test.group_names), class_names=list(test.class_names),
+                           indices=indices, logits=logits, meta=meta)
+
+
+def _vs_record(path: Path, vs) -> dict:
+    return {"sha256": sha256_file(path), "role": "verification data (test split, preprocessed)",
+            "n": len(vs), "groups": vs.group_counts(), "subset": bool(vs.meta.get("subset")),
+            "source_n": vs.meta.get("source_n"), "logits": sorted(vs.logits)}
+
+
+def _read(run: Path, name: str) -> dict:
+    path = run / name
+    if not path.is_file():
+        raise PwdeployError(f"{run} is not a pwdeploy run directory (no {name}): pass the --out folder of "
+                            "'pwdeploy compress'")
+    return read_json(path)
+
+
+def _default_console():
+    from pwdeploy.progress import console
+
+    return console

@@ -1,0 +1,61 @@
+"""``python3 -m pwdeploy.device verify BUNDLE_DIR`` / ``install ARCHIVE DEPLOY_DIR`` (argparse: no typer here)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import EXIT_ERROR, EXIT_FAILED, EXIT_PASSED, RESULT_PREFIX
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("install", "switch"):
+        from .install import main as install_main
+
+        return install_main(argv)
+    parser = argparse.ArgumentParser(prog="python3 -m pwdeploy.device",
+                                     description="Check a pwdeploy bundle on this device.")
+    sub = parser.add_subparsers(dest="command")
+    verify = sub.add_parser("verify", help="check hashes, build the engine if needed, run the per-group gate")
+    verify.add_argument("bundle_dir", help="folder of an unpacked bundle (e.g. DEPLOY_DIR/current)")
+    verify.add_argument("--runner", default="auto", choices=("auto", "tensorrt", "onnxruntime"),
+                        help="auto: TensorRT when installed, else ONNX Runtime (default)")
+    verify.add_argument("--json", dest="json_path", default="",
+                        help="where to write the result (default BUNDLE_DIR/verify_result.json)")
+    verify.add_argument("--build-timeout", type=float, default=3600.0, help="seconds allowed for the engine build")
+    verify.add_argument("--result-line", action="store_true", help="end with a machine-readable result line")
+    verify.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub.add_parser("install", help="install ARCHIVE into DEPLOY_DIR/releases and switch DEPLOY_DIR/current")
+    sub.add_parser("switch", help="point DEPLOY_DIR/current at an installed release")
+    args = parser.parse_args(argv)
+    if args.command != "verify":
+        parser.print_help()
+        return EXIT_ERROR
+
+    from ..errors import PwdeployError
+
+    try:
+        from .verify import verify_bundle
+
+        passed, result = verify_bundle(args.bundle_dir, runner=args.runner, result_path=args.json_path,
+                                       build_timeout=args.build_timeout)
+    except PwdeployError as exc:
+        if args.debug:
+            raise
+        print("error: {}".format(exc), file=sys.stderr)
+        return EXIT_ERROR
+    except ImportError as exc:  # numpy or a runtime missing on the device
+        if args.debug:
+            raise
+        print("error: {}: install numpy and onnxruntime or TensorRT for python3 on this device "
+              "(pip3 install numpy onnxruntime)".format(exc), file=sys.stderr)
+        return EXIT_ERROR
+    if args.result_line:
+        print(RESULT_PREFIX + json.dumps(result, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    return EXIT_PASSED if passed else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

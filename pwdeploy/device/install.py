@@ -1,0 +1,214 @@
+"""Install a bundle archive on the device: unpack it into a new release folder, check it, switch `current`.
+
+Layout under DEPLOY_DIR::
+
+    releases/<bundle_id>/    one folder per installed bundle (older ones stay for rollback)
+    current -> releases/<bundle_id>
+    .incoming/               where `pwdeploy ship` uploads archives
+
+`current` is switched only after the archive's own sha256 (when given), the manifest's schema and every
+file's sha256 check out, by renaming a new symlink over the old one (atomic on POSIX): a damaged or
+interrupted transfer never replaces a working deployment. Standard library only, Python 3.8 compatible:
+`pwdeploy ship` sends this module (with safe_extract and manifest) to the device's python3 over SSH.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from typing import Any, Callable, Dict, Optional
+
+from ..errors import PwdeployError
+from ..manifest import MANIFEST, check_files, parse_manifest
+from ..safe_extract import ARCHIVE_ERRORS, check_members, read_member, safe_extract, single_root
+
+RELEASES = "releases"
+CURRENT = "current"
+INCOMING = ".incoming"
+
+
+class InstallError(PwdeployError):
+    """The archive was refused; `current` was not touched."""
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def current_release(deploy_dir: str) -> Optional[str]:
+    link = os.path.join(deploy_dir, CURRENT)
+    return os.readlink(link) if os.path.islink(link) else None
+
+
+def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = None, remove_archive: bool = False,
+            switch_current: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Unpack ``archive`` into DEPLOY_DIR/releases/<bundle_id> and (unless ``switch_current`` is False, used
+    to verify a release before it goes live) point DEPLOY_DIR/current at it."""
+    archive = os.path.abspath(os.path.expanduser(archive))
+    deploy_dir = os.path.abspath(os.path.expanduser(deploy_dir))
+    name = os.path.basename(archive)
+    previous = current_release(deploy_dir)
+    keep = "`current` still points at {}".format(previous) if previous else "nothing was deployed"
+    if not os.path.isfile(archive):
+        raise InstallError("{} not found on the device: upload it again; {}".format(archive, keep))
+    if expected_sha256:
+        actual = sha256_of(archive)
+        if actual != expected_sha256:
+            raise InstallError("{} arrived damaged (sha256 {}... differs from the sent {}...): refused, {}; "
+                               "ship it again".format(name, actual[:12], expected_sha256[:12], keep))
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            root = single_root(check_members(tar, name), name)
+    except ARCHIVE_ERRORS as exc:
+        raise InstallError("{} is not a readable bundle ({}): refused, {}; ship it again".format(name, exc, keep)) from None
+    except PwdeployError as exc:
+        raise InstallError("{}; {}".format(exc, keep)) from None
+    try:
+        raw = read_member(archive, root + "/" + MANIFEST)
+    except ARCHIVE_ERRORS as exc:
+        raise InstallError("{} is not a readable bundle ({}): refused, {}; ship it again".format(name, exc, keep)) from None
+    if raw is None:
+        raise InstallError("{} has no {}/{}: not a pwdeploy bundle; {}".format(name, root, MANIFEST, keep))
+    try:
+        manifest = parse_manifest(raw, "{}:{}/{}".format(name, root, MANIFEST))
+    except PwdeployError as exc:
+        raise InstallError("{}; refused, {}".format(exc, keep)) from None
+    bundle_id = manifest["bundle_id"]
+    if root != bundle_id:
+        raise InstallError("{}: top folder {!r} is not the manifest's bundle_id {!r}: refused, {}".format(
+            name, root, bundle_id, keep))
+
+    releases = os.path.join(deploy_dir, RELEASES)
+    os.makedirs(releases, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".unpack-", dir=releases)
+    try:
+        try:
+            safe_extract(archive, os.path.join(staging, "x"))
+        except PwdeployError as exc:
+            raise InstallError("{}; {}".format(exc, keep)) from None
+        bundle = os.path.join(staging, "x", root)
+        listed = set(manifest["files"]) | {MANIFEST}
+        present = set()
+        for dirpath, _dirs, files in os.walk(bundle):
+            for fname in files:
+                present.add(os.path.relpath(os.path.join(dirpath, fname), bundle).replace(os.sep, "/"))
+        extra = sorted(present - listed)
+        if extra:
+            raise InstallError("{}: {} is not listed in the manifest: refused, {}; re-create the bundle with "
+                               "`pwdeploy package`".format(name, extra[0], keep))
+        problems = check_files(bundle, manifest)
+        if problems:
+            raise InstallError("{}: {}{}: refused, {}; ship it again".format(
+                name, problems[0], " (and {} more)".format(len(problems) - 1) if len(problems) > 1 else "", keep))
+        release = _release_dir(releases, bundle_id, raw)
+        if os.path.isdir(release):
+            log("release {} is already installed with the same manifest: reusing it".format(release))
+        else:
+            os.rename(bundle, release)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    if remove_archive:
+        os.unlink(archive)
+    if switch_current:
+        _switch_current(deploy_dir, release)
+        log("installed {} -> {}".format(os.path.join(deploy_dir, CURRENT), os.path.relpath(release, deploy_dir)))
+    else:
+        log("unpacked and checked {} (`current` not switched yet)".format(release))
+    return {"bundle_id": bundle_id, "release": release, "current": os.path.join(deploy_dir, CURRENT),
+            "previous": previous, "switched": bool(switch_current), "files": len(manifest["files"])}
+
+
+def switch(release: str, deploy_dir: str, *, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Point DEPLOY_DIR/current at an installed release, after checking its manifest and hashes again."""
+    deploy_dir = os.path.abspath(os.path.expanduser(deploy_dir))
+    release = os.path.abspath(os.path.expanduser(release))
+    releases = os.path.join(deploy_dir, RELEASES)
+    previous = current_release(deploy_dir)
+    if os.path.dirname(release) != releases or not os.path.isdir(release) or os.path.islink(release):
+        raise InstallError("{} is not a release folder under {}: install the bundle first".format(release, releases))
+    with open(os.path.join(release, MANIFEST), "rb") as fh:
+        manifest = parse_manifest(fh.read(), os.path.join(release, MANIFEST))
+    problems = check_files(release, manifest)
+    if problems:
+        raise InstallError("{}: {}: refused, `current` still points at {}".format(release, problems[0], previous))
+    _switch_current(deploy_dir, release)
+    log("switched {} -> {}".format(os.path.join(deploy_dir, CURRENT), os.path.relpath(release, deploy_dir)))
+    return {"bundle_id": manifest["bundle_id"], "release": release, "current": os.path.join(deploy_dir, CURRENT),
+            "previous": previous, "switched": True, "files": len(manifest["files"])}
+
+
+def _release_dir(releases: str, bundle_id: str, manifest_raw: bytes) -> str:
+    """releases/<bundle_id>, or <bundle_id>-2, -3 ... when a different bundle already holds that name."""
+    for i in range(1, 1000):
+        path = os.path.join(releases, bundle_id if i == 1 else "{}-{}".format(bundle_id, i))
+        if not os.path.exists(path):
+            return path
+        existing = os.path.join(path, MANIFEST)
+        if os.path.isfile(existing):
+            with open(existing, "rb") as fh:
+                if fh.read() == manifest_raw:
+                    return path
+    raise InstallError("too many releases named {} under {}: remove old ones".format(bundle_id, releases))
+
+
+def _switch_current(deploy_dir: str, release: str) -> None:
+    link = os.path.join(deploy_dir, CURRENT)
+    if os.path.exists(link) and not os.path.islink(link):
+        raise InstallError("{} is a real folder, not a symlink: move it away so pwdeploy can manage "
+                           "`current`".format(link))
+    tmp = os.path.join(deploy_dir, ".{}.{}.tmp".format(CURRENT, os.getpid()))
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(os.path.relpath(release, deploy_dir), tmp)
+    os.replace(tmp, link)  # atomic: readers see the old or the new release, never neither
+
+
+def main(argv=None) -> int:
+    """``install ARCHIVE DEPLOY_DIR [--sha256 HEX] [--no-switch]`` or ``switch RELEASE DEPLOY_DIR``."""
+    import argparse
+
+    from . import EXIT_ERROR, RESULT_PREFIX
+
+    parser = argparse.ArgumentParser(prog="python3 -m pwdeploy.device",
+                                     description="Install pwdeploy bundles into DEPLOY_DIR (releases/ + current).")
+    sub = parser.add_subparsers(dest="command")
+    inst = sub.add_parser("install", help="unpack and check an archive, then switch `current` to it")
+    inst.add_argument("archive")
+    inst.add_argument("deploy_dir")
+    inst.add_argument("--sha256", default=None, help="expected sha256 of the archive (refuse when different)")
+    inst.add_argument("--remove-archive", action="store_true", help="delete the archive after installing")
+    inst.add_argument("--no-switch", action="store_true", help="leave `current` alone (verify first, then `switch`)")
+    inst.add_argument("--result-line", action="store_true", help="end with a machine-readable result line")
+    sw = sub.add_parser("switch", help="point `current` at an installed release")
+    sw.add_argument("release")
+    sw.add_argument("deploy_dir")
+    sw.add_argument("--result-line", action="store_true", help="end with a machine-readable result line")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "install":
+            result = install(args.archive, args.deploy_dir, expected_sha256=args.sha256,
+                             remove_archive=args.remove_archive, switch_current=not args.no_switch)
+        elif args.command == "switch":
+            result = switch(args.release, args.deploy_dir)
+        else:
+            parser.print_help()
+            return EXIT_ERROR
+    except PwdeployError as exc:
+        print("error: {}".format(exc), file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print("error: {}: check that the deploy folder is writable".format(exc), file=sys.stderr)
+        return EXIT_ERROR
+    if args.result_line:
+        print(RESULT_PREFIX + json.dumps(result))
+    return 0

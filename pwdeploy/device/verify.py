@@ -1,0 +1,173 @@
+"""`python3 -m pwdeploy.device verify BUNDLE_DIR`: the bundle checks itself on the device.
+
+1. validate manifest.json against its schema (nothing else is read before that);
+2. check the sha256 of every file the manifest lists;
+3. pick the runtime: TensorRT (engine built here when missing) or, without TensorRT, ONNX Runtime on the
+   shipped ONNX, said out loud;
+4. run the shipped verification set, compute per-group metrics and apply the same per-group gate as
+   `pwdeploy verify` against the reference results recorded at packaging time;
+5. print PASSED/FAILED per group, write verify_result.json, exit 0 (passed) or 1 (failed).
+
+numpy plus one runtime; Python 3.8 compatible; no torch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from .. import __version__
+from ..gate import check_groups
+from ..manifest import check_files, load_manifest
+from ..metrics import group_metrics, predict
+from ..verification_set import load_verification_set
+from .runners import describe, run_batches, select_runner
+
+RESULT_SCHEMA = "pwdeploy.device_verify/1"
+RESULT_FILE = "verify_result.json"
+
+
+def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callable[[str], None]] = None,
+                  result_path: Optional[str] = "", build_timeout: float = 3600.0) -> Tuple[bool, Dict[str, Any]]:
+    """Verify an unpacked bundle; returns ``(passed, result)``. ``result_path`` '' writes
+    BUNDLE_DIR/verify_result.json, None writes nothing. Raises PwdeployError for unusable input
+    (invalid manifest, missing runtime); a hash mismatch or a failed gate is a result, not an error."""
+    log = log or (lambda line: print(line, flush=True))
+    bundle_dir = os.path.abspath(bundle_dir)
+    started = time.time()
+    manifest = load_manifest(bundle_dir)
+    result = {
+        "schema": RESULT_SCHEMA,
+        "bundle_id": manifest["bundle_id"],
+        "target": manifest["target"],
+        "precision": manifest["precision"],
+        "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"machine": platform.machine(), "python": platform.python_version(), "node": platform.node()},
+        "verifier": {"pwdeploy_version": __version__, "code_dir": os.path.dirname(os.path.abspath(__file__))},
+        "passed": False,
+    }  # type: Dict[str, Any]
+    log("pwdeploy device verify: bundle {} (target {}, packaged {})".format(
+        manifest["bundle_id"], manifest["target"], manifest["created"]))
+
+    problems = check_files(bundle_dir, manifest)
+    result["integrity"] = {"passed": not problems, "checked": len(manifest["files"]), "problems": problems}
+    if problems:
+        for problem in problems:
+            log("FAILED  integrity: " + problem)
+        log("FAILED: {} of {} files do not match the manifest; nothing was run. Copy the bundle again "
+            "(pwdeploy ship refuses such a bundle before switching `current`)".format(len(problems), len(manifest["files"])))
+        _write(result, bundle_dir, result_path)
+        return False, result
+    log("files: {} checked, every sha256 matches the manifest".format(len(manifest["files"])))
+
+    vs = load_verification_set(os.path.join(bundle_dir, manifest["verification"]["file"]))
+    _check_set(vs, manifest)
+    model_runner, note = select_runner(bundle_dir, manifest, runner, log=log, build_timeout=build_timeout)
+    try:
+        t0 = time.time()
+        logits = run_batches(model_runner, vs.images, manifest["verification"]["batch_size"])
+        seconds = time.time() - t0
+    finally:
+        model_runner.close()
+    preds = predict(logits)
+    metrics = group_metrics(preds, vs.labels, vs.groups, vs.group_names)
+    reference = manifest["reference"]
+    gate = check_groups(metrics, reference["metrics"], tolerance=float(manifest["gate"]["tolerance"]),
+                        original=reference.get("original"), max_group_drop=manifest["gate"]["max_group_drop"])
+    result.update({
+        "runner": dict(describe(model_runner), note=note),
+        "n": len(vs),
+        "seconds": round(seconds, 3),
+        "metrics": metrics,
+        "reference_runner": reference["runner"],
+        "gate": gate.to_dict(),
+        "agreement": _agreement(preds, vs),
+        "passed": bool(gate.passed),
+        "total_seconds": round(time.time() - started, 3),
+    })
+    _print_table(log, metrics, gate, result["agreement"], len(vs), model_runner)
+    _write(result, bundle_dir, result_path)
+    return bool(gate.passed), result
+
+
+def _check_set(vs, manifest: Dict[str, Any]) -> None:
+    from ..errors import DataError
+
+    if list(vs.group_names) != list(manifest["groups"]):
+        raise DataError("the verification set's groups {} differ from the manifest's {}: re-create the bundle "
+                        "with `pwdeploy package`".format(vs.group_names, manifest["groups"]))
+    want = [int(d) for d in manifest["model"]["input"]["shape"][1:]]
+    if list(vs.input_shape) != want:
+        raise DataError("the verification images are {} but the model takes {}: re-create the bundle with "
+                        "`pwdeploy package`".format(list(vs.input_shape), want))
+
+
+def _agreement(preds: np.ndarray, vs) -> Dict[str, Any]:
+    """Per group, how many predictions differ from those recorded at packaging time (same images)."""
+    out = {}  # type: Dict[str, Any]
+    for name in ("reference", "pruned"):
+        ref = vs.predictions(name)
+        if ref is None:
+            continue
+        flips = preds != ref
+        out[name] = {"flipped": int(flips.sum()), "groups": {
+            g: int(flips[vs.groups == i].sum()) for i, g in enumerate(vs.group_names)}}
+    return out
+
+
+def _fmt(value, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return ("{:+.2f}" if signed else "{:.2f}").format(value)
+
+
+def _print_table(log, metrics, gate, agreement, n, model_runner) -> None:
+    flips = agreement.get("reference", {}).get("groups", {})
+    log("runtime: {}".format(", ".join("{}={}".format(k, v) for k, v in describe(model_runner).items())))
+    log("verification set: {} images; gate: every group within {} points of the reference{}".format(
+        n, gate.tolerance, "" if gate.max_group_drop is None else
+        " and within {} of the original model".format(gate.max_group_drop)))
+    width = max([len(c.group) for c in gate.checks] + [5])
+    log("  {:<{w}} {:>5} {:>9} {:>9} {:>7} {:>7}  result".format("group", "n", "accuracy", "reference", "change",
+                                                                "flips", w=width))
+    for check in gate.checks:
+        log("  {:<{w}} {:>5} {:>9} {:>9} {:>7} {:>7}  {}{}".format(
+            check.group, check.n, _fmt(check.accuracy), _fmt(check.reference), _fmt(check.change_vs_reference, True),
+            flips.get(check.group, "-"), "PASSED" if check.passed else "FAILED",
+            "" if not check.reason else " ({})".format(check.reason), w=width))
+    log("  {:<{w}} {:>5} {:>9}".format("overall", metrics["overall"]["n"], _fmt(metrics["overall"]["accuracy"]),
+                                       w=width))
+    if gate.passed:
+        log("PASSED: every group reproduces the packaged results within {} points".format(gate.tolerance))
+    else:
+        log("FAILED: group(s) {} fell below the packaged results: do not deploy this engine".format(
+            ", ".join(gate.failed_groups)))
+
+
+def _write(result: Dict[str, Any], bundle_dir: str, result_path: Optional[str]) -> None:
+    if result_path is None:
+        return
+    path = result_path or os.path.join(bundle_dir, RESULT_FILE)
+    tmp = "{}.{}.partial".format(path, os.getpid())
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(result, fh, indent=2, default=_json_default)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only bundle still verifies; the result is printed anyway
+        print("note: could not write {} ({})".format(path, exc), file=sys.stderr)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _json_default(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError("not JSON serialisable: {}".format(type(obj).__name__))

@@ -1,0 +1,434 @@
+"""`pwdeploy package RUN_DIR -o NAME.tar.gz`: a Jetson bundle that carries its own evidence.
+
+A bundle holds the model for the target, a small group-stratified verification set with the results the
+shipped model gives on it here (the per-group evidence the device must reproduce), ``build_engine.sh``, the
+device-side verifier (a minimal torch-free copy of pwdeploy) and ``manifest.json`` with the sha256 of every
+other file. See pwdeploy.manifest for the schema and pwdeploy.device for what runs on the device.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, rundir
+from .errors import DataError, PwdeployError
+from .fsutil import atomic_path, sha256_file, write_json, write_text
+from .gate import tolerance_for
+from .manifest import MANIFEST, SCHEMA, validate_manifest
+from .metrics import group_metrics, predict
+from .safe_extract import check_members, single_root
+from .verification_set import FILENAME as VSET_FILE, VerificationSet, equal_shares, load_verification_set, \
+    write_verification_set
+
+TARGETS = tuple(f"{rt}-{p}" for rt in ("onnx", "trt") for p in ("fp32", "fp16", "int8"))
+MODEL_FOR_PRECISION = {"fp32": rundir.MODEL_ONNX, "fp16": rundir.FP16_ONNX, "int8": rundir.INT8_ONNX}
+ENGINE_BATCHES = (1, 8, 32)  # min / opt / max batch of the engine built on the device
+MAX_VERIFICATION_BYTES = 128 * 1024 * 1024  # keeps a 224 px bundle shippable (about 220 images)
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The torch-free slice of pwdeploy that runs on the device (paths relative to the package's parent).
+DEVICE_CODE = (
+    "pwdeploy/__init__.py", "pwdeploy/errors.py", "pwdeploy/metrics.py", "pwdeploy/gate.py",
+    "pwdeploy/manifest.py", "pwdeploy/safe_extract.py", "pwdeploy/verification_set.py",
+    "pwdeploy/device/__init__.py", "pwdeploy/device/__main__.py", "pwdeploy/device/verify.py",
+    "pwdeploy/device/runners.py", "pwdeploy/device/build_engine.py", "pwdeploy/device/install.py",
+)
+_ONNX_DTYPES = {1: "float32", 10: "float16"}
+
+DEVICE_README = """pwdeploy bundle {bundle_id}
+target {target}, model {model_file}, packaged {created} by pwdeploy {version}
+
+On the device (Python 3.8+, numpy, and TensorRT or onnxruntime; no torch needed):
+    cd {bundle_id}
+    python3 -m pwdeploy.device verify .     # checks every sha256, builds the engine when TensorRT is here,
+                                            # reruns the per-group gate; exit 0 PASSED, 1 FAILED
+    ./build_engine.sh                       # only the engine build (trtexec, TensorRT 10 or 11)
+manifest.json lists every file with its sha256, the preprocessing, the groups and the reference results.
+"""
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    if target not in TARGETS:
+        raise PwdeployError(f"unknown --target {target!r}: use one of {', '.join(TARGETS)}")
+    runtime, precision = target.split("-")
+    return runtime, precision
+
+
+def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target: str | None = None,
+                verification_size: int = 300, seed: int = 0, engine_for: str | None = None,
+                max_group_drop: float | None = None, tolerance: float | None = None, quiet: bool = False) -> Path:
+    """Write the bundle ``output`` (.tar.gz) for ``run_dir``; returns its path. Nothing is written on error."""
+    run = rundir.RunDir.open(run_dir)
+    output = Path(output)
+    if not (output.name.endswith(".tar.gz") or output.name.endswith(".tgz")):
+        raise PwdeployError(f"-o {output}: a bundle is a .tar.gz file: name it e.g. {output.name}.tar.gz")
+    if verification_size < 10:
+        raise PwdeployError(f"--verification-size {verification_size} is too small for a per-group gate: use 100 or more")
+    config, report = run.config, run.report
+    target = target or report.get("target") or config.get("target") or "onnx-fp32"
+    runtime, precision = parse_target(target)
+    model_file = MODEL_FOR_PRECISION[precision]
+    model_path = run.file(model_file)
+    if not model_path.is_file():
+        raise PwdeployError(f"{model_path} is missing: run `pwdeploy export {run.path} --target onnx-{precision}` "
+                            "first (or package another --target)")
+    _check_recorded_hash(report, model_file, model_path)
+    io_info = onnx_io(model_path)
+    group_names = list(report["group_names"])
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    bundle_id = _bundle_id(run.path.name, target, created)
+
+    vs, source = _verification_subset(run, report, verification_size, seed)
+    if list(vs.group_names) != group_names:
+        raise DataError(f"the verification set's groups {vs.group_names} differ from report.json's {group_names}: "
+                        f"re-run `pwdeploy export {run.path}`")
+    if tuple(vs.input_shape) != tuple(io_info["shape"][1:]):
+        raise DataError(f"verification images are {list(vs.input_shape)} but {model_file} takes "
+                        f"{io_info['shape'][1:]}: re-run `pwdeploy export {run.path}`")
+    reference_logits, runner_desc = _run_onnx(model_path, io_info, vs.images)
+    vs.logits["reference"] = reference_logits
+    reference = group_metrics(predict(reference_logits), vs.labels, vs.groups, group_names)
+    original = None
+    if max_group_drop is not None:
+        if not run.file(rundir.ORIGINAL_ONNX).is_file():
+            raise PwdeployError(f"--max-group-drop needs {run.file(rundir.ORIGINAL_ONNX)}: re-run compress")
+        original_io = onnx_io(run.file(rundir.ORIGINAL_ONNX))
+        original_logits, _ = _run_onnx(run.file(rundir.ORIGINAL_ONNX), original_io, vs.images)
+        original = group_metrics(predict(original_logits), vs.labels, vs.groups, group_names)
+    test_split = _test_split_reference(report, target, precision)
+    engine_file, engine_trt = _engine(run, report, runtime, engine_for)
+
+    with tempfile.TemporaryDirectory(prefix=".pwdeploy-package-", dir=output.parent if output.parent.exists() else None) as tmp:
+        root = Path(tmp) / bundle_id
+        root.mkdir()
+        shutil.copy2(model_path, root / model_file)
+        for extra in io_info["external_data"]:
+            shutil.copy2(model_path.parent / extra, root / extra)
+        if engine_file:
+            shutil.copy2(run.file(engine_file), root / engine_file)
+        vs.meta.update(bundle_id=bundle_id, subset_of=source, reference_runner=runner_desc)
+        write_verification_set(root / VSET_FILE, vs)
+        from .device.build_engine import SCRIPT_NAME, render_script
+
+        lo, opt, hi = ENGINE_BATCHES
+        write_text(root / SCRIPT_NAME, render_script(
+            bundle_id=bundle_id, version=__version__, model_file=model_file, precision=precision,
+            input_name=io_info["name"], input_shape=io_info["shape"], min_batch=lo, opt_batch=opt, max_batch=hi))
+        (root / SCRIPT_NAME).chmod(0o755)
+        for rel in DEVICE_CODE:
+            dest = root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(PACKAGE_DIR.parent / rel, dest)
+        write_text(root / "README.txt", DEVICE_README.format(
+            bundle_id=bundle_id, target=target, model_file=model_file, created=created.isoformat(), version=__version__))
+
+        manifest = {
+            "schema": SCHEMA,
+            "bundle_id": bundle_id,
+            "created": created.isoformat(),
+            "pwdeploy_version": __version__,
+            "target": target,
+            "precision": precision,
+            "model": {
+                "name": run.path.name,
+                "arch": str(config.get("model", {}).get("arch", "unknown")),
+                "file": model_file,
+                "format": "onnx-qdq" if precision == "int8" else "onnx",
+                "class_names": list(report.get("class_names") or config.get("class_names") or []),
+                "input": {"name": io_info["name"], "shape": io_info["shape"], "dtype": io_info["dtype"]},
+                "output": {"name": io_info["output"]},
+                "flops_reduction": report.get("flops_reduction"),
+                "loss": report.get("loss"),
+                "method": report.get("method"),
+            },
+            "preprocessing": _preprocessing(report, config),
+            "groups": group_names,
+            "verification": {
+                "file": VSET_FILE, "n": len(vs), "per_group": vs.group_counts(), "seed": int(seed),
+                "batch_size": hi, "source": source,
+                "drawn": "equal shares per group (groups smaller than their share give all they have)",
+            },
+            "reference": {
+                "metrics": reference,
+                "runner": runner_desc,
+                "why": "the shipped model's results on the shipped verification set, computed while packaging: "
+                       "the device must reproduce them per group within the gate tolerance",
+                "test_split": test_split,
+                "original": original,
+            },
+            "gate": {"tolerance": float(tolerance if tolerance is not None else tolerance_for(precision)),
+                     "max_group_drop": max_group_drop},
+            "calibration": _calibration(report, model_file, precision),
+            "engine": {"build_script": SCRIPT_NAME, "file": engine_file, "tensorrt": engine_trt,
+                       "min_batch": lo, "opt_batch": opt, "max_batch": hi,
+                       "note": "engines are built on the device: they do not move between GPUs or TensorRT versions"},
+            "files": _hash_tree(root),
+        }
+        validate_manifest(manifest)  # never ship a manifest the device would refuse
+        write_json(root / MANIFEST, manifest)
+        with atomic_path(output) as partial:
+            _write_tar(root, partial, created)
+            with tarfile.open(partial, "r:gz") as tar:  # self-check: the device will accept this archive
+                single_root(check_members(tar, output.name), output.name)
+    if not quiet:
+        _print_summary(output, manifest, source)
+    return output
+
+
+def verify_locally(bundle: str | os.PathLike, workdir: str | os.PathLike, *, runner: str = "auto",
+                   block_torch: bool = True, timeout: float = 900.0, echo: bool = True) -> tuple[bool, dict]:
+    """Unpack ``bundle`` into the new folder ``workdir`` and run the bundle's own device verifier there, in a
+    subprocess of this Python with torch made unimportable: exactly what the device runs. Returns
+    ``(passed, result)``; raises PwdeployError when the verifier cannot run."""
+    import json
+    import subprocess
+    import sys
+
+    from .device import RESULT_PREFIX
+    from .safe_extract import safe_extract
+
+    workdir = Path(workdir)
+    names = safe_extract(str(bundle), str(workdir / "bundle"))
+    root = workdir / "bundle" / names[0].split("/")[0]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PYTHONNOUSERSITE"] = "1"
+    if block_torch:  # a `torch` that refuses to import shadows the real one: the verifier must not need it
+        blocker = workdir / "no-torch" / "torch"
+        blocker.mkdir(parents=True)
+        (blocker / "__init__.py").write_text('raise ImportError("torch is not available on the device")\n')
+        env["PYTHONPATH"] = str(blocker.parent)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pwdeploy.device", "verify", ".", "--runner", runner,
+                               "--result-line"], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise PwdeployError(f"the device verifier ran longer than {timeout:.0f} s on {root}") from None
+    lines = proc.stdout.splitlines()
+    if echo:
+        from .progress import console
+
+        for line in lines:
+            if not line.startswith(RESULT_PREFIX):
+                console.print(line, markup=False, highlight=False)
+    results = [ln for ln in lines if ln.startswith(RESULT_PREFIX)]
+    if not results:
+        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PwdeployError(f"the device verifier failed to run on {root} (exit {proc.returncode}): {detail}")
+    result = json.loads(results[-1][len(RESULT_PREFIX):])
+    return bool(result["passed"]), result
+
+
+def onnx_io(path: Path) -> dict[str, Any]:
+    """Input name, shape (-1 for a dynamic dim), dtype, output name and external data files of an ONNX."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(graph.output) < 1:
+        raise PwdeployError(f"{path.name} has {len(inputs)} inputs: bundles support single-input image classifiers")
+    tensor = inputs[0].type.tensor_type
+    shape = [int(d.dim_value) if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+    external = sorted({entry.value for init in graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL
+                       for entry in init.external_data if entry.key == "location"})
+    return {"name": inputs[0].name, "shape": shape, "dtype": _ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type)),
+            "output": graph.output[0].name, "external_data": external}
+
+
+def _check_recorded_hash(report: dict, name: str, path: Path) -> None:
+    recorded = (report.get("artifacts") or {}).get(name, {}).get("sha256")
+    if recorded and recorded != sha256_file(path):
+        raise PwdeployError(f"{path} changed after it was exported and verified (sha256 differs from report.json): "
+                            "re-run `pwdeploy export` so the bundle ships a verified model")
+
+
+def _bundle_id(run_name: str, target: str, created: dt.datetime) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip("-._") or "run"
+    return f"{base[:80]}-{target}-{created.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def _verification_subset(run: rundir.RunDir, report: dict, size: int, seed: int) -> tuple[VerificationSet, str]:
+    """A group-stratified subset of the test split: from the run's verification_set.npz (written by
+    `pwdeploy export`), else straight from the dataset (needs the data where you package)."""
+    path = run.file(VSET_FILE)
+    if path.is_file():
+        full = load_verification_set(path)
+        source = f"{VSET_FILE} of the run ({full.meta.get('split', 'test')} split, {len(full)} images)"
+    else:
+        full = _from_dataset(report, size, seed)
+        source = f"test split of dataset {report['data']['name']!r} ({full.meta['source_n']} images)"
+    size = _fit_size(size, full.images.shape[1:])
+    pick = _stratified(full.groups, len(full.group_names), size, seed)
+    subset = VerificationSet(
+        images=np.ascontiguousarray(full.images[pick], dtype=np.float32), labels=full.labels[pick],
+        groups=full.groups[pick], group_names=list(full.group_names), class_names=list(full.class_names),
+        indices=full.indices[pick], logits={k: v[pick] for k, v in full.logits.items()},
+        meta={k: v for k, v in full.meta.items() if k not in ("schema", "group_names", "class_names")})
+    subset.meta.update(subset=True, source_n=int(full.meta.get("source_n", len(full))), seed=int(seed))
+    return subset, source
+
+
+def _fit_size(size: int, chw: tuple) -> int:
+    per_image = 4 * int(np.prod(chw))
+    fitted = max(1, min(size, MAX_VERIFICATION_BYTES // per_image))
+    if fitted < size:
+        from .progress import console
+
+        console.print(f"note: {size} images of {list(chw)} would exceed {MAX_VERIFICATION_BYTES >> 20} MB: "
+                      f"shipping {fitted}")
+    return fitted
+
+
+def _stratified(groups: np.ndarray, num_groups: int, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    members = [rng.permutation(np.flatnonzero(groups == g)) for g in range(num_groups)]
+    quota = equal_shares([len(m) for m in members], size)
+    return np.sort(np.concatenate([m[:q] for m, q in zip(members, quota)])).astype(np.int64)
+
+
+def _from_dataset(report: dict, size: int, seed: int) -> VerificationSet:
+    from .data import DataSpec, create_dataset
+
+    try:
+        ds = create_dataset(DataSpec.from_dict(report["data"]), "test")
+    except PwdeployError as exc:
+        raise DataError(f"cannot build the verification set: the run has no {VSET_FILE} and the test split "
+                        f"does not load ({exc}); run `pwdeploy export RUN_DIR` first") from exc
+    size = _fit_size(size, tuple(ds.preprocessing.input_shape))
+    pick = _stratified(np.asarray(ds.groups), len(ds.group_names), size, seed)
+    images = np.stack([ds.load_image(int(i)) for i in pick]).astype(np.float32)
+    return VerificationSet(images=images, labels=np.asarray(ds.labels)[pick], groups=np.asarray(ds.groups)[pick],
+                           group_names=list(ds.group_names), class_names=list(ds.class_names), indices=pick,
+                           meta={"split": "test", "source_n": len(ds)})
+
+
+def _run_onnx(path: Path, io_info: dict, images: np.ndarray) -> tuple[np.ndarray, str]:
+    """The shipped model's logits here, with the device verifier's own ONNX Runtime runner (CPU)."""
+    from .device.runners import OnnxRuntimeRunner, run_batches
+
+    runner = OnnxRuntimeRunner(str(path), io_info["name"], io_info["output"], prefer_gpu=False)
+    try:
+        batch = io_info["shape"][0] if io_info["shape"][0] > 0 else ENGINE_BATCHES[-1]
+        if io_info["shape"][0] > 0 and len(images) % batch:
+            raise PwdeployError(f"{path.name} has a fixed batch of {batch}: re-export it with a dynamic batch "
+                                "(`pwdeploy export`)")
+        logits = run_batches(runner, images, batch)
+    finally:
+        runner.close()
+    d = runner.description
+    return logits, f"{d['runtime']} {d['version']} ({d['provider']}) on {d['model']}"
+
+
+def _test_split_reference(report: dict, target: str, precision: str) -> dict | None:
+    """The full test split's per-group results from report.json, for context: the exported artifact's
+    own (stored by `pwdeploy verify`) when present, else the pruned PyTorch model's."""
+    metrics = report.get("metrics") or {}
+    for key in (target, f"onnx-{precision}", "pruned"):
+        if isinstance(metrics.get(key), dict) and "groups" in metrics[key]:
+            return {"source": f"report.json metrics[{key!r}]", "metrics": metrics[key]}
+    return None
+
+
+def _calibration(report: dict, model_file: str, precision: str) -> dict | None:
+    if precision != "int8":
+        return None
+    artifact = (report.get("artifacts") or {}).get(model_file, {})
+    provenance = artifact.get("calibration") or report.get("calibration")
+    if isinstance(provenance, dict):
+        return provenance
+    return {"note": "report.json records no calibration provenance for this INT8 model"}
+
+
+def _engine(run: rundir.RunDir, report: dict, runtime: str, engine_for: str | None) -> tuple[str | None, str | None]:
+    """Ship the run's engine only when asked and only when it was built on the named device."""
+    if engine_for is None:
+        return None, None
+    if runtime != "trt":
+        raise PwdeployError("--engine-for applies to trt-* targets only: drop it or use --target trt-fp16 (say)")
+    record = (report.get("artifacts") or {}).get(rundir.ENGINE)
+    if not run.file(rundir.ENGINE).is_file() or not isinstance(record, dict):
+        raise PwdeployError(f"{run.file(rundir.ENGINE)} was not built in this run: drop --engine-for, the device "
+                            "builds the engine itself")
+    gpu = record.get("gpu") or {}
+    gpu_name = gpu.get("name") if isinstance(gpu, dict) else str(gpu)
+    trt_version = record.get("tensorrt_version")
+    if not gpu_name or not trt_version:
+        raise PwdeployError(f"report.json does not record which GPU/TensorRT built {rundir.ENGINE}: drop "
+                            "--engine-for, the device builds the engine itself")
+    if engine_for.lower() not in gpu_name.lower():
+        raise PwdeployError(f"{rundir.ENGINE} was built on {gpu_name!r}, not on a {engine_for!r}: engines do not move "
+                            "between GPUs; drop --engine-for and let the device build its own")
+    _check_recorded_hash(report, rundir.ENGINE, run.file(rundir.ENGINE))
+    return rundir.ENGINE, str(trt_version)
+
+
+def _preprocessing(report: dict, config: dict) -> dict:
+    pre = dict(report.get("preprocessing") or config.get("preprocessing") or {})
+    if not pre:
+        raise PwdeployError("report.json records no preprocessing: re-run compress with this pwdeploy version")
+    pre.setdefault("channel_order", "RGB")
+    pre.setdefault("layout", "NCHW")
+    pre.setdefault("resize", "bilinear")
+    pre.setdefault("scale", "divide by 255, then (x - mean) / std per channel")
+    return pre
+
+
+def _hash_tree(root: Path) -> dict[str, dict[str, Any]]:
+    files = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel != MANIFEST:
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return files
+
+
+def _write_tar(root: Path, path: Path, created: dt.datetime) -> None:
+    """A reproducible .tar.gz: sorted members, fixed owner and times, only plain files and folders."""
+    mtime = int(created.timestamp())
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=mtime) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        entries = [root] + sorted(root.rglob("*"), key=lambda p: (p.relative_to(root).as_posix() != MANIFEST,
+                                                                 p.relative_to(root).as_posix()))
+        for entry in entries:
+            name = entry.relative_to(root.parent).as_posix()
+            info = tarfile.TarInfo(name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
+            if entry.is_dir():
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size = entry.stat().st_size
+                info.mode = 0o755 if os.access(entry, os.X_OK) else 0o644
+                with open(entry, "rb") as fh:
+                    tar.addfile(info, fh)
+
+
+def _print_summary(output: Path, manifest: dict, source: str) -> None:
+    from rich.table import Table
+
+    from .progress import console
+
+    ref = manifest["reference"]["metrics"]
+    table = Table(title="results the device must reproduce")
+    for col in ("group", "n", "accuracy %"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for group, entry in ref["groups"].items():
+        table.add_row(group, str(entry["n"]), "-" if entry["accuracy"] is None else f"{entry['accuracy']:.2f}")
+    table.add_row("overall", str(ref["overall"]["n"]), f"{ref['overall']['accuracy']:.2f}")
+    console.print(table)
+    size = output.stat().st_size / 1e6
+    console.print(f"wrote [bold]{output}[/] ({size:.1f} MB, {len(manifest['files'])} files; target "
+                  f"{manifest['target']}, gate tolerance {manifest['gate']['tolerance']} points; verification set: "
+                  f"{source})")
+    console.print(f"on the device: tar xzf {output.name} && cd {manifest['bundle_id']} && "
+                  "python3 -m pwdeploy.device verify .   (or: pwdeploy ship ... --verify)")
+

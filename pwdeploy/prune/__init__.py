@@ -1,0 +1,118 @@
+"""Structured pruning to a MACs target with magnitude, Taylor or AutoBot importance.
+
+The PW loss plugs into the data-driven methods only through ``loss_fn``: it changes the gradients (Taylor)
+or the gate training signal (AutoBot), never the graph code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..config import PruneSettings
+from ..progress import task
+from .autobot import train_bottlenecks
+from .engine import ChannelRemover
+from .flops import count_macs_params
+
+METHODS = ("taylor", "autobot", "magnitude")
+
+
+@dataclass
+class PruneResult:
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    steps: list = field(default_factory=list)
+
+    @property
+    def reduction(self) -> float:
+        return 1.0 - self.macs_after / self.macs_before
+
+
+def prune_to_flops(model: nn.Module, example_inputs: torch.Tensor, *, method: str, flops_reduction: float,
+                   batches: Iterator | None = None, loss_fn=None, settings: PruneSettings | None = None
+                   ) -> PruneResult:
+    """Physically remove channels from ``model`` (in place) until ``flops_reduction`` of its MACs are gone.
+
+    ``batches`` yields (x, y, group, original_logits) on the model's device; needed by taylor and autobot.
+    """
+    settings = settings or PruneSettings(method=method, flops_reduction=flops_reduction)
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}")
+    if method != "magnitude" and (batches is None or loss_fn is None):
+        raise ValueError(f"{method} pruning needs training batches and a loss")
+    remover = ChannelRemover(model, example_inputs, max_layer_reduction=settings.max_layer_reduction)
+    result = PruneResult(remover.base_macs, remover.base_macs, remover.base_params, remover.base_params)
+    if flops_reduction <= 0:
+        return result
+    with task(f"pruning ({method})", total=100) as bar:
+        if method == "magnitude":
+            importance = tp.importance.GroupMagnitudeImportance(p=2)
+            _remove_until(remover, lambda g, n: importance(g), flops_reduction, 0.1, result, bar)
+        elif method == "taylor":
+            _taylor(remover, batches, loss_fn, flops_reduction, settings, result, bar)
+        else:
+            scores = train_bottlenecks(remover, batches, loss_fn, target=flops_reduction,
+                                       steps=settings.autobot_steps, lr=settings.autobot_lr,
+                                       flops_weight=settings.autobot_flops_weight)
+            _remove_until(remover, lambda g, n: scores[n], flops_reduction, 1.0, result, bar)
+    result.macs_after, result.params_after = count_macs_params(model, example_inputs)
+    return result
+
+
+def _remove_until(remover: ChannelRemover, score_fn, target: float, max_step: float, result: PruneResult, bar,
+                  before_step=None, after_step=None) -> None:
+    """Repeat pruning steps until the target is reached; hooks run before/after each step (Taylor)."""
+    while True:
+        if before_step is not None:
+            before_step()
+        step = remover.remove_step(score_fn, target, max_step)
+        if step is None:
+            break
+        done_before = result.steps[-1].reduction if result.steps else 0.0
+        result.steps.append(step)
+        bar.advance(int(100 * step.reduction / target) - int(100 * done_before / target))
+        bar.describe(f"{100 * step.reduction:.1f}% MACs removed")
+        if step.reduction >= target:
+            break
+        if after_step is not None:
+            after_step()
+
+
+def _taylor(remover: ChannelRemover, batches, loss_fn, target, settings, result, bar) -> None:
+    """First-order Taylor importance (|w·dL/dw| per channel, Molchanov et al.) from the selected loss, with a
+    few optimizer steps between pruning steps so the network adapts as channels go (as in the paper)."""
+    model = remover.model
+    importance = tp.importance.GroupTaylorImportance()
+
+    def accumulate_gradients() -> None:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        for _ in range(settings.taylor_batches):
+            x, y, g, original = next(batches)
+            loss_fn(model(x), y, original, g).backward()
+
+    def adapt() -> None:
+        model.zero_grad(set_to_none=True)
+        # Parameters change shape at every pruning step, so the optimizer is rebuilt each time.
+        optimizer = torch.optim.SGD(model.parameters(), lr=settings.taylor_lr, momentum=0.9)
+        model.train()
+        for _ in range(settings.steps_between):
+            x, y, g, original = next(batches)
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x), y, original, g).backward()
+            optimizer.step()
+
+    # About 20 pruning steps whatever the target, so the adaptation budget scales with the work.
+    _remove_until(remover, lambda group, _name: importance(group), target, max(0.02, target / 20), result, bar,
+                  before_step=accumulate_gradients, after_step=adapt)
+    model.zero_grad(set_to_none=True)
+
+
+__all__ = ["METHODS", "PruneResult", "count_macs_params", "prune_to_flops"]

@@ -1,0 +1,135 @@
+"""Channel removal to a MACs target, on torch-pruning's DependencyGraph.
+
+Importance criteria (magnitude, Taylor, AutoBot gates) only produce per-channel scores for each DG group;
+this module ranks them globally, removes the lowest channels group by group through the DG (so residual
+adds, BatchNorm and the classifier stay consistent) and stops when the measured MACs reduction reaches the
+target. A step that overshoots the ±1 point band is rolled back and retried with fewer channels.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..models import classifier_layers
+from .flops import count_macs_params
+
+# Score function: (group, root module name) -> 1-D tensor of per-channel importance (higher = keep).
+ScoreFn = Callable[[tp.Group, str], torch.Tensor]
+
+TOLERANCE = 0.008  # stay inside the ±1 point band around the requested reduction
+
+
+@dataclass
+class PruneStep:
+    removed_channels: int
+    macs: int
+    reduction: float
+
+
+class ChannelRemover:
+    """Holds the model and its DependencyGraph; removes channels chosen by a score function."""
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, max_layer_reduction: float = 0.95):
+        self.model = model
+        self.example_inputs = example_inputs
+        self.max_layer_reduction = max_layer_reduction
+        self.base_macs, self.base_params = count_macs_params(model, example_inputs)
+        self._build_graph()
+        self.initial_channels = {name: n for name, n in self._channel_counts().items()}
+
+    def _build_graph(self) -> None:
+        self.ignored = classifier_layers(self.model)
+        # The classifier is excluded only as a group root: its inputs must still follow pruned channels.
+        self.graph = tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example_inputs,
+                                                           verbose=False)
+        self.names = {m: n for n, m in self.model.named_modules()}
+
+    def groups(self) -> list[tuple[str, tp.Group]]:
+        """Prunable groups, each named by its root module (stable across pruning steps)."""
+        out = []
+        for group in self.graph.get_all_groups(ignored_layers=self.ignored):
+            root = group[0].dep.target.module
+            out.append((self.names[root], group))
+        return out
+
+    def _channel_counts(self) -> dict[str, int]:
+        return {name: len(group[0].idxs) for name, group in self.groups()}
+
+    @property
+    def macs(self) -> int:
+        return count_macs_params(self.model, self.example_inputs)[0]
+
+    def reduction(self, macs: int | None = None) -> float:
+        return 1.0 - (self.macs if macs is None else macs) / self.base_macs
+
+    def plan(self, scores: dict[str, torch.Tensor], num_channels: int) -> dict[str, list[int]]:
+        """Pick the ``num_channels`` lowest-scoring channels globally, leaving every group enough channels."""
+        candidates = []
+        for name, score in scores.items():
+            keep_min = max(1, int(round(self.initial_channels.get(name, len(score)) * (1 - self.max_layer_reduction))))
+            removable = len(score) - keep_min
+            if removable <= 0:
+                continue
+            order = torch.argsort(score)[:removable]
+            candidates += [(float(score[i]), name, int(i)) for i in order]
+        candidates.sort()
+        plan: dict[str, list[int]] = {}
+        for _, name, idx in candidates[:num_channels]:
+            plan.setdefault(name, []).append(idx)
+        return plan
+
+    def apply(self, plan: dict[str, list[int]]) -> int:
+        removed = 0
+        for name, group in self.groups():
+            idxs = plan.get(name)
+            if not idxs:
+                continue
+            root = group[0].dep.target.module
+            pruning_group = self.graph.get_pruning_group(root, group[0].dep.handler, sorted(idxs))
+            if self.graph.check_pruning_group(pruning_group):
+                pruning_group.prune()
+                removed += len(idxs)
+        return removed
+
+    def total_channels(self) -> int:
+        return sum(self._channel_counts().values())
+
+    def remove_step(self, score_fn: ScoreFn, target: float, max_step: float) -> PruneStep | None:
+        """One pruning step towards ``target`` reduction, removing at most ~``max_step`` of the MACs.
+
+        Returns None when nothing more can be removed.
+        """
+        current = self.reduction()
+        gap = min(target - current, max_step)
+        if gap <= 0:
+            return None
+        scores = {name: score_fn(group, name).detach().float().cpu() for name, group in self.groups()}
+        # Removing a fraction f of all channels removes about 2f of the MACs (in and out sides).
+        remaining = self.total_channels()
+        num = max(1, int(remaining * gap / (2 * (1 - current))))
+        # Snapshots (for rollback) only near the target: far from it an overshoot of the step is harmless.
+        near_target = target - current <= 2.5 * gap
+        while num >= 1:
+            snapshot = copy.deepcopy(self.model) if num > 1 and near_target else None
+            removed = self.apply(self.plan(scores, num))
+            if removed == 0:
+                return None
+            macs = self.macs
+            reduction = self.reduction(macs)
+            if reduction <= target + TOLERANCE or snapshot is None:
+                return PruneStep(removed, macs, reduction)
+            # Overshot the band: undo and take fewer channels.
+            self._restore(snapshot)
+            num //= 2
+        return None
+
+    def _restore(self, snapshot: nn.Module) -> None:
+        # Swap the snapshot's state into the same object, so callers' references stay valid.
+        self.model.__dict__.update(snapshot.__dict__)
+        self._build_graph()

@@ -1,0 +1,118 @@
+"""The run report: report.json (schema pwdeploy.report/1), report.md, a rich table and a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from .fsutil import atomic_path, write_text
+from .metrics import accuracy_change, worst_group, worst_group_drop
+
+
+def summarize(metrics: dict) -> dict:
+    """Changes against the original model and the worst group, for every model in ``metrics``."""
+    original = metrics["original"]
+    out = {"changes": {}, "worst_group": {}}
+    for name, m in metrics.items():
+        group, acc = worst_group(m)
+        out["worst_group"][name] = {"group": group, "accuracy": acc}
+        if name != "original":
+            out["changes"][name] = accuracy_change(m, original)
+            drop_group, drop = worst_group_drop(m, original)
+            out["changes"][name]["worst_group_drop"] = {"group": drop_group, "points": drop}
+    return out
+
+
+def _fmt(value, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def comparison_table(report: dict, title: str | None = None) -> Table:
+    """Rows: groups then overall; columns: accuracy of each model and its change against the original."""
+    metrics = report["metrics"]
+    names = list(metrics)
+    table = Table(title=title or f"{report['method']} / {report['loss']} at "
+                                 f"{100 * report['flops_reduction']:.1f}% MACs removed")
+    table.add_column("group")
+    table.add_column("n", justify="right")
+    for name in names:
+        table.add_column(f"{name} acc %", justify="right")
+        if name != "original":
+            table.add_column("Δ vs original", justify="right")
+    # The group that ends up worst in the last (most compressed) model.
+    worst = report["worst_group"].get(names[-1], {}).get("group")
+    rows = [(g, metrics["original"]["groups"][g]["n"]) for g in metrics["original"]["groups"]]
+    rows.append(("overall", metrics["original"]["overall"]["n"]))
+    for group, n in rows:
+        cells = [f"[bold red]{group}[/] (worst)" if group == worst else group, str(n)]
+        for name in names:
+            entry = metrics[name]["overall"] if group == "overall" else metrics[name]["groups"][group]
+            cells.append(_fmt(entry["accuracy"]))
+            if name != "original":
+                ref = metrics["original"]["overall"] if group == "overall" else metrics["original"]["groups"][group]
+                change = None if entry["accuracy"] is None else entry["accuracy"] - ref["accuracy"]
+                cells.append(_fmt(change, signed=True))
+        table.add_row(*cells)
+    return table
+
+
+def markdown(report: dict) -> str:
+    metrics = report["metrics"]
+    names = list(metrics)
+    lines = [f"# pwdeploy report: {report['method']} / {report['loss']}", "",
+             f"- MACs: {report['macs']['original']:,} -> {report['macs']['pruned']:,} "
+             f"({100 * report['flops_reduction']:.2f}% removed, target {100 * report['flops_reduction_target']:.2f}%)",
+             f"- Parameters: {report['params']['original']:,} -> {report['params']['pruned']:,}",
+             f"- Data: {report['data']['name']} (test split), groups: {', '.join(report['group_names'])}", "",
+             "| group | n | " + " | ".join(f"{n} acc %" for n in names) + " | Δ pruned vs original |",
+             "|---|---:|" + "---:|" * len(names) + "---:|"]
+    for group in list(metrics["original"]["groups"]) + ["overall"]:
+        def entry(m):
+            return m["overall"] if group == "overall" else m["groups"][group]
+        accs = [entry(metrics[n])["accuracy"] for n in names]
+        change = report["changes"]["pruned"]["overall" if group == "overall" else "groups"]
+        delta = change if group == "overall" else change[group]
+        lines.append(f"| {group} | {entry(metrics['original'])['n']} | " + " | ".join(_fmt(a) for a in accs)
+                     + f" | {_fmt(delta, True)} |")
+    drop = report["changes"]["pruned"]["worst_group_drop"]
+    lines += ["", f"Largest group drop: **{drop['group']}**, {drop['points']:.2f} points.", ""]
+    return "\n".join(lines)
+
+
+def write_reports(run_dir: Path, report: dict) -> None:
+    from .fsutil import write_json
+
+    write_json(run_dir / "report.json", report)
+    write_text(run_dir / "report.md", markdown(report))
+    plot_groups(report, run_dir / "report.png")
+
+
+def plot_groups(report: dict, path: Path) -> None:
+    """Bar chart: accuracy per group for every model in the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics = report["metrics"]
+    groups = list(metrics["original"]["groups"]) + ["overall"]
+    names = list(metrics)
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 3.6))
+    for i, name in enumerate(names):
+        vals = [(metrics[name]["overall"] if g == "overall" else metrics[name]["groups"][g])["accuracy"] or 0
+                for g in groups]
+        ax.bar(np.arange(len(groups)) + i * width, vals, width, label=name)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(names) - 1) / 2, groups)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{report['method']} / {report['loss']}, {100 * report['flops_reduction']:.1f}% MACs removed")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

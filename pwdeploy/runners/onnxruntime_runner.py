@@ -1,0 +1,69 @@
+"""ONNX Runtime runner: CPU everywhere; CUDA or TensorRT execution providers where this build has them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PwdeployError
+from .base import Runner
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """``auto``: CUDA when this onnxruntime build has it, else CPU (the TensorRT EP builds an engine at
+    session start, so it is used only when asked for)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider == "auto":
+        provider = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    if provider not in PROVIDERS:
+        raise PwdeployError(f"unknown ONNX Runtime provider {provider!r}: use auto, {', '.join(PROVIDERS)}")
+    wanted = PROVIDERS[provider][0]
+    if wanted not in available:
+        raise PwdeployError(f"this onnxruntime has no {wanted} (it has {', '.join(available)}): install "
+                            "onnxruntime-gpu, or use --ort-provider cpu")
+    return PROVIDERS[provider]
+
+
+class OnnxRuntimeRunner(Runner):
+    kind = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, provider: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise PwdeployError(f"ONNX file not found: {self.path}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: fp16 Cast-insertion notes are not for the user
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.requested = resolve_providers(provider)
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.requested)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PwdeployError(f"ONNX Runtime cannot load {self.path.name}: {first}: re-export it with "
+                                "'pwdeploy export'") from exc
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = list(inp.shape)
+        self.output_name = self.session.get_outputs()[0].name
+        self.providers = self.session.get_providers()  # what ORT actually uses (it may fall back)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {"runner": self.kind, "onnxruntime_version": ort.__version__, "providers": list(self.providers),
+                "device": "cuda" if any(p != "CPUExecutionProvider" for p in self.providers) else "cpu"}

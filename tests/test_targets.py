@@ -1,0 +1,161 @@
+"""Precision targets: fp32/fp16/INT8 ONNX artifacts, TensorRT engine or (without TensorRT) build_engine.sh."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+
+from exporters.tensorrt import tensorrt_status
+from pwdeploy.fsutil import read_json, sha256_file
+
+DATA = {"name": "synthetic", "options": {"n": 500, "size": 16, "minority_fraction": 0.25}}
+TRT = tensorrt_status()
+needs_trt = pytest.mark.skipif(not TRT["available"], reason=f"TensorRT engine build impossible here: {TRT['reason']}")
+without_trt = pytest.mark.skipif(TRT["available"], reason="TensorRT and a CUDA GPU are present: the engine is built")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    import torch
+
+    from pwdeploy.api import compress_model, train_baseline
+
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("targets")
+    train_baseline({"data": DATA, "model": {"arch": "smallcnn"}, "baseline": {"epochs": 3, "batch_size": 64}},
+                   out=base / "base.pt")
+    return compress_model(base / "base.pt", {"data": DATA, "prune": {"method": "magnitude", "flops_reduction": 0.5},
+                                             "retrain": {"epochs": 1, "batch_size": 64}}, out=base / "run",
+                          quiet=True)
+
+
+@pytest.fixture
+def run(run_dir, tmp_path):
+    return shutil.copytree(run_dir, tmp_path / "run")
+
+
+def _logits(path, images):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
+def test_onnx_fp32_records_model_original_and_verification_set(run):
+    from exporters.targets import export_target
+    from pwdeploy.verification_set import load_verification_set
+
+    info = export_target(run, "onnx-fp32")
+    assert info["verify"] == "model.onnx" and info["engine"] is None
+    artifacts = read_json(run / "report.json")["artifacts"]
+    assert artifacts["model.onnx"]["sha256"] == sha256_file(run / "model.onnx")
+    assert artifacts["original.onnx"]["role"] == "original"
+    vs = load_verification_set(run / "verification_set.npz")
+    assert artifacts["verification_set.npz"]["n"] == len(vs) == 500  # the whole (small) test split
+    assert set(vs.logits) == {"pruned", "original"}
+    # stored reference logits are the PyTorch model's: ONNX Runtime on model.onnx agrees with them
+    np.testing.assert_allclose(_logits(run / "model.onnx", vs.images), vs.logits["pruned"], atol=1e-3)
+
+
+def test_onnx_fp16_converts_and_keeps_fp32_io(run):
+    import onnx
+
+    from exporters.targets import export_target
+    from pwdeploy.verification_set import load_verification_set
+
+    info = export_target(run, "onnx-fp16")
+    assert info["artifact"] == info["verify"] == "model.fp16.onnx"
+    model = onnx.load(str(run / "model.fp16.onnx"))
+    dtypes = {i.data_type for i in model.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in dtypes
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
+    vs = load_verification_set(run / "verification_set.npz")
+    fp16 = _logits(run / "model.fp16.onnx", vs.images[:64])
+    fp32 = _logits(run / "model.onnx", vs.images[:64])
+    assert np.abs(fp16 - fp32).max() < 0.05 * (np.abs(fp32).max() + 1)
+    record = read_json(run / "report.json")["artifacts"]["model.fp16.onnx"]
+    assert record["precision"] == "fp16" and record["sha256"] == sha256_file(run / "model.fp16.onnx")
+    assert record["source_sha256"] == sha256_file(run / "model.onnx")
+    assert record["conversion"]["keep_io_types"] is True
+
+
+def test_unknown_target_is_bad_input(run, capsys):
+    from pwdeploy.cli import main
+
+    assert main(["export", str(run), "--target", "onnx-int4"]) == 2
+    assert "unknown target 'onnx-int4'" in capsys.readouterr().err
+
+
+@without_trt
+@pytest.mark.parametrize("target,onnx_name,flag", [("trt-fp16", "model.fp16.onnx", "--fp16"),
+                                                   ("trt-int8", "model.int8.onnx", "--int8")])
+def test_trt_target_without_tensorrt_writes_onnx_and_build_script(run, capsys, target, onnx_name, flag):
+    from pwdeploy.cli import main
+
+    assert main(["export", str(run), "--target", target, "--calib-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "NOT built here" in out and onnx_name in out and "build_engine.sh" in out
+    assert (run / onnx_name).is_file() and not (run / "model.plan").exists()
+    script = run / "build_engine.sh"
+    assert script.stat().st_mode & stat.S_IXUSR
+    report = read_json(run / "report.json")
+    engine = report["artifacts"][onnx_name]["engine"]
+    assert engine["built"] is False and engine["verified_instead"] == onnx_name and engine["reason"]
+    assert report["engine"] == engine and report["artifacts"]["build_engine.sh"]["from"] == onnx_name
+
+    # TensorRT 10 gets the precision flag, 11 builds the (strongly typed) ONNX as is.
+    calls = _fake_trtexec(script, run.parent)
+    assert f"--onnx={onnx_name}" in calls["10"] and flag in calls["10"].split()
+    assert flag not in calls["11"].split() and f"--onnx={onnx_name}" in calls["11"]
+    assert "--minShapes=input:1x3x16x16" in calls["11"] and "--maxShapes=input:32x3x16x16" in calls["11"]
+    assert flag in calls["banner10"].split() and flag not in calls["banner11"].split()
+
+    # verify on a run with no engine checks the ONNX and says so
+    assert main(["verify", str(run), "--target", target, "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "engine was not built here" in out and onnx_name in out
+
+
+def _fake_trtexec(script, tmp):
+    """Run build_engine.sh against a fake trtexec that logs its arguments, for TensorRT 10 and 11."""
+    bin_dir = tmp / "fakebin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp / "trtexec.log"
+    trtexec = bin_dir / "trtexec"
+    trtexec.write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        if [ "${{1:-}}" = "--help" ]; then echo "&&&& RUNNING TensorRT.trtexec [TensorRT v$FAKE_BANNER] # trtexec"; exit 0; fi
+        echo "$@" > {log}
+        """))
+    no_python = bin_dir / "python3"  # so the script cannot read a real tensorrt module's version
+    no_python.write_text("#!/usr/bin/env bash\nexit 1\n")
+    for f in (trtexec, no_python):
+        f.chmod(0o755)
+    calls = {}
+    cases = {"10": {"TRT_MAJOR": "10"}, "11": {"TRT_MAJOR": "11"},
+             "banner10": {"FAKE_BANNER": "100300"}, "banner11": {"FAKE_BANNER": "110000"}}
+    for name, extra in cases.items():
+        env = {k: v for k, v in os.environ.items() if k != "TRT_MAJOR"}
+        env.update(PATH=f"{bin_dir}:{env['PATH']}", TRTEXEC=str(trtexec), **extra)
+        subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True, text=True)
+        calls[name] = log.read_text().strip()
+    return calls
+
+
+@needs_trt
+def test_trt_engine_is_built_and_verified(run, capsys):
+    from pwdeploy.cli import main
+
+    assert main(["export", str(run), "--target", "trt-fp16"]) == 0
+    record = read_json(run / "report.json")["artifacts"]["model.plan"]
+    assert record["engine"]["built"] is True and record["engine"]["tensorrt_version"]
+    assert record["engine"]["gpu"]["name"] and record["engine"]["gpu"]["compute_capability"]
+    assert (run / "build_engine.sh").is_file()  # for the target device, which may differ from this GPU
+    assert main(["verify", str(run / "model.plan"), "--bootstrap", "0"]) == 0
+    assert read_json(run / "verify.json")["artifacts"]["model.plan"]["runner"]["runner"] == "tensorrt"
