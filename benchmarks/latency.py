@@ -91,19 +91,29 @@ def build_resnet18(folder: Path, *, calib: int) -> dict:
             "note": "random weights: accuracy is meaningless; INT8 scales come from random calibration images"}
 
 
-def build_synthetic(folder: Path, *, quick: bool) -> tuple:
-    """pwdeploy's own pipeline on the synthetic data: train, compress (PW, 75%), int8 + fp16 targets."""
+def build_synthetic(folder: Path, *, quick: bool, existing: Path | None = None) -> tuple:
+    """pwdeploy's own pipeline on the synthetic data: train, compress (PW loss, magnitude, 75% of MACs), then
+    the int8 and fp16 targets. ``existing``: a finished run (e.g. from `make demo`) is copied instead."""
+    import shutil
+
     from exporters.targets import export_target
     from pwdeploy.api import compress_model, train_baseline
     from pwdeploy.fsutil import read_json
 
-    data = {"name": "synthetic", "options": {"n": 1500 if quick else 4000, "size": 32}}
-    train_baseline({"data": data, "model": {"arch": "smallcnn"},
-                    "baseline": {"epochs": 6 if quick else 12}}, out=folder / "base.pt")
-    run = compress_model(folder / "base.pt", {"data": data, "prune": {"method": "magnitude", "flops_reduction": 0.75},
-                                              "retrain": {"epochs": 3 if quick else 6}, "target": "onnx-int8"},
-                         out=folder / "run", quiet=True)
-    export_target(run, "onnx-fp16")
+    if existing is not None:
+        run = Path(shutil.copytree(existing, folder / "run"))
+    else:
+        # quick: 16 px images and a larger minority so a short training still learns both groups
+        options = {"n": 2000, "size": 16, "minority_fraction": 0.2} if quick else {}
+        data = {"name": "synthetic", "options": options}
+        train_baseline({"data": data, "model": {"arch": "smallcnn"}, "baseline": {"epochs": 8 if quick else 15}},
+                       out=folder / "base.pt")
+        run = compress_model(folder / "base.pt", {"data": data,
+                                                  "prune": {"method": "magnitude", "flops_reduction": 0.75},
+                                                  "retrain": {"epochs": 4 if quick else 8}}, out=folder / "run",
+                             quiet=True)
+    for target in ("onnx-int8", "onnx-fp16"):
+        export_target(run, target)
     report = read_json(run / "report.json")
     return run, {"shape": tuple(report["input_shape"]), "macs": report["macs"]}
 
@@ -125,34 +135,43 @@ def group_accuracy(run: Path) -> dict:
 
 # --- report ----------------------------------------------------------------------------------------------------
 
-def table(name: str, timings: dict, accuracy: dict | None, note: str):
+def tables(name: str, timings: dict, accuracy: dict | None, note: str) -> list:
+    """Speed table (ratios against the original) and, where accuracy is meaningful, a per-group table."""
+    from rich import box
     from rich.table import Table
 
     base = timings["original"]
-    t = Table(title=f"{name}: ONNX Runtime CPU", caption=note)
-    for col in ("artifact", "MB", "latency ms (b1)", "speed-up", f"img/s (b{base['throughput_batch']})", "ratio"):
-        t.add_column(col, justify="left" if col == "artifact" else "right")
-    if accuracy:
-        t.add_column("accuracy % per group (overall)")
+    speed = Table(title=f"{name}: ONNX Runtime CPU", caption=note, box=box.SIMPLE_HEAD)
+    for col in ("artifact", "MB", "ms (b1)", "speed-up", f"img/s b{base['throughput_batch']}", "ratio"):
+        speed.add_column(col, justify="left" if col == "artifact" else "right")
     for label, _ in ARTIFACTS:
         m = timings[label]
-        row = [label, f"{m['size_mb']:.2f}", f"{m['latency_ms']:.2f}", f"{base['latency_ms'] / m['latency_ms']:.2f}×",
-               f"{m['throughput_ips']:.0f}", f"{m['throughput_ips'] / base['throughput_ips']:.2f}×"]
-        if accuracy:
-            acc = accuracy[label]
-            row.append(" ".join(f"{g} {v['accuracy']:.1f}" for g, v in acc["groups"].items())
-                       + f" ({acc['overall']['accuracy']:.1f})")
-        t.add_row(*row)
-    return t
+        speed.add_row(label, f"{m['size_mb']:.2f}", f"{m['latency_ms']:.2f}",
+                      f"{base['latency_ms'] / m['latency_ms']:.2f}×", f"{m['throughput_ips']:.0f}",
+                      f"{m['throughput_ips'] / base['throughput_ips']:.2f}×")
+    if not accuracy:
+        return [speed]
+    groups = list(accuracy["original"]["groups"])
+    acc = Table(title=f"{name}: accuracy per group (%)", box=box.SIMPLE_HEAD)
+    acc.add_column("artifact")
+    for g in groups + ["overall"]:
+        acc.add_column(g, justify="right")
+    for label, _ in ARTIFACTS:
+        m = accuracy[label]
+        acc.add_row(label, *[f"{m['groups'][g]['accuracy']:.1f}" for g in groups], f"{m['overall']['accuracy']:.1f}")
+    return [speed, acc]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller synthetic data and shorter timing windows")
     parser.add_argument("--seconds", type=float, default=None, help="timing window per measurement")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else os.cpu_count(), help="ONNX Runtime intra-op threads (and torch threads)")
     parser.add_argument("--batch", type=int, default=32, help="throughput batch size")
     parser.add_argument("--skip-resnet18", action="store_true")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="use this finished synthetic run (e.g. runs/demo/...) instead of training one")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 3.0)
@@ -167,7 +186,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     results = {"onnxruntime": ort.__version__, "providers": ["CPUExecutionProvider"], "threads": args.threads,
                "cpu": platform.processor() or platform.machine(), "cpu_flags": _cpu_flags(),
-               "seconds_per_measurement": seconds, "models": {}}
+               "seconds_per_measurement": seconds,
+               # a shared machine: the load before timing tells how much to trust the absolute numbers
+               "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "models": {}}
     with tempfile.TemporaryDirectory(prefix="pwdeploy-bench-") as tmp:
         tmp = Path(tmp)
         jobs = []
@@ -176,10 +197,11 @@ def main(argv=None) -> int:
             console.print("building resnet18 @224 (random weights, pruned 75% by magnitude) ...")
             info = build_resnet18(tmp / "resnet18", calib=16 if args.quick else 64)
             jobs.append(("resnet18@224", tmp / "resnet18", info, None))
-        console.print("training + compressing the synthetic SmallCNN with pwdeploy ...")
-        run, info = build_synthetic(tmp / "synthetic", quick=args.quick)
+        console.print("compressing the synthetic model with pwdeploy (train, PW prune 75%, int8, fp16) ...")
+        (tmp / "synthetic").mkdir()
+        run, info = build_synthetic(tmp / "synthetic", quick=args.quick, existing=args.run)
         info["note"] = "per-group accuracy on the run's verification set (test split), ONNX Runtime CPU"
-        jobs.append(("synthetic SmallCNN", run, info, group_accuracy(run)))
+        jobs.append(("synthetic model", run, info, group_accuracy(run)))
 
         for name, folder, info, accuracy in jobs:
             timings = {label: time_artifact(folder / file, info["shape"], batch=args.batch, seconds=seconds,
@@ -190,11 +212,12 @@ def main(argv=None) -> int:
                 m["ratio_throughput"] = m["throughput_ips"] / base["throughput_ips"]
             results["models"][name] = {"input_shape": list(info["shape"]), "macs": info["macs"], "note": info["note"],
                                        "timings": timings, "group_accuracy": accuracy}
-            console.print(table(name, timings, accuracy, info["note"]))
+            for t in tables(name, timings, accuracy, info["note"]):
+                console.print(t)
     write_json(args.out, results)
     console.print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}; "
-                  "fp16 on a CPU runs through casts (no fp16 kernels) and INT8 speed depends on VNNI: these are "
-                  "CPU numbers, the engine's speed is measured on the device")
+                  "fp16 and INT8 speed on a CPU depends on its kernels (fp16 ops without one run through casts, INT8 "
+                  "gains most with VNNI); a TensorRT engine's speed is measured on the device")
     return 0
 
 

@@ -3,11 +3,11 @@
 Heavy imports (onnxruntime.quantization) live in ``calibration.quantize`` and load only when quantizing.
 """
 
-from .provenance import StaleCalibrationError, check_fresh, indices_sha256, make_provenance
+from .provenance import METADATA_KEY, StaleCalibrationError, check_fresh, indices_sha256, make_provenance
 from .sampler import CalibrationSample, stratified_sample
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_SIZE = 512
 
-__all__ = ["CalibrationSample", "DEFAULT_SIZE", "METHODS", "StaleCalibrationError", "check_fresh",
+__all__ = ["CalibrationSample", "DEFAULT_SIZE", "METADATA_KEY", "METHODS", "StaleCalibrationError", "check_fresh",
            "indices_sha256", "make_provenance", "stratified_sample"]

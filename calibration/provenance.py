@@ -13,6 +13,7 @@ import numpy as np
 from pwdeploy.errors import PwdeployError
 
 SCHEMA = "pwdeploy.calibration/1"
+METADATA_KEY = "pwdeploy.calibration"  # ONNX metadata_props key holding the provenance JSON
 
 
 class StaleCalibrationError(PwdeployError):

@@ -100,6 +100,23 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike, rea
     return settings
 
 
+def stamp_provenance(path: str | os.PathLike, provenance: dict) -> None:
+    """Store the calibration provenance in the model's metadata (``pwdeploy.calibration``), so a copy of the
+    file still says which fp32 model its scales belong to."""
+    import json
+
+    import onnx
+
+    from .provenance import METADATA_KEY
+
+    model = onnx.load(str(path))
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(provenance, sort_keys=True))
+    onnx.save(model, str(path))
+
+
 @contextlib.contextmanager
 def _quiet():
     """The entropy/percentile calibrators print progress to stdout; keep the CLI's output clean."""

@@ -125,7 +125,7 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
                  method: str, seed: int, recalibrate: bool, shares: dict | None, full_range: bool,
                  console) -> dict:
     from calibration import check_fresh
-    from calibration.quantize import quantize_int8
+    from calibration.quantize import quantize_int8, stamp_provenance
 
     calib_json, ranges = run / CALIBRATION_JSON, run / CALIBRATION_RANGES
     previous = read_json(calib_json) if calib_json.is_file() else None
@@ -136,17 +136,21 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
              and previous.get("requested_size") == calib_size and previous.get("seed") == seed
              and previous.get("shares") == shares and previous.get("ranges_sha256") == sha256_file(ranges))
 
-    if reuse:
-        provenance = previous
-        with atomic_path(run / rundir.INT8_ONNX) as tmp:
-            settings = quantize_int8(model_onnx, tmp, _EmptyReader(), method=method, ranges_cache=ranges,
+    with atomic_path(run / rundir.INT8_ONNX) as out:
+        if reuse:
+            provenance = previous
+            settings = quantize_int8(model_onnx, out, _EmptyReader(), method=method, ranges_cache=ranges,
                                      full_range_weights=full_range)
-        console.print(f"wrote {rundir.INT8_ONNX} reusing the {method} calibration of this model "
-                      f"({provenance['n']} images)")
-    else:
-        provenance, settings = _calibrate_and_quantize(run, config, model_onnx, model_sha, input_name,
-                                                       calib_size=calib_size, method=method, seed=seed,
-                                                       shares=shares, full_range=full_range, console=console)
+            what = f"reusing this model's recorded {method} calibration ({provenance['n']} images)"
+        else:
+            provenance, settings = _calibrate(run, config, model_onnx, model_sha, input_name, out,
+                                              calib_size=calib_size, method=method, seed=seed, shares=shares,
+                                              full_range=full_range, console=console)
+            counts = ", ".join(f"{g} {e['drawn']}" for g, e in provenance["per_group"].items())
+            what = f"{method} calibration on {provenance['n']} training images stratified by group: {counts}"
+        stamp_provenance(out, provenance)  # the provenance travels inside the file too
+    console.print(f"wrote {rundir.INT8_ONNX} (INT8 Q/DQ, symmetric, per-channel {settings['weight_bits']}-bit "
+                  f"weights; {what})")
     return {"sha256": sha256_file(run / rundir.INT8_ONNX), "precision": "int8", "runtime": "onnxruntime",
             "source_sha256": model_sha, "quantization": settings, "calibration": provenance}
 
@@ -161,18 +165,16 @@ class _EmptyReader:
         return None
 
 
-def _calibrate_and_quantize(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, *,
-                            calib_size: int, method: str, seed: int, shares: dict | None, full_range: bool,
-                            console):
+def _calibrate(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, out: Path, *,
+               calib_size: int, method: str, seed: int, shares: dict | None, full_range: bool, console):
+    """Draw the stratified calibration set, quantize into ``out``, record ranges and provenance."""
     from calibration import make_provenance, stratified_sample
     from calibration.quantize import IndexedCalibrationReader, quantize_int8
     from pwdeploy.data import DataSpec, create_dataset
     from pwdeploy.progress import task
 
-    spec = DataSpec.from_dict(config["data"])
-    train = create_dataset(spec, "train")
+    train = create_dataset(DataSpec.from_dict(config["data"]), "train")
     sample = stratified_sample(train.groups, train.group_names, calib_size, seed=seed, shares=shares)
-    counts = ", ".join(f"{g} {n}" for g, n in sample.counts.items())
     for note in sample.notes:
         console.print(f"[yellow]calibration:[/] {note}")
     with task(f"INT8 calibration ({method})", total=len(sample.indices)) as bar, \
@@ -180,9 +182,8 @@ def _calibrate_and_quantize(run: Path, config: dict, model_onnx: Path, model_sha
         reader = IndexedCalibrationReader(train.load_image, sample.indices, input_name, batch_size=32,
                                           on_batch=bar.advance)
         cache = Path(tmpdir) / CALIBRATION_RANGES
-        with atomic_path(run / rundir.INT8_ONNX) as tmp:
-            settings = quantize_int8(model_onnx, tmp, reader, method=method, ranges_cache=cache,
-                                     full_range_weights=full_range)
+        settings = quantize_int8(model_onnx, out, reader, method=method, ranges_cache=cache,
+                                 full_range_weights=full_range)
         with atomic_path(run / CALIBRATION_RANGES) as tmp:
             tmp.write_bytes(cache.read_bytes())
     provenance = make_provenance(
@@ -190,9 +191,6 @@ def _calibrate_and_quantize(run: Path, config: dict, model_onnx: Path, model_sha
         split="train", dataset=train.name, notes=sample.notes, requested_size=calib_size, shares=shares,
         ranges_sha256=sha256_file(run / CALIBRATION_RANGES), ranges_file=CALIBRATION_RANGES)
     write_json(run / CALIBRATION_JSON, provenance)
-    console.print(f"wrote {rundir.INT8_ONNX} (INT8 Q/DQ, symmetric, per-channel {settings['weight_bits']}-bit weights; "
-                  f"{method} calibration on "
-                  f"{len(sample.indices)} training images stratified by group: {counts})")
     return provenance, settings
 
 

@@ -218,7 +218,8 @@ def package(
 def ship(
     bundle: Path = typer.Argument(..., help="Bundle written by 'pwdeploy package' (NAME.tar.gz)."),
     destination: str = typer.Argument(..., help="user@host:DIR on the device (DIR/current will point at it)."),
-    verify: bool = typer.Option(False, "--verify", help="Run the device-side verify there and bring back its result."),
+    verify: bool = typer.Option(False, "--verify", help="Run the device-side verify in the new release first; switch "
+                                                        "`current` only if it passes; bring back its result."),
     port: Optional[int] = typer.Option(None, "-p", "--port", help="SSH port."),
     identity: Optional[str] = typer.Option(None, "-i", "--identity", help="SSH private key file."),
     ssh_config: Optional[str] = typer.Option(None, "-F", "--ssh-config", help="ssh config file (default ~/.ssh/config)."),
@@ -274,7 +275,12 @@ def _data_overrides(name: Optional[str], root: Optional[str], options: Optional[
 
 def main(argv: Optional[list[str]] = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        # typer turns Ctrl-C (and typer.Exit) into a returned exit code in non-standalone mode
+        result = app(args=argv, standalone_mode=False)
+        if isinstance(result, int) and result:
+            if result == 130:
+                typer.echo("interrupted: nothing was left half-written", err=True)
+            return result
     except PwdeployError as exc:
         if _state["debug"]:
             raise

@@ -358,9 +358,10 @@ def _engine(run: rundir.RunDir, report: dict, runtime: str, engine_for: str | No
     if not run.file(rundir.ENGINE).is_file() or not isinstance(record, dict):
         raise PwdeployError(f"{run.file(rundir.ENGINE)} was not built in this run: drop --engine-for, the device "
                             "builds the engine itself")
-    gpu = record.get("gpu") or {}
+    info = record.get("engine") if isinstance(record.get("engine"), dict) else record  # export nests the build info
+    gpu = info.get("gpu") or record.get("gpu") or {}
     gpu_name = gpu.get("name") if isinstance(gpu, dict) else str(gpu)
-    trt_version = record.get("tensorrt_version")
+    trt_version = info.get("tensorrt_version") or record.get("tensorrt_version")
     if not gpu_name or not trt_version:
         raise PwdeployError(f"report.json does not record which GPU/TensorRT built {rundir.ENGINE}: drop "
                             "--engine-for, the device builds the engine itself")

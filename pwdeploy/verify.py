@@ -22,7 +22,8 @@ from . import __version__, rundir
 from .errors import GateFailed, PwdeployError
 from .fsutil import read_json, sha256_file, write_json
 from .gate import check_groups, tolerance_for
-from .metrics import group_metrics, predict
+from .metrics import accuracy_change, group_metrics, predict
+from .runners import RUNNER_KINDS
 from .verification_set import FILENAME as VERIFICATION_SET
 
 SCHEMA = "pwdeploy.verify/1"
@@ -71,18 +72,7 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
     from .progress import console as default_console
 
     console = console or default_console
-    if tolerance is not None and tolerance < 0:
-        raise PwdeployError(f"--tolerance must be >= 0, got {tolerance}")
-    if max_group_drop is not None and max_group_drop < 0:
-        raise PwdeployError(f"--max-group-drop must be >= 0, got {max_group_drop}")
-    if bootstrap < 0:
-        raise PwdeployError(f"--bootstrap must be >= 0 (0 turns it off), got {bootstrap}")
-    from .runners import RUNNER_KINDS
-
-    if runner not in RUNNER_KINDS:
-        raise PwdeployError(f"unknown --runner {runner!r}: use one of {', '.join(RUNNER_KINDS)}")
-    if ort_provider not in ORT_PROVIDERS:
-        raise PwdeployError(f"unknown --ort-provider {ort_provider!r}: use one of {', '.join(ORT_PROVIDERS)}")
+    _check_options(tolerance, max_group_drop, bootstrap, runner, ort_provider, batch_size)
     path = Path(artifact)
     if not path.exists():
         raise PwdeployError(f"artifact not found: {path}: pass a run directory, .onnx, .plan/.engine or .pt")
@@ -108,12 +98,16 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
         ref_metrics, evald.reference_from = recorded["pruned"], "report.json metrics.pruned (unpaired)"
     if orig_metrics is None and evald.full_test_split and "original" in recorded:
         orig_metrics = recorded["original"]
+    if max_group_drop is not None and orig_metrics is None:
+        raise PwdeployError("--max-group-drop needs the original model's results: the run has neither "
+                            "original.pt logits nor report.json metrics.original")
 
-    results = {}
-    runners = {}
+    results, runners, described = {}, {}, {}
     try:
         for art in runnable:
             runners[art.name] = _make_runner(art, runner, ort_provider)
+            described[art.name] = runners[art.name].describe()
+            _check_embedded_calibration(art, runners[art.name], run)
         logits = _run_all(runners, evald, batch_size)
     finally:
         for r in runners.values():
@@ -127,7 +121,8 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
             continue
         result = _evaluate(art, logits[art.name], evald, ref_metrics, orig_metrics, recorded,
                            tolerance=tolerance, max_group_drop=max_group_drop, n_boot=bootstrap, seed=seed)
-        result["runner"] = runners[art.name].describe()
+        result["runner"] = described[art.name]
+        result["data"] = evald.source
         if art.precision == "fp16" and result["runner"].get("providers") == ["CPUExecutionProvider"]:
             result["notes"].append("ONNX Runtime's CPU provider runs fp16 ops it has no fp16 kernel for in fp32 "
                                    "(with casts); on a GPU they run in fp16: verify on the target runtime too")
@@ -148,13 +143,31 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
     return summary
 
 
+def _check_options(tolerance, max_group_drop, bootstrap, runner, ort_provider, batch_size) -> None:
+    if tolerance is not None and tolerance < 0:
+        raise PwdeployError(f"--tolerance must be >= 0, got {tolerance}")
+    if max_group_drop is not None and max_group_drop < 0:
+        raise PwdeployError(f"--max-group-drop must be >= 0, got {max_group_drop}")
+    if bootstrap < 0:
+        raise PwdeployError(f"--bootstrap must be >= 0 (0 turns it off), got {bootstrap}")
+    if batch_size < 1:
+        raise PwdeployError(f"--batch-size must be >= 1, got {batch_size}")
+    if runner not in RUNNER_KINDS:
+        raise PwdeployError(f"unknown --runner {runner!r}: use one of {', '.join(RUNNER_KINDS)}")
+    if ort_provider not in ORT_PROVIDERS:
+        raise PwdeployError(f"unknown --ort-provider {ort_provider!r}: use one of {', '.join(ORT_PROVIDERS)}")
+
+
 # --- what to verify --------------------------------------------------------------------------------------------
 
 def _reference_run(path: Path, reference) -> Path:
+    if path.is_dir():
+        if reference is not None and Path(reference).resolve() != path.resolve():
+            raise PwdeployError("--reference is for a bare artifact: a run directory is its own reference "
+                                f"(verify {path} without it, or pass one of its files)")
+        return rundir.RunDir.open(path).path
     if reference is not None:
         return rundir.RunDir.open(reference).path
-    if path.is_dir():
-        return rundir.RunDir.open(path).path
     parent = path.parent
     if (parent / rundir.CONFIG).is_file() and (parent / rundir.REPORT).is_file():
         return rundir.RunDir.open(parent).path
@@ -191,15 +204,19 @@ def _run_artifacts(run: Path, recorded: dict, target: Optional[str]) -> list:
         return found
     precision = target.split("-", 1)[1]
     onnx = run / ONNX_BY_PRECISION[precision]
+    engine_note = "the TensorRT engine was not built here"
     if target.startswith("trt-") and engine.is_file() and engine_precision == precision:
-        return [_file_artifact(engine, run, recorded, True)]
+        art = _file_artifact(engine, run, recorded, True)
+        if not art.skip_reason:
+            return [art]
+        engine_note = f"{engine.name} cannot run here ({art.skip_reason})"
     if not onnx.is_file():
         raise PwdeployError(f"{run} has no {onnx.name} for --target {target}: make it with 'pwdeploy export "
                             f"{run} --target {target}'")
     art = _file_artifact(onnx, run, recorded, True)
     if target.startswith("trt-"):
-        art.notes.append(f"the TensorRT engine was not built here; verified {onnx.name} instead (the ONNX it is "
-                         "built from); build it on the target with build_engine.sh and verify model.plan there")
+        art.notes.append(f"{engine_note}; verified {onnx.name} instead (the ONNX the engine is built from); build "
+                         "the engine on the target with build_engine.sh and verify model.plan there")
     return [art]
 
 
@@ -255,6 +272,21 @@ def _check_not_stale(artifacts: list, run: Path, report: dict) -> None:
         if record["source_sha256"] != current:
             raise PwdeployError(f"{art.name} was exported from another model.onnx than the run holds now: re-run "
                                 f"'pwdeploy export {run} --target {art.target}'")
+
+
+def _check_embedded_calibration(art: Artifact, runner, run: Path) -> None:
+    """An INT8 ONNX carries its calibration provenance: refuse it when the reference run's fp32 model differs
+    (its scales were computed on another model), wherever the file was copied to."""
+    meta = runner.metadata() if hasattr(runner, "metadata") else {}
+    model = run / rundir.MODEL_ONNX
+    from calibration.provenance import METADATA_KEY
+
+    if METADATA_KEY in meta and model.is_file():
+        import json
+
+        from calibration.provenance import check_fresh
+
+        check_fresh(json.loads(meta[METADATA_KEY]), sha256_file(model), what=f"INT8 calibration of {art.name}")
 
 
 # --- data ------------------------------------------------------------------------------------------------------
@@ -375,7 +407,6 @@ def _agreement(pred: np.ndarray, ref_pred: np.ndarray, evald: EvalData) -> dict:
 def _evaluate(art: Artifact, logits: np.ndarray, evald: EvalData, ref_metrics: dict, orig_metrics: Optional[dict],
               recorded: dict, *, tolerance, max_group_drop, n_boot: int, seed: int) -> dict:
     from .bootstrap import group_change_ci
-    from .metrics import accuracy_change
 
     tol = tolerance_for(art.precision) if tolerance is None else float(tolerance)
     notes = []
@@ -383,9 +414,6 @@ def _evaluate(art: Artifact, logits: np.ndarray, evald: EvalData, ref_metrics: d
         notes.append(f"{int((~np.isfinite(logits)).sum())} non-finite logits: the artifact overflows")
     pred = predict(logits)
     metrics = _metrics_of(logits, evald)
-    if max_group_drop is not None and orig_metrics is None:
-        raise PwdeployError("--max-group-drop needs the original model's results: the run has neither "
-                            "original.pt logits nor report.json metrics.original")
     gate = check_groups(metrics, ref_metrics, tolerance=tol, original=orig_metrics, max_group_drop=max_group_drop)
     correct = (pred == evald.labels).astype(np.float64)
 
@@ -455,12 +483,6 @@ def _failure_text(name: str, result: dict) -> str:
 
 # --- output ----------------------------------------------------------------------------------------------------
 
-def _fmt(value, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.2f}" if signed else f"{value:.2f}"
-
-
 def _fmt1(value, signed: bool = False) -> str:
     if value is None:
         return "-"
@@ -492,7 +514,7 @@ def _table(art: Artifact, result: dict, group_names: list):
         table.add_column(col, justify="left" if col in ("group", "gate") else "right", no_wrap=True)
     boot = result.get("bootstrap") or {}
     checks = {c["group"]: c for c in result["gate"]["groups"]}
-    ref, orig, agree = result["reference_metrics"], result["original_metrics"], result["agreement"]
+    ref, agree = result["reference_metrics"], result["agreement"]
     vs_orig = result["changes"]["vs_original"]
     for name in group_names:
         m = result["metrics"]["groups"][name]

@@ -133,6 +133,10 @@ def test_int8_export_records_stratified_provenance(run_dir, tmp_path):
     zero_points = [numpy_helper.to_array(i) for i in model.graph.initializer if "zero_point" in i.name]
     assert zero_points and all(np.all(z == 0) for z in zero_points)
     assert all(z.dtype in (np.int8, np.int32) for z in zero_points)
+    import json
+
+    embedded = {p.key: p.value for p in model.metadata_props}["pwdeploy.calibration"]
+    assert json.loads(embedded) == prov  # the provenance travels inside the file
 
 
 def test_same_settings_reuse_and_stale_calibration_refused(run_dir, tmp_path):

@@ -201,3 +201,141 @@ def test_verify_locally_runs_the_bundles_own_verifier_without_torch(bundles, tmp
     passed, result = verify_locally(bundles["onnx-fp16"], tmp_path / "check", echo=False)
     assert passed is True and result["precision"] == "fp16"
     assert Path(result["verifier"]["code_dir"]).is_relative_to(tmp_path / "check" / "bundle")
+
+
+# --- TensorRT orchestration, with stand-ins -----------------------------------------------------------------------
+# No TensorRT exists where these tests run. A fake `tensorrt` module, a fake trtexec and a fake engine runner (which
+# runs the ONNX through ONNX Runtime) exercise the decisions around them: build when missing, rebuild when the
+# engine does not load, report a failed build in one line. Inference through real TensorRT is not tested here.
+
+FAKE_TRTEXEC = """#!/usr/bin/env bash
+echo "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec $*"
+if [ "$1" = "--help" ]; then exit 0; fi
+if [ -n "${FAKE_TRTEXEC_FAIL:-}" ]; then echo "[E] Error[4]: fake parser failure" ; exit 1; fi
+for a in "$@"; do case "$a" in --saveEngine=*) echo "fake engine" > "${a#--saveEngine=}";; esac; done
+"""
+
+
+@pytest.fixture()
+def fake_tensorrt(monkeypatch, tmp_path):
+    import types
+
+    from pwdeploy.device import runners
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
+    trtexec = tmp_path / "trtexec"
+    trtexec.write_text(FAKE_TRTEXEC)
+    trtexec.chmod(0o755)
+    monkeypatch.setenv("TRTEXEC", str(trtexec))
+    loads = []
+
+    class FakeEngineRunner:
+        """Loads 'engines' the fake trtexec wrote; refuses any other file as an incompatible plan."""
+
+        def __init__(self, engine_path, input_name, output_name):
+            loads.append(engine_path)
+            if Path(engine_path).read_text() != "fake engine\n":
+                raise runners.EngineIncompatible("built for another GPU")
+            model = Path(engine_path).parent / read_json(Path(engine_path).parent / "manifest.json")["model"]["file"]
+            self._ort = runners.OnnxRuntimeRunner(str(model), input_name, output_name, prefer_gpu=False)
+            self.description = {"runtime": "tensorrt", "version": "10.3.0", "via": "fake", "engine": engine_path}
+
+        def run(self, batch):
+            return self._ort.run(batch)
+
+        def close(self):
+            self._ort.close()
+
+    monkeypatch.setattr(runners, "TensorRTRunner", FakeEngineRunner)
+    return loads
+
+
+def test_auto_builds_the_engine_on_the_device_when_tensorrt_is_present(bundles, fake_tensorrt, tmp_path):
+    from pwdeploy.device.verify import verify_bundle
+
+    root = extract(bundles["onnx-fp16"], tmp_path / "x")
+    lines = []
+    passed, result = verify_bundle(str(root), log=lines.append)
+    assert passed is True and result["runner"]["runtime"] == "tensorrt"
+    assert result["runner"]["note"] == "engine built on this device with TensorRT 10.3.0"
+    assert (root / "model.plan").read_text() == "fake engine\n"
+    log = (root / "build_engine.log").read_text()
+    assert "--fp16" in log and "--timingCacheFile=" in log  # TensorRT 10 command line for an fp16 bundle
+    # a second verify reuses the engine built here instead of rebuilding
+    (root / "build_engine.log").unlink()
+    passed, result = verify_bundle(str(root), log=lines.append)
+    assert passed and result["runner"]["note"] == "engine built earlier on this device"
+    assert not (root / "build_engine.log").exists()
+
+
+def test_an_engine_that_does_not_load_is_rebuilt(bundles, fake_tensorrt, tmp_path):
+    from pwdeploy.device.verify import verify_bundle
+
+    root = extract(bundles["onnx-fp32"], tmp_path / "x")
+    (root / "model.plan").write_text("plan from another Jetson\n")
+    lines = []
+    passed, result = verify_bundle(str(root), log=lines.append)
+    assert passed and result["runner"]["note"].startswith("engine built on this device")
+    assert any("does not load" in line and "rebuilding" in line for line in lines)
+    assert len(fake_tensorrt) == 2 and (root / "model.plan").read_text() == "fake engine\n"
+
+
+def test_a_failed_engine_build_is_a_one_line_error(bundles, fake_tensorrt, tmp_path, monkeypatch):
+    from pwdeploy.device.build_engine import EngineBuildError
+    from pwdeploy.device.verify import verify_bundle
+
+    monkeypatch.setenv("FAKE_TRTEXEC_FAIL", "1")
+    root = extract(bundles["onnx-fp32"], tmp_path / "x")
+    with pytest.raises(EngineBuildError) as info:
+        verify_bundle(str(root), log=lambda _: None)
+    message = str(info.value)
+    assert "fake parser failure" in message and "build_engine.log" in message and "\n" not in message
+    assert not (root / "model.plan").exists() and not list(root.glob("model.plan*"))
+
+
+def test_a_shipped_engine_is_used_when_tensorrt_versions_match(bundles, fake_tensorrt, tmp_path):
+    from pwdeploy.device.verify import verify_bundle
+
+    root = extract(bundles["onnx-fp32"], tmp_path / "x")
+    (root / "shipped.plan").write_text("fake engine\n")
+    manifest = read_json(root / "manifest.json")
+    manifest["engine"].update(file="shipped.plan", tensorrt="10.3.0")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    rehash(root, ["shipped.plan"])
+    passed, result = verify_bundle(str(root), log=lambda _: None)
+    assert passed and result["runner"]["note"] == "engine shipped in the bundle"
+    assert not (root / "model.plan").exists()  # nothing was built
+    manifest = read_json(root / "manifest.json")
+    manifest["engine"]["tensorrt"] = "10.2.0"  # built with another TensorRT: ignored, built here instead
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    passed, result = verify_bundle(str(root), log=lambda _: None)
+    assert passed and result["runner"]["note"].startswith("engine built on this device")
+
+
+def test_install_switch_and_rollback_on_the_device(bundles, no_torch, tmp_path):
+    from pwdeploy.device.install import InstallError, install, sha256_of, switch
+
+    deploy = tmp_path / "deploy"
+    a = install(str(bundles["onnx-fp32"]), str(deploy), expected_sha256=sha256_of(str(bundles["onnx-fp32"])),
+                log=lambda _: None)
+    b = install(str(bundles["onnx-fp16"]), str(deploy), log=lambda _: None)
+    rel_a, rel_b = (os.path.relpath(r["release"], deploy) for r in (a, b))
+    assert os.readlink(deploy / "current") == rel_b and b["previous"] == rel_a
+    with pytest.raises(InstallError, match="arrived damaged.*still points at " + rel_b):
+        install(str(bundles["onnx-int8"]), str(deploy), expected_sha256="0" * 64, log=lambda _: None)
+    # roll back with the documented command, run from inside the current release
+    proc = subprocess.run([sys.executable, "-m", "pwdeploy.device", "switch", a["release"], str(deploy)],
+                          cwd=deploy / "current", env=no_torch, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert os.readlink(deploy / "current") == rel_a
+    # an intact copy of a bundle is reused; a damaged one is not: the bundle is unpacked afresh beside it
+    again = install(str(bundles["onnx-fp16"]), str(deploy), log=lambda _: None)
+    assert again["release"] == b["release"]
+    (Path(b["release"]) / "README.txt").write_text("edited on the device\n")
+    fresh = install(str(bundles["onnx-fp16"]), str(deploy), log=lambda _: None)
+    assert fresh["release"] == b["release"] + "-2"
+    with pytest.raises(InstallError, match="README.txt has 21 bytes, the manifest says"):
+        switch(b["release"], str(deploy), log=lambda _: None)
+    with pytest.raises(InstallError, match="not a release folder"):
+        switch(str(tmp_path), str(deploy), log=lambda _: None)
+    assert os.readlink(deploy / "current") == os.path.relpath(fresh["release"], deploy)

@@ -338,3 +338,24 @@ def test_a_real_compressed_run_packages_and_verifies_like_the_device(tiny_run, t
     passed, result = verify_locally(bundle, tmp_path / "check", echo=False)
     assert passed is True and result["integrity"]["passed"] is True
     assert result["metrics"]["groups"] == manifest["reference"]["metrics"]["groups"]
+
+
+def test_engine_is_shipped_only_when_built_on_the_named_device(run_dir, tmp_path):
+    run = copy_run(run_dir.parent, tmp_path / "run")
+    (run / rundir.ENGINE).write_text("fake engine\n")
+    report = read_json(run / rundir.REPORT)
+    report["artifacts"][rundir.ENGINE] = {"sha256": sha256_file(run / rundir.ENGINE), "precision": "fp16",
+                                          "engine": {"gpu": {"name": "Orin (nvgpu)"}, "tensorrt_version": "10.3.0"}}
+    (run / rundir.REPORT).write_text(json.dumps(report))
+    default = read_json(extract(package_run(run, tmp_path / "a.tar.gz", target="trt-fp16", quiet=True),
+                                tmp_path / "a") / "manifest.json")
+    assert default["engine"]["file"] is None and rundir.ENGINE not in default["files"]
+    root = extract(package_run(run, tmp_path / "b.tar.gz", target="trt-fp16", engine_for="orin", quiet=True),
+                   tmp_path / "b")
+    manifest = read_json(root / "manifest.json")
+    assert manifest["engine"]["file"] == rundir.ENGINE and manifest["engine"]["tensorrt"] == "10.3.0"
+    assert (root / rundir.ENGINE).read_text() == "fake engine\n"
+    with pytest.raises(PwdeployError, match="built on 'Orin \\(nvgpu\\)', not on a 'Thor'"):
+        package_run(run, tmp_path / "c.tar.gz", target="trt-fp16", engine_for="Thor", quiet=True)
+    with pytest.raises(PwdeployError, match="trt-\\* targets only"):
+        package_run(run, tmp_path / "d.tar.gz", target="onnx-fp16", engine_for="Orin", quiet=True)

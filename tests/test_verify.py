@@ -122,6 +122,8 @@ def test_bad_input_exits_2(run, tmp_path, capsys):
         (["verify", str(tmp_path / "missing.onnx")], "artifact not found"),
         (["verify", str(shutil.copyfile(run / "model.onnx", tmp_path / "lone.onnx"))], "--reference RUN_DIR"),
         (["verify", str(run), "--target", "onnx-int4"], "unknown --target"),
+        (["verify", str(run), "--reference", str(tmp_path)], "--reference is for a bare artifact"),
+        (["verify", str(tmp_path / "lone.onnx"), "--reference", str(tmp_path)], "not a pwdeploy run directory"),
         (["verify", str(run), "--tolerance", "-1"], "--tolerance must be >= 0"),
         (["verify", str(run), "--runner", "tensorflow"], "unknown --runner"),
         (["verify", str(run / "model.onnx"), "--runner", "torch"], "cannot run model.onnx"),
@@ -132,12 +134,16 @@ def test_bad_input_exits_2(run, tmp_path, capsys):
         assert message in err and "Traceback" not in err, (argv, err)
 
 
-def test_stale_int8_is_refused(run, capsys):
+def test_stale_int8_is_refused(run, tmp_path, capsys):
     from pwdeploy.cli import main
 
+    copy = shutil.copyfile(run / "model.int8.onnx", tmp_path / "copied.int8.onnx")
     shutil.copyfile(run / "original.onnx", run / "model.onnx")  # the fp32 model the scales came from is gone
     assert main(["verify", str(run), "--target", "onnx-int8"]) == 2
     assert "stale" in capsys.readouterr().err
+    # a copy elsewhere carries its provenance in the ONNX metadata and is refused too
+    assert main(["verify", str(copy), "--reference", str(run)]) == 2
+    assert "stale INT8 calibration of copied.int8.onnx" in capsys.readouterr().err
 
 
 def test_data_flag_evaluates_the_dataset_with_torch(run, capsys):

@@ -98,6 +98,7 @@ fi
 
 echo "building $ENGINE with TensorRT $MAJOR ($PRECISION): $TRTEXEC_BIN ${ARGS[*]}"
 rm -f "$ENGINE.partial"
+trap 'rm -f "$ENGINE.partial"' EXIT  # a failed build leaves no half engine behind
 "$TRTEXEC_BIN" "${ARGS[@]}"
 [ -s "$ENGINE.partial" ] || die "trtexec finished without writing an engine"
 mv -f "$ENGINE.partial" "$ENGINE"

@@ -109,7 +109,7 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
         if problems:
             raise InstallError("{}: {}{}: refused, {}; ship it again".format(
                 name, problems[0], " (and {} more)".format(len(problems) - 1) if len(problems) > 1 else "", keep))
-        release = _release_dir(releases, bundle_id, raw)
+        release = _release_dir(releases, bundle_id, raw, manifest)
         if os.path.isdir(release):
             log("release {} is already installed with the same manifest: reusing it".format(release))
         else:
@@ -147,8 +147,9 @@ def switch(release: str, deploy_dir: str, *, log: Callable[[str], None] = print)
             "previous": previous, "switched": True, "files": len(manifest["files"])}
 
 
-def _release_dir(releases: str, bundle_id: str, manifest_raw: bytes) -> str:
-    """releases/<bundle_id>, or <bundle_id>-2, -3 ... when a different bundle already holds that name."""
+def _release_dir(releases: str, bundle_id: str, manifest_raw: bytes, manifest: Dict[str, Any]) -> str:
+    """releases/<bundle_id>, or <bundle_id>-2, -3 ... when another bundle (or a damaged copy of this one)
+    already holds that name. An intact copy of the same bundle is reused."""
     for i in range(1, 1000):
         path = os.path.join(releases, bundle_id if i == 1 else "{}-{}".format(bundle_id, i))
         if not os.path.exists(path):
@@ -156,7 +157,7 @@ def _release_dir(releases: str, bundle_id: str, manifest_raw: bytes) -> str:
         existing = os.path.join(path, MANIFEST)
         if os.path.isfile(existing):
             with open(existing, "rb") as fh:
-                if fh.read() == manifest_raw:
+                if fh.read() == manifest_raw and not check_files(path, manifest):
                     return path
     raise InstallError("too many releases named {} under {}: remove old ones".format(bundle_id, releases))
 

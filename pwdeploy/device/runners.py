@@ -8,7 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -184,7 +184,6 @@ class _BindingsImpl:
         self.in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(input_name)))
         self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(output_name)))
         self.stream = self.cuda.stream()
-        self._buffers = []  # type: List[int]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch.astype(self.in_dtype, copy=False))

@@ -115,18 +115,31 @@ class ChannelRemover:
         num = max(1, int(remaining * gap / (2 * (1 - current))))
         # Snapshots (for rollback) only near the target: far from it an overshoot of the step is harmless.
         near_target = target - current <= 2.5 * gap
-        while num >= 1:
-            snapshot = copy.deepcopy(self.model) if num > 1 and near_target else None
-            removed = self.apply(self.plan(scores, num))
+        too_coarse: set[str] = set()  # groups where even one channel overshoots the band (e.g. residual streams)
+        fallback = None  # (reduction, plan) of the smallest overshoot, if no single channel fits the band
+        while True:
+            plan = self.plan({n: s for n, s in scores.items() if n not in too_coarse}, num)
+            if not plan:
+                break
+            snapshot = copy.deepcopy(self.model) if near_target else None
+            removed = self.apply(plan)
             if removed == 0:
-                return None
+                break
             macs = self.macs
             reduction = self.reduction(macs)
             if reduction <= target + TOLERANCE or snapshot is None:
                 return PruneStep(removed, macs, reduction)
-            # Overshot the band: undo and take fewer channels.
-            self._restore(snapshot)
-            num //= 2
+            self._restore(snapshot)  # overshot the band: undo, then take fewer or cheaper channels
+            if num > 1:
+                num //= 2
+            else:
+                too_coarse |= set(plan)
+                if fallback is None or reduction < fallback[0]:
+                    fallback = (reduction, plan)
+        if fallback is not None and current < target - TOLERANCE:
+            removed = self.apply(fallback[1])
+            macs = self.macs
+            return PruneStep(removed, macs, self.reduction(macs))
         return None
 
     def _restore(self, snapshot: nn.Module) -> None:

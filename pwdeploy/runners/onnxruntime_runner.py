@@ -59,6 +59,10 @@ class OnnxRuntimeRunner(Runner):
         self.output_name = self.session.get_outputs()[0].name
         self.providers = self.session.get_providers()  # what ORT actually uses (it may fall back)
 
+    def metadata(self) -> dict:
+        """The model's metadata_props (pwdeploy stores INT8 calibration provenance there)."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
