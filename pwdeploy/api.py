@@ -253,7 +253,8 @@ def _export_target(run_dir: Path, config: RunConfig) -> None:
         if config.target != "onnx-fp32":
             raise PwdeployError(f"--target {config.target} is not available in this build: use onnx-fp32")
         return
-    export_target(run_dir, config.target, seed=config.seed)
+    export_target(run_dir, config.target, seed=config.seed, calib_size=config.calib_size,
+                  calib_method=config.calib_method)
 
 
 def _check_model_input(model: torch.nn.Module, example: torch.Tensor) -> None:

@@ -96,6 +96,8 @@ def compress(
     group_balanced: Optional[bool] = typer.Option(None, "--group-balanced/--no-group-balanced",
                                                   help="Extension, not the paper: equal total PW weight per group."),
     target: Optional[str] = typer.Option(None, "--target", help="onnx-fp32, onnx-fp16, onnx-int8, trt-fp32, trt-fp16, trt-int8."),
+    calib_size: Optional[int] = typer.Option(None, "--calib-size", help="INT8: calibration images, stratified by group (default 512)."),
+    calib_method: Optional[str] = typer.Option(None, "--calib-method", help="INT8: minmax, entropy or percentile."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture of a state-dict MODEL."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Class count of a state-dict MODEL."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow MODEL to be a pickled nn.Module."),
@@ -115,7 +117,8 @@ def compress(
     _put(overrides, "prune", "flops_reduction", flops_reduction)
     _put(overrides, "retrain", "epochs", epochs)
     _put(overrides, "retrain", "lr", lr)
-    for key, value in (("loss", loss), ("target", target), ("group_balanced", group_balanced)):
+    for key, value in (("loss", loss), ("target", target), ("group_balanced", group_balanced),
+                       ("calib_size", calib_size), ("calib_method", calib_method)):
         if value is not None:
             overrides[key] = value
     overrides.update(seed=seed, device=device)

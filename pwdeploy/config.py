@@ -81,6 +81,9 @@ class RunConfig:
     # group-aware extension (not the paper's method): rebalance PW weights so each group carries equal weight
     group_balanced: bool = False
     target: str = "onnx-fp32"
+    # INT8 calibration: images drawn stratified by group from the training split, and the range method
+    calib_size: int = 512
+    calib_method: str = "minmax"
     seed: int = 0
     device: str = "auto"
 
@@ -97,6 +100,8 @@ CHOICES = {
     "pw_applies_to": ("both", "importance", "retraining"),
     "retrain.optimizer": ("adamw", "sgd"),
     "retrain.schedule": ("cosine", "constant"),
+    "calib_method": ("minmax", "entropy", "percentile"),
+    "target": ("onnx-fp32", "onnx-fp16", "onnx-int8", "trt-fp32", "trt-fp16", "trt-int8"),
 }
 
 

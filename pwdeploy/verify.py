@@ -569,4 +569,7 @@ def _update_report(run: Path, artifacts: list, results: dict, evald: EvalData) -
             "artifact": art.name, "passed": r["passed"], "failed_groups": r["failed_groups"],
             "tolerance": r["tolerance"], "max_group_drop": r["max_group_drop"], "runner": r.get("runner"),
             "data": evald.source, "verify_json": VERIFY_JSON}
-    write_json(run / rundir.REPORT, report)
+    from .report import summarize, write_reports
+
+    report.update(summarize(report["metrics"]))  # worst group and changes for the new artifacts too
+    write_reports(run, report)  # report.md and report.png show the exported artifacts as well
