@@ -12,7 +12,7 @@ from pwdeploy.errors import DataError
 from pwdeploy.fsutil import read_json, sha256_file
 from pwdeploy.verification_set import equal_shares
 
-DATA = {"name": "synthetic", "options": {"n": 500, "size": 16, "minority_fraction": 0.25}}
+from conftest import TINY_DATA as DATA
 
 
 def _groups(counts):
@@ -96,18 +96,9 @@ def test_provenance_and_staleness():
 # --- on a real run directory ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    import torch
-
-    from pwdeploy.api import compress_model, train_baseline
-
-    torch.set_num_threads(1)
-    base = tmp_path_factory.mktemp("calib")
-    train_baseline({"data": DATA, "model": {"arch": "smallcnn"}, "baseline": {"epochs": 3, "batch_size": 64}},
-                   out=base / "base.pt")
-    return compress_model(base / "base.pt", {"data": DATA, "prune": {"method": "magnitude", "flops_reduction": 0.5},
-                                             "retrain": {"epochs": 1, "batch_size": 64}}, out=base / "run",
-                          quiet=True)
+def run_dir(tiny_run):
+    """The shared tiny run (conftest): copy it before changing anything."""
+    return tiny_run
 
 
 def test_int8_export_records_stratified_provenance(run_dir, tmp_path):

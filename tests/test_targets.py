@@ -14,25 +14,16 @@ import pytest
 from exporters.tensorrt import tensorrt_status
 from pwdeploy.fsutil import read_json, sha256_file
 
-DATA = {"name": "synthetic", "options": {"n": 500, "size": 16, "minority_fraction": 0.25}}
+from conftest import TINY_DATA as DATA
 TRT = tensorrt_status()
 needs_trt = pytest.mark.skipif(not TRT["available"], reason=f"TensorRT engine build impossible here: {TRT['reason']}")
 without_trt = pytest.mark.skipif(TRT["available"], reason="TensorRT and a CUDA GPU are present: the engine is built")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    import torch
-
-    from pwdeploy.api import compress_model, train_baseline
-
-    torch.set_num_threads(1)
-    base = tmp_path_factory.mktemp("targets")
-    train_baseline({"data": DATA, "model": {"arch": "smallcnn"}, "baseline": {"epochs": 3, "batch_size": 64}},
-                   out=base / "base.pt")
-    return compress_model(base / "base.pt", {"data": DATA, "prune": {"method": "magnitude", "flops_reduction": 0.5},
-                                             "retrain": {"epochs": 1, "batch_size": 64}}, out=base / "run",
-                          quiet=True)
+def run_dir(tiny_run):
+    """The shared tiny run (conftest): copy it before changing anything."""
+    return tiny_run
 
 
 @pytest.fixture
@@ -57,7 +48,7 @@ def test_onnx_fp32_records_model_original_and_verification_set(run):
     assert artifacts["model.onnx"]["sha256"] == sha256_file(run / "model.onnx")
     assert artifacts["original.onnx"]["role"] == "original"
     vs = load_verification_set(run / "verification_set.npz")
-    assert artifacts["verification_set.npz"]["n"] == len(vs) == 500  # the whole (small) test split
+    assert artifacts["verification_set.npz"]["n"] == len(vs) == DATA["options"]["n"]  # the whole (small) test split
     assert set(vs.logits) == {"pruned", "original"}
     # stored reference logits are the PyTorch model's: ONNX Runtime on model.onnx agrees with them
     np.testing.assert_allclose(_logits(run / "model.onnx", vs.images), vs.logits["pruned"], atol=1e-3)

@@ -49,6 +49,19 @@ class GroupedDataset(Dataset):
     augment: bool = False
     notes: list[str]  # counted problems (skipped rows, bad images) that reports show
 
+    def _set_metadata(self, labels, groups, *, group_names, class_names, preprocessing: Preprocessing, name: str,
+                      split: str, augment: bool = False, notes: list[str] | None = None) -> None:
+        """Fill the attributes every adapter shares (augmentation only ever applies to the train split)."""
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.groups = np.asarray(groups, dtype=np.int64)
+        self.group_names = list(group_names)
+        self.class_names = list(class_names)
+        self.preprocessing = preprocessing
+        self.name = name
+        self.split = split
+        self.augment = bool(augment) and split == "train"
+        self.notes = list(notes or [])
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -86,14 +99,8 @@ class ArrayDataset(GroupedDataset):
                  group_names: list[str], class_names: list[str], preprocessing: Preprocessing,
                  name: str = "array", split: str = "train"):
         self.images = np.ascontiguousarray(images, dtype=np.float32)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.groups = np.asarray(groups, dtype=np.int64)
-        self.group_names = list(group_names)
-        self.class_names = list(class_names)
-        self.preprocessing = preprocessing
-        self.name = name
-        self.split = split
-        self.notes = []
+        self._set_metadata(labels, groups, group_names=group_names, class_names=class_names,
+                           preprocessing=preprocessing, name=name, split=split)
 
     def load_image(self, index: int) -> np.ndarray:
         return self.images[index]

@@ -130,16 +130,9 @@ class CifarDataset(GroupedDataset):
     def __init__(self, images, labels, groups, squares, *, group_names, class_names, preprocessing, name,
                  split, augment):
         self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.groups = np.asarray(groups, dtype=np.int64)
         self.squares = squares  # N x 2 (row, col) of the square's top-left corner, -1 where none
-        self.group_names = list(group_names)
-        self.class_names = list(class_names)
-        self.preprocessing = preprocessing
-        self.name = name
-        self.split = split
-        self.augment = bool(augment) and split == "train"
-        self.notes = []
+        self._set_metadata(labels, groups, group_names=group_names, class_names=class_names,
+                           preprocessing=preprocessing, name=name, split=split, augment=augment)
 
     def load_image(self, index: int) -> np.ndarray:
         image = self.images[index]

@@ -161,15 +161,8 @@ class ImageFileDataset(GroupedDataset):
                  preprocessing: Preprocessing, name: str, split: str, augment: bool = False,
                  notes: list[str] | None = None):
         self.paths = [Path(p) for p in paths]
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.groups = np.asarray(groups, dtype=np.int64)
-        self.group_names = list(group_names)
-        self.class_names = list(class_names)
-        self.preprocessing = preprocessing
-        self.name = name
-        self.split = split
-        self.augment = bool(augment) and split == "train"
-        self.notes = list(notes or [])
+        self._set_metadata(labels, groups, group_names=group_names, class_names=class_names,
+                           preprocessing=preprocessing, name=name, split=split, augment=augment, notes=notes)
 
     def load_image(self, index: int) -> np.ndarray:
         image = open_rgb(self.paths[index])
