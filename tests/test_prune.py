@@ -122,3 +122,24 @@ def test_single_channel_layers_are_never_emptied():
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
             assert m.out_channels >= 1
+
+
+def test_precomputed_scores_stay_aligned_across_steps():
+    """AutoBot's gate scores are computed once; after each step they must follow the channels that remain."""
+    from pwdeploy.prune import _remove_until, PruneResult
+    from pwdeploy.prune.engine import StaticScores
+
+    torch.manual_seed(0)
+    model = create_model("tinyresnet", 2)
+    remover = ChannelRemover(model, torch.randn(1, 3, 16, 16))
+    scores = StaticScores({name: torch.rand(len(g[0].idxs)) for name, g in remover.groups()})
+    result = PruneResult(remover.base_macs, remover.base_macs, remover.base_params, remover.base_params)
+
+    class Bar:
+        def advance(self, n=1): pass
+        def describe(self, text): pass
+
+    _remove_until(remover, scores, 0.75, 0.2, result, Bar())  # several steps, not one
+    assert len(result.steps) > 1
+    assert abs(remover.reduction() - 0.75) <= 0.01
+    assert {n: len(s) for n, s in scores.scores.items()} == {n: len(g[0].idxs) for n, g in remover.groups()}

@@ -16,7 +16,7 @@ from torch import nn
 from ..config import PruneSettings
 from ..progress import task
 from .autobot import train_bottlenecks
-from .engine import ChannelRemover
+from .engine import ChannelRemover, StaticScores
 from .flops import count_macs_params
 
 METHODS = ("taylor", "autobot", "magnitude")
@@ -61,7 +61,7 @@ def prune_to_flops(model: nn.Module, example_inputs: torch.Tensor, *, method: st
             scores = train_bottlenecks(remover, batches, loss_fn, target=flops_reduction,
                                        steps=settings.autobot_steps, lr=settings.autobot_lr,
                                        flops_weight=settings.autobot_flops_weight)
-            _remove_until(remover, lambda g, n: scores[n], flops_reduction, 1.0, result, bar)
+            _remove_until(remover, StaticScores(scores), flops_reduction, 1.0, result, bar)
     result.macs_after, result.params_after = count_macs_params(model, example_inputs)
     return result
 

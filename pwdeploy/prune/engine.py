@@ -128,6 +128,7 @@ class ChannelRemover:
             macs = self.macs
             reduction = self.reduction(macs)
             if reduction <= target + TOLERANCE or snapshot is None:
+                _notify_removed(score_fn, plan)
                 return PruneStep(removed, macs, reduction)
             self._restore(snapshot)  # overshot the band: undo, then take fewer or cheaper channels
             if num > 1:
@@ -136,8 +137,10 @@ class ChannelRemover:
                 too_coarse |= set(plan)
                 if fallback is None or reduction < fallback[0]:
                     fallback = (reduction, plan)
-        if fallback is not None and current < target - TOLERANCE:
+        # No single channel fits the band: take the smallest overshoot only if it lands closer to the target.
+        if fallback is not None and fallback[0] - target < target - current:
             removed = self.apply(fallback[1])
+            _notify_removed(score_fn, fallback[1])
             macs = self.macs
             return PruneStep(removed, macs, self.reduction(macs))
         return None
@@ -146,3 +149,24 @@ class ChannelRemover:
         # Swap the snapshot's state into the same object, so callers' references stay valid.
         self.model.__dict__.update(snapshot.__dict__)
         self._build_graph()
+
+
+class StaticScores:
+    """Scores computed once (AutoBot's gates), kept aligned with the channels that remain after each step."""
+
+    def __init__(self, scores: dict[str, torch.Tensor]):
+        self.scores = {name: score.detach().float().cpu() for name, score in scores.items()}
+
+    def __call__(self, _group: tp.Group, name: str) -> torch.Tensor:
+        return self.scores[name]
+
+    def removed(self, plan: dict[str, list[int]]) -> None:
+        for name, idxs in plan.items():
+            keep = torch.ones(len(self.scores[name]), dtype=torch.bool)
+            keep[idxs] = False
+            self.scores[name] = self.scores[name][keep]
+
+
+def _notify_removed(score_fn, plan: dict[str, list[int]]) -> None:
+    if hasattr(score_fn, "removed"):
+        score_fn.removed(plan)
