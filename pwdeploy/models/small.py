@@ -10,9 +10,13 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
 
 
 class SmallCNN(nn.Module):
-    """Four conv blocks (two downsampling) and a linear head; prunable channel by channel."""
+    """Four conv blocks (two downsampling) and a linear head; prunable channel by channel.
 
-    def __init__(self, num_classes: int = 2, width: int = 32, in_channels: int = 3):
+    Width 8 (8-16-32-32 channels) keeps the CPU demo fast and makes a 75%-pruned net capacity-limited, which
+    is where the fairness harm shows (benchmarks/results/findings.md).
+    """
+
+    def __init__(self, num_classes: int = 2, width: int = 8, in_channels: int = 3):
         super().__init__()
         w = width
         self.features = nn.Sequential(

@@ -1,0 +1,515 @@
+"""Fairness benchmark (issue 6): per-group harm of pruning with CE vs the PW loss, over seeds, on synthetic data.
+
+    PYTHONPATH=. python3 benchmarks/fairness.py                 # full grid (make bench-fairness)
+    PYTHONPATH=. python3 benchmarks/fairness.py --quick         # tiny grid (make bench), minutes on 2 cores
+    PYTHONPATH=. python3 benchmarks/fairness.py --ablations     # the "make it work" sweeps
+
+One baseline per dataset variant (and baseline seed) is trained once and shared by every cell; seeds vary
+the pruning and retraining randomness. Each cell is a real ``pwdeploy.api.compress_model`` run; its numbers
+are cached in OUT/cells/<key>.json, where the key hashes the cell's effective configuration and the baseline
+file, so an interrupted run resumes and a changed default re-runs only what it changes. Results:
+fairness.json / .md / .png (main grid), fairness_quick.*, fairness_ablations.* in OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import datetime as dt
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # runs from a clean clone without pip install
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("PWDEPLOY_NO_PROGRESS", "1")
+
+import fairness_stats as stats  # noqa: E402
+
+CELL_SCHEMA = "pwdeploy.fairness-cell/1"
+DATA = "synthetic"
+ALL_METHODS = ("taylor", "autobot", "magnitude")
+# Loss arms. pw+gb is the group-aware extension (not the paper's method): PW weights rebalanced per group.
+ARMS = {"ce": {"loss": "ce"}, "pw": {"loss": "pw"}, "pw+gb": {"loss": "pw", "group_balanced": True}}
+
+
+def _pw(**changes):
+    return {"pw": changes}
+
+
+# The "make it work" sweeps: (family, setting name, arms, change, methods it applies to).
+# A "pw" change edits the PW settings of the method being run; other keys are RunConfig overrides.
+ABLATIONS = [
+    ("pw weights", "gamma 0.5, w_min 0.8 (paper: CelebA Taylor)", ("pw",), _pw(gamma=0.5, min_weight=0.8), ALL_METHODS),
+    ("pw weights", "gamma 1, w_min 0.5 (paper: CIFAR-10)", ("pw",), _pw(gamma=1.0, min_weight=0.5), ALL_METHODS),
+    ("pw weights", "gamma 1, w_min 0.3 (paper: CelebA AutoBot)", ("pw",), _pw(gamma=1.0, min_weight=0.3), ALL_METHODS),
+    ("pw weights", "gamma 2.5, w_min 0.8 (paper: Fitzpatrick17k)", ("pw",), _pw(gamma=2.5, min_weight=0.8), ALL_METHODS),
+    ("pw weights", "gamma 1, w_min 0.1", ("pw",), _pw(gamma=1.0, min_weight=0.1), ALL_METHODS),
+    ("pw weights", "gamma 0.5, w_min 0.1", ("pw",), _pw(gamma=0.5, min_weight=0.1), ALL_METHODS),
+    ("pw weights", "gamma 2, w_min 0.1", ("pw",), _pw(gamma=2.0, min_weight=0.1), ALL_METHODS),
+    ("label correction", "off (soft targets everywhere)", ("pw",), _pw(label_correction=False), ALL_METHODS),
+    ("label correction", "on", ("pw",), _pw(label_correction=True), ALL_METHODS),
+    ("pw applies to", "importance only", ("pw",), {"pw_applies_to": "importance"}, ("taylor", "autobot")),
+    ("pw applies to", "retraining only", ("pw",), {"pw_applies_to": "retraining"}, ("taylor", "autobot")),
+    ("pw applies to", "both", ("pw",), {"pw_applies_to": "both"}, ("taylor", "autobot")),
+    ("retraining", "1 epoch", ("ce", "pw"), {"retrain": {"epochs": 1}}, ALL_METHODS),
+    ("retraining", "8 epochs", ("ce", "pw"), {"retrain": {"epochs": 8}}, ALL_METHODS),
+    ("retraining", "lr 3e-4", ("ce", "pw"), {"retrain": {"lr": 3e-4}}, ALL_METHODS),
+    ("retraining", "lr 3e-3", ("ce", "pw"), {"retrain": {"lr": 3e-3}}, ALL_METHODS),
+    ("taylor steps", "0 optimizer steps between pruning steps", ("ce", "pw"), {"prune": {"steps_between": 0}}, ("taylor",)),
+    ("taylor steps", "3 steps between", ("ce", "pw"), {"prune": {"steps_between": 3}}, ("taylor",)),
+    ("taylor steps", "30 steps between", ("ce", "pw"), {"prune": {"steps_between": 30}}, ("taylor",)),
+    ("taylor steps", "taylor lr 0.003", ("ce", "pw"), {"prune": {"taylor_lr": 0.003}}, ("taylor",)),
+    ("group balanced", "extension, gamma 1, w_min 0.1", ("pw+gb",), _pw(gamma=1.0, min_weight=0.1), ALL_METHODS),
+]
+
+QUICK = {"variants": "colour", "seeds": "0,1", "methods": "magnitude,taylor", "reductions": "0.75", "arms": "ce,pw"}
+
+
+# ----------------------------------------------------------------------------------------------- planning
+def parse_list(text: str, kind=str) -> list:
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if kind is int and "-" in part[1:]:
+            lo, hi = part.split("-", 1)
+            out += list(range(int(lo), int(hi) + 1))
+        else:
+            out.append(kind(part))
+    return out
+
+
+def _digest(obj, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def _source_digest() -> str:
+    """The data generator and model code: a change there must retrain baselines."""
+    files = [ROOT / "pwdeploy/data/synthetic.py", ROOT / "pwdeploy/models/small.py"]
+    return _digest([f.read_text() for f in files])
+
+
+def baseline_overrides(variant: str, seed: int) -> dict:
+    return {"data": {"name": DATA, "options": {"variant": variant}}, "seed": seed}
+
+
+def baseline_task(variant: str, seed: int, out: Path) -> dict:
+    from pwdeploy.api import make_config
+
+    config = make_config(baseline_overrides(variant, seed)).to_dict()
+    ident = {"data": config["data"], "model": config["model"], "baseline": config["baseline"], "seed": seed,
+             "code": _source_digest()}
+    path = out / "baselines" / f"{variant}-s{seed}-{_digest(ident, 10)}.pt"
+    return {"kind": "baseline", "variant": variant, "seed": seed, "path": str(path),
+            "overrides": baseline_overrides(variant, seed)}
+
+
+def _apply_change(overrides: dict, change: dict, method: str) -> dict:
+    """Merge an ablation change; a "pw" change is applied to the method's full effective PW settings."""
+    from pwdeploy.api import make_config
+
+    out = json.loads(json.dumps(overrides))
+    for key, value in change.items():
+        if key == "pw":
+            pw = make_config(out).to_dict()["pw"]
+            current = dict(pw.get(method) or pw["default"])
+            current.update(value)
+            out.setdefault("pw", {})[method] = current
+        elif isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def cell_task(variant, bseed, baseline, method, arm, reduction, seed, family="default", setting="default",
+              change=None) -> dict:
+    from pwdeploy.api import make_config
+
+    overrides = {"data": {"name": DATA, "options": {"variant": variant}},
+                 "prune": {"method": method, "flops_reduction": reduction}, "seed": seed, **ARMS[arm]}
+    if change:
+        overrides = _apply_change(overrides, change, method)
+    effective = make_config(overrides).to_dict()
+    effective.pop("device", None)
+    if effective["loss"] == "ce":  # PW settings cannot change a CE cell: keep its key (and cache) across them
+        for key in ("pw", "pw_applies_to", "group_balanced"):
+            effective.pop(key)
+    spec = {"variant": variant, "baseline_seed": bseed, "method": method, "arm": arm, "reduction": reduction,
+            "seed": seed, "family": family, "setting": setting}
+    return {"kind": "cell", "spec": spec, "overrides": overrides, "baseline": baseline["path"],
+            "ident": {"effective": effective, "baseline": Path(baseline["path"]).name, "schema": CELL_SCHEMA}}
+
+
+def plan(args) -> tuple[list[dict], list[dict], list[dict]]:
+    """(baseline tasks, main-grid cells, ablation cells)."""
+    out = Path(args.out)
+    baselines = {(v, b): baseline_task(v, b, out) for v in args.variants for b in args.baseline_seeds}
+    main, ablations = [], []
+    if not args.ablations_only:
+        for (v, b), base in baselines.items():
+            for method in args.methods:
+                for arm in args.arms:
+                    for red in args.reductions:
+                        for seed in args.seeds:
+                            main.append(cell_task(v, b, base, method, arm, red, seed))
+    if args.ablations or args.ablations_only:
+        for (v, b), base in baselines.items():
+            for method in args.ablation_methods:
+                for red in args.ablation_reductions:
+                    for seed in args.ablation_seeds or args.seeds:
+                        for arm in ARMS:  # the defaults, to compare against
+                            ablations.append(cell_task(v, b, base, method, arm, red, seed))
+                        for family, setting, arms, change, methods in ABLATIONS:
+                            if method not in methods or (args.families and family not in args.families):
+                                continue
+                            for arm in arms:
+                                ablations.append(cell_task(v, b, base, method, arm, red, seed, family, setting,
+                                                           change))
+    for task in ablations:
+        task["phase"] = 1
+    return list(baselines.values()), main, ablations
+
+
+# ------------------------------------------------------------------------------------------------ workers
+def init_worker(device: str, threads: int) -> None:
+    os.environ["PWDEPLOY_NO_PROGRESS"] = "1"
+    import torch
+
+    torch.set_num_threads(threads)
+    global WORKER_DEVICE
+    WORKER_DEVICE = device
+
+
+WORKER_DEVICE = "cpu"
+
+
+def device_label(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()})"
+
+
+def run_task(task: dict) -> dict:
+    """Run one baseline or cell in a worker; never raises (errors come back as a record)."""
+    started = time.time()
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            if task["kind"] == "baseline":
+                return _run_baseline(task, started)
+            return _run_cell(task, started)
+    except Exception as exc:  # noqa: BLE001 - reported per task, the grid goes on
+        return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+                "log": log.getvalue()[-2000:], "task": {k: v for k, v in task.items() if k != "ident"}}
+
+
+def _run_baseline(task: dict, started: float) -> dict:
+    from pwdeploy.api import train_baseline
+
+    path = Path(task["path"])
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    overrides = dict(task["overrides"], device=WORKER_DEVICE)
+    train_baseline(overrides, tmp)
+    os.replace(tmp, path)
+    return {"kind": "baseline", "path": str(path), "seconds": time.time() - started}
+
+
+def _run_cell(task: dict, started: float) -> dict:
+    from pwdeploy.api import compress_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="pwfair-"))
+    try:
+        run = compress_model(task["baseline"], dict(task["overrides"], device=WORKER_DEVICE), tmp / "run",
+                             quiet=True)
+        report = json.loads((run / "report.json").read_text())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    keep = ("original", "pruned")
+    return {
+        "schema": CELL_SCHEMA, "kind": "cell", "spec": task["spec"], "overrides": task["overrides"],
+        "device": device_label(WORKER_DEVICE),
+        "metrics": {k: report["metrics"][k] for k in keep},
+        "metrics_before_retraining": report.get("metrics_before_retraining"),
+        "flops_reduction": report["flops_reduction"], "macs": report["macs"], "params": report["params"],
+        "pw": report.get("pw"), "pw_applies_to": report.get("pw_applies_to"),
+        "group_balanced": report.get("group_balanced"), "worst_group_drop": report["changes"]["pruned"]["worst_group_drop"],
+        "timings_s": report.get("timings_s"), "seconds": time.time() - started,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ running
+def cell_path(out: Path, task: dict) -> Path:
+    return out / "cells" / f"{_digest(task['ident'])}.json"
+
+
+def load_cached(out: Path, task: dict, baseline_sha: dict) -> dict | None:
+    path = cell_path(out, task)
+    if not path.is_file():
+        return None
+    try:
+        cell = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return cell if cell.get("baseline_sha256") == baseline_sha.get(task["baseline"]) else None
+
+
+def execute(tasks: list[dict], jobs: int, device: str, threads: int, on_result, deadline: float | None = None
+            ) -> list[dict]:
+    """Run tasks in ``jobs`` spawned worker processes (or in-process for jobs=1); returns the error records.
+
+    After ``deadline`` (time.time()) no new task starts; running ones finish and are kept.
+    """
+    errors = []
+    if not tasks:
+        return errors
+    # Main grid before ablations; within each, slow cells first for better packing of the pool.
+    weight = {"taylor": 0, "autobot": 1, "magnitude": 2}
+    tasks = sorted(tasks, key=lambda t: (t.get("phase", 0), weight.get(t.get("spec", {}).get("method"), -1)))
+    if jobs <= 1:
+        init_worker(device, threads)
+        for task in tasks:
+            if deadline is not None and time.time() > deadline:
+                break
+            result = run_task(task)
+            (errors.append(result) if "error" in result else on_result(task, result))
+        return errors
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=init_worker,
+                                initargs=(device, threads)) as pool:
+        futures = {pool.submit(run_task, t): t for t in tasks}
+        pending = set(futures)
+        while pending:
+            timeout = None if deadline is None else max(1.0, deadline - time.time())
+            finished, pending = cf.wait(pending, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                if future.cancelled():
+                    continue
+                result = future.result()
+                (errors.append(result) if "error" in result else on_result(futures[future], result))
+            if deadline is not None and time.time() > deadline:
+                for future in pending:
+                    future.cancel()  # queued tasks only; running ones finish
+                pending = {f for f in pending if not f.cancelled()}
+    return errors
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for CUDA but none is available: use --device cpu or auto")
+    return name
+
+
+def cuda_smoke_test(out: Path) -> str | None:
+    """One tiny train + compress on CUDA in a child process; returns an error text or None."""
+    tmp = Path(tempfile.mkdtemp(prefix="pwfair-smoke-", dir=out))
+    data = {"name": DATA, "options": {"n": 256, "size": 16}}
+    base = {"kind": "baseline", "path": str(tmp / "b.pt"),
+            "overrides": {"data": data, "baseline": {"epochs": 1}}}
+    cell = {"kind": "cell", "spec": {}, "baseline": base["path"],
+            "overrides": {"data": data, "prune": {"method": "taylor", "flops_reduction": 0.5},
+                          "retrain": {"epochs": 1}, "loss": "pw"}}
+    try:
+        ctx = mp.get_context("spawn")
+        with cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=init_worker, initargs=("cuda", 1)) as pool:
+            for task in (base, cell):
+                result = pool.submit(run_task, task).result()
+                if "error" in result:
+                    return result["error"]
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    (out / "baselines").mkdir(parents=True, exist_ok=True)
+    from rich.console import Console
+
+    console = Console()
+    device = resolve_device(args.device)
+    if device.startswith("cuda") and args.device == "auto":
+        problem = cuda_smoke_test(out)
+        if problem:
+            console.print(f"[yellow]CUDA smoke test failed ({problem}); falling back to --device cpu[/]")
+            device = "cpu"
+    jobs = args.jobs or max(1, os.cpu_count() or 1)
+    threads = 1 if (jobs > 1 or device.startswith("cuda")) else max(1, os.cpu_count() or 1)
+    started = time.time()
+
+    baselines, main_cells, ablation_cells = plan(args)
+    todo = [b for b in baselines if args.fresh_baselines or not Path(b["path"]).is_file()]
+    if args.report_only:
+        todo = []
+    console.print(f"device {device}, {jobs} worker(s); baselines {len(baselines)} ({len(todo)} to train), "
+                  f"cells: main {len(main_cells)}, ablations {len(ablation_cells)}")
+    errors = execute(todo, min(jobs, len(todo)) or 1, device, threads,
+                     lambda t, r: console.print(f"baseline {Path(r['path']).name} in {r['seconds']:.0f}s"))
+    if errors:
+        return _fail(console, errors)
+
+    from pwdeploy.fsutil import sha256_file, write_json
+
+    baseline_sha = {b["path"]: sha256_file(b["path"]) for b in baselines if Path(b["path"]).is_file()}
+    results: dict[str, dict] = {}
+    pending = []
+    for task in {cell_path(out, t).name: t for t in main_cells + ablation_cells}.values():
+        cached = None if args.fresh else load_cached(out, task, baseline_sha)
+        if cached is not None:
+            results[cell_path(out, task).name] = cached
+        else:
+            pending.append(task)
+    if args.report_only:
+        console.print(f"{len(results)} cells cached, {len(pending)} not run (--report-only)")
+        pending = []
+    else:
+        console.print(f"{len(results)} cells cached, {len(pending)} to run")
+    done = [0]
+
+    def save(task: dict, cell: dict) -> None:
+        cell["baseline_sha256"] = baseline_sha[task["baseline"]]
+        cell["baseline"] = Path(task["baseline"]).name
+        write_json(cell_path(out, task), cell)
+        results[cell_path(out, task).name] = cell
+        done[0] += 1
+        s = cell["spec"]
+        n = stats.cell_numbers(cell)
+        console.print(f"[{done[0]}/{len(pending)}] {s['variant']} {s['method']} {s['arm']} {s['reduction']} "
+                      f"{s['setting']} seed {s['seed']}: worst drop {n['worst_drop']:.1f}, overall "
+                      f"{n['overall']:.1f} ({cell['seconds']:.0f}s, {time.time() - started:.0f}s total)")
+
+    deadline = started + args.time_budget if args.time_budget else None
+    errors = execute(pending, jobs, device, threads, save, deadline)
+    if deadline is not None and done[0] < len(pending):
+        console.print(f"[yellow]time budget reached: {len(pending) - done[0]} cells not run[/] (re-run to resume)")
+    meta = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python3 benchmarks/fairness.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "seeds": args.seeds, "baseline_seeds": args.baseline_seeds, "wall_seconds": round(time.time() - started),
+            "jobs": jobs}
+
+    def pick(tasks: list[dict]) -> list[dict]:
+        # A setting equal to the defaults shares its cell; the task's own labels name it in each table.
+        return [dict(results[cell_path(out, t).name], spec=t["spec"]) for t in tasks
+                if cell_path(out, t).name in results]
+
+    if main_cells:
+        name = "fairness_quick" if args.quick else "fairness"
+        write_outputs(out, name, pick(main_cells), meta, console, ablation=False)
+    if ablation_cells:
+        write_outputs(out, "fairness_ablations", pick(ablation_cells), meta, console, ablation=True)
+    return _fail(console, errors) if errors else 0
+
+
+def write_outputs(out: Path, name: str, cells: list[dict], meta: dict, console, *, ablation: bool) -> None:
+    from rich.table import Table
+
+    from pwdeploy.fsutil import atomic_path, write_json, write_text
+
+    devices = {}
+    for c in cells:
+        devices[c["device"]] = devices.get(c["device"], 0) + 1
+    meta = dict(meta, title=name, cells=len(cells), cells_by_device=", ".join(f"{n} on {d}" for d, n in devices.items()),
+                device_label=" + ".join(sorted({d.split(" (")[0] for d in devices})) or "none")
+    series = stats.aggregate(cells)
+    comparisons = stats.paired_comparisons(cells)
+    write_json(out / f"{name}.json", {"schema": "pwdeploy.fairness/1", "meta": meta, "series": series,
+                                      "comparisons": comparisons, "cells": cells})
+    md = stats.markdown_ablations(meta, series, comparisons) if ablation else stats.markdown_main(meta, series, comparisons)
+    write_text(out / f"{name}.md", md + "\n")
+    if not ablation and series:
+        with atomic_path(out / f"{name}.png") as tmp:
+            stats.plot(series, Path(tmp), f"Worst-group accuracy drop vs FLOPs removed\nmean and 95% bootstrap CI "
+                                          f"over {len(meta['seeds'])} seeds; {meta['device_label']}")
+    table = Table(title=f"{name}: worst-group drop (points, mean [95% CI] over seeds)")
+    for col in ("variant", "method", "setting", "arm", "FLOPs", "worst drop", "overall acc", "n"):
+        table.add_column(col)
+    for s in series:
+        table.add_row(s["variant"], s["method"], s["setting"][:28], s["arm"], f"{s['reduction']:.2f}",
+                      stats._ci(s["worst_drop"]), stats._ci(s["overall"]), str(s["worst_drop"]["n"]))
+    console.print(table)
+    console.print(f"wrote {out / name}.json, .md" + ("" if ablation else ", .png"))
+
+
+def _fail(console, errors: list[dict]) -> int:
+    for e in errors[:5]:
+        console.print(f"[red]failed[/] {e.get('task', {}).get('spec') or e.get('task', {}).get('path')}: {e['error']}")
+        console.print(e["traceback"], markup=False, highlight=False)
+    console.print(f"[red]{len(errors)} task(s) failed[/]; finished cells are cached, re-run to retry the rest")
+    return 1
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--device", default="auto", help="auto (CUDA where it works), cpu or cuda")
+    p.add_argument("--jobs", type=int, default=0, help="parallel worker processes (default: CPU count)")
+    p.add_argument("--seeds", default="0-4", help="pruning/retraining seeds, e.g. 0-4 or 0,1,2")
+    p.add_argument("--baseline-seeds", default="0", help="baseline training seeds (one baseline per variant each)")
+    p.add_argument("--reductions", default="0.5,0.75,0.9", help="FLOPs (MACs) reductions")
+    p.add_argument("--methods", default=",".join(ALL_METHODS))
+    p.add_argument("--arms", default="ce,pw,pw+gb", help="ce, pw, pw+gb (group-balanced PW: an extension)")
+    p.add_argument("--variants", default="colour,subtle", help="synthetic variants")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--quick", action="store_true", help="tiny grid: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
+    p.add_argument("--ablations", action="store_true", help="also run the 'make it work' sweeps")
+    p.add_argument("--ablations-only", action="store_true", help="only the sweeps (and their default cells)")
+    p.add_argument("--ablation-methods", default="taylor,autobot,magnitude")
+    p.add_argument("--ablation-reductions", default="0.75")
+    p.add_argument("--families", default="", help="only these ablation families (comma separated)")
+    p.add_argument("--ablation-seeds", default="", help="seeds for the sweeps (default: --seeds)")
+    p.add_argument("--time-budget", type=float, default=0,
+                   help="seconds: start no new cell after this, write the results of what finished")
+    p.add_argument("--report-only", action="store_true", help="write the results from cached cells, run nothing")
+    p.add_argument("--fresh", action="store_true", help="ignore cached cells")
+    p.add_argument("--fresh-baselines", action="store_true", help="retrain the baselines")
+    args = p.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    args.seeds = parse_list(args.seeds, int)
+    args.ablation_seeds = parse_list(args.ablation_seeds, int)
+    args.baseline_seeds = parse_list(args.baseline_seeds, int)
+    args.reductions = parse_list(args.reductions, float)
+    args.ablation_reductions = parse_list(args.ablation_reductions, float)
+    args.methods = parse_list(args.methods)
+    args.ablation_methods = parse_list(args.ablation_methods)
+    args.arms = parse_list(args.arms)
+    args.variants = parse_list(args.variants)
+    args.families = parse_list(args.families)
+    for arm in args.arms:
+        if arm not in ARMS:
+            p.error(f"unknown arm {arm!r}: use {', '.join(ARMS)}")
+    for m in args.methods + args.ablation_methods:
+        if m not in ALL_METHODS:
+            p.error(f"unknown method {m!r}: use {', '.join(ALL_METHODS)}")
+    known_families = {a[0] for a in ABLATIONS}
+    for f in args.families:
+        if f not in known_families:
+            p.error(f"unknown ablation family {f!r}: use {', '.join(sorted(known_families))}")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Aggregation, bootstrap intervals, tables and the plot for benchmarks/fairness.py (numpy + matplotlib).
+
+A cell is one compress run: (variant, baseline seed, method, arm, FLOPs reduction, setting, seed). A series
+is the same cell over seeds; every number reported for a series is its mean over seeds with a 95%
+percentile bootstrap interval that resamples the seeds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+N_BOOT = 5000
+LEVEL = 0.95
+GOAL_REDUCTION = 0.75  # the issue's goal is stated at 75% FLOPs removed
+
+
+def bootstrap_mean(values, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> dict:
+    """Mean of ``values`` and its percentile bootstrap interval (resampling the values, i.e. the seeds)."""
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    if v.size == 1:
+        return {"mean": float(v[0]), "lo": float(v[0]), "hi": float(v[0]), "n": 1}
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    return {"mean": float(v.mean()), "lo": float(np.quantile(means, alpha)),
+            "hi": float(np.quantile(means, 1.0 - alpha)), "n": int(v.size)}
+
+
+def cell_numbers(cell: dict) -> dict:
+    """Per-group drops (original − pruned, points), worst-group drop, overall accuracy of one cell."""
+    original, pruned = cell["metrics"]["original"], cell["metrics"]["pruned"]
+    drops = {g: original["groups"][g]["accuracy"] - pruned["groups"][g]["accuracy"] for g in original["groups"]}
+    return {"drops": drops, "worst_drop": max(drops.values()), "overall": pruned["overall"]["accuracy"],
+            "overall_drop": original["overall"]["accuracy"] - pruned["overall"]["accuracy"],
+            "flops_reduction": cell["flops_reduction"]}
+
+
+def series_key(cell: dict) -> tuple:
+    s = cell["spec"]
+    return (s["variant"], s["method"], s["arm"], s["reduction"], s.get("setting", "default"))
+
+
+def aggregate(cells: list[dict]) -> list[dict]:
+    """One entry per series: means and intervals over seeds (and baseline seeds) of every number."""
+    by_key = defaultdict(list)
+    for cell in cells:
+        by_key[series_key(cell)].append(cell)
+    out = []
+    for key, members in sorted(by_key.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+        numbers = [cell_numbers(c) for c in members]
+        groups = list(numbers[0]["drops"])
+        spec = members[0]["spec"]
+        out.append({
+            "variant": key[0], "method": key[1], "arm": key[2], "reduction": key[3], "setting": key[4],
+            "family": spec.get("family", "default"),
+            "seeds": sorted({(c["spec"]["baseline_seed"], c["spec"]["seed"]) for c in members}),
+            "group_drop": {g: bootstrap_mean([n["drops"][g] for n in numbers]) for g in groups},
+            "worst_drop": bootstrap_mean([n["worst_drop"] for n in numbers]),
+            "overall": bootstrap_mean([n["overall"] for n in numbers]),
+            "overall_drop": bootstrap_mean([n["overall_drop"] for n in numbers]),
+            "flops_reduction": bootstrap_mean([n["flops_reduction"] for n in numbers]),
+            "per_seed_worst_drop": [round(n["worst_drop"], 2) for n in numbers],
+            "devices": sorted({c.get("device", "?") for c in members}),
+        })
+    return out
+
+
+def paired_comparisons(cells: list[dict], reference_arm: str = "ce") -> list[dict]:
+    """Each non-CE arm against CE on the same (variant, method, reduction, setting, baseline, seed)."""
+    index = {}
+    for c in cells:
+        s = c["spec"]
+        index[(s["variant"], s["method"], s["reduction"], s.get("setting", "default"), s["baseline_seed"],
+               s["seed"], s["arm"])] = cell_numbers(c)
+    pairs = defaultdict(list)
+    for (variant, method, red, setting, bseed, seed, arm), nums in index.items():
+        if arm == reference_arm:
+            continue
+        ref = index.get((variant, method, red, setting, bseed, seed, reference_arm))
+        if ref is None and setting != "default":  # ablations of PW alone compare with the default CE
+            ref = index.get((variant, method, red, "default", bseed, seed, reference_arm))
+        if ref is not None:
+            pairs[(variant, method, red, setting, arm)].append((nums, ref))
+    out = []
+    for (variant, method, red, setting, arm), items in sorted(pairs.items(), key=lambda kv: str(kv[0])):
+        arm_worst = [a["worst_drop"] for a, _ in items]
+        ce_worst = [b["worst_drop"] for _, b in items]
+        ce_mean, arm_mean = float(np.mean(ce_worst)), float(np.mean(arm_worst))
+        out.append({
+            "variant": variant, "method": method, "reduction": red, "setting": setting, "arm": arm, "n": len(items),
+            "worst_drop": arm_mean, "ce_worst_drop": ce_mean,
+            "worst_drop_difference": bootstrap_mean([a - b for a, b in zip(arm_worst, ce_worst)]),
+            "overall_difference": bootstrap_mean([a["overall"] - b["overall"] for a, b in items]),
+            "ratio_to_ce": (arm_mean / ce_mean) if ce_mean > 0 else None,
+            "seeds_better": int(sum(a < b for a, b in zip(arm_worst, ce_worst))),
+            "halves_ce": bool(ce_mean > 0 and arm_mean <= 0.5 * ce_mean),
+            "overall_within_1pt": bool(np.mean([a["overall"] - b["overall"] for a, b in items]) >= -1.0),
+        })
+    return out
+
+
+def _ci(entry: dict, signed: bool = False) -> str:
+    if entry is None or entry.get("mean") is None:
+        return "–"
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    return f"{fmt.format(entry['mean'])} [{fmt.format(entry['lo'])}, {fmt.format(entry['hi'])}]"
+
+
+def markdown_main(meta: dict, series: list[dict], comparisons: list[dict]) -> str:
+    lines = [f"# Fairness benchmark: {meta['title']}", "",
+             f"Device: **{meta['device_label']}**. Created {meta['created']} by `{meta['command']}`.",
+             f"Seeds: {meta['seeds']} (pruning/retraining seeds; baselines: {meta['baseline_seeds']}, one baseline per "
+             f"variant and baseline seed, shared by every cell). Cells: {meta['cells']} "
+             f"({meta['cells_by_device']}).", "",
+             "Drops are points of test accuracy lost against the unpruned original (positive = worse), mean over "
+             "seeds with a 95% bootstrap interval over seeds in brackets. *Worst drop* is the largest group drop "
+             "per seed, averaged. Arms: `ce` cross-entropy, `pw` the paper's performance-weighted loss, "
+             "`pw+gb` **extension, not the paper's method**: PW weights re-normalised so each group carries equal "
+             "total weight (needs group labels for training).", ""]
+    goal = [c for c in comparisons if c["reduction"] == GOAL_REDUCTION and c["setting"] == "default"]
+    if goal:
+        lines += [f"## Goal check at {GOAL_REDUCTION:.0%} FLOPs removed: does the arm at least halve CE's worst drop, "
+                  "with overall accuracy within 1 point?", "",
+                  "| variant | method | arm | worst drop (arm) | worst drop (CE) | arm − CE [95% CI] | "
+                  "overall arm − CE | seeds better | halves CE | overall ok |",
+                  "|---|---|---|---:|---:|---:|---:|---:|:-:|:-:|"]
+        for c in goal:
+            lines.append(f"| {c['variant']} | {c['method']} | {c['arm']} | {c['worst_drop']:.1f} | "
+                         f"{c['ce_worst_drop']:.1f} | {_ci(c['worst_drop_difference'], True)} | "
+                         f"{_ci(c['overall_difference'], True)} | {c['seeds_better']}/{c['n']} | "
+                         f"{'yes' if c['halves_ce'] else 'no'} | {'yes' if c['overall_within_1pt'] else 'no'} |")
+        lines.append("")
+    for variant in sorted({s["variant"] for s in series}):
+        rows = [s for s in series if s["variant"] == variant and s["setting"] == "default"]
+        groups = list(rows[0]["group_drop"]) if rows else []
+        lines += [f"## Variant `{variant}`", "",
+                  "| method | arm | FLOPs removed | " + " | ".join(f"{g} drop" for g in groups)
+                  + " | worst drop | overall acc | n |",
+                  "|---|---|---:|" + "---:|" * len(groups) + "---:|---:|---:|"]
+        for s in sorted(rows, key=lambda r: (r["method"], r["reduction"], r["arm"])):
+            lines.append(f"| {s['method']} | {s['arm']} | {100 * s['flops_reduction']['mean']:.1f}% | "
+                         + " | ".join(_ci(s["group_drop"][g]) for g in groups)
+                         + f" | {_ci(s['worst_drop'])} | {_ci(s['overall'])} | {s['worst_drop']['n']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def markdown_ablations(meta: dict, series: list[dict], comparisons: list[dict]) -> str:
+    lines = [f"# Fairness ablations: {meta['title']}", "",
+             f"Device: **{meta['device_label']}**. Created {meta['created']} by `{meta['command']}`. "
+             f"Seeds: {meta['seeds']}; baselines: {meta['baseline_seeds']}.", "",
+             "Each row changes one setting from the defaults in `configs/synthetic.yaml` (row `default`). "
+             "Worst drop: mean [95% bootstrap CI over seeds]. *vs CE*: the arm's worst drop minus CE's at the "
+             "same setting where CE was run with it, else CE at the defaults.", ""]
+    comp = {(c["variant"], c["method"], c["reduction"], c["setting"], c["arm"]): c for c in comparisons}
+    keys = sorted({(s["variant"], s["method"], s["reduction"]) for s in series}, key=str)
+    for variant, method, red in keys:
+        rows = [s for s in series if (s["variant"], s["method"], s["reduction"]) == (variant, method, red)]
+        groups = list(rows[0]["group_drop"])
+        lines += [f"## `{variant}` / {method} / {red:.0%} FLOPs removed", "",
+                  "| ablation | setting | arm | " + " | ".join(f"{g} drop" for g in groups)
+                  + " | worst drop | overall acc | vs CE (worst) | seeds better | n |",
+                  "|---|---|---|" + "---:|" * len(groups) + "---:|---:|---:|---:|---:|"]
+        rows.sort(key=lambda r: (r["family"] != "default", r["family"], r["setting"], r["arm"]))
+        for s in rows:
+            c = comp.get((variant, method, red, s["setting"], s["arm"]))
+            vs = _ci(c["worst_drop_difference"], True) if c else "–"
+            better = f"{c['seeds_better']}/{c['n']}" if c else "–"
+            lines.append(f"| {s['family']} | {s['setting']} | {s['arm']} | "
+                         + " | ".join(_ci(s["group_drop"][g]) for g in groups)
+                         + f" | {_ci(s['worst_drop'])} | {_ci(s['overall'])} | {vs} | {better} | "
+                         f"{s['worst_drop']['n']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+METHOD_COLOURS = {"taylor": "tab:blue", "autobot": "tab:orange", "magnitude": "tab:green"}
+ARM_STYLES = {"ce": ("--", "o"), "pw": ("-", "s"), "pw+gb": (":", "^")}
+
+
+def plot(series: list[dict], path: Path, title: str) -> None:
+    """Worst-group drop vs FLOPs removed, one line per method × arm, bootstrap intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [s for s in series if s["setting"] == "default"]
+    variants = sorted({s["variant"] for s in rows})
+    fig, axes = plt.subplots(1, len(variants), figsize=(6.2 * len(variants), 4.6), squeeze=False, sharey=True)
+    for ax, variant in zip(axes[0], variants):
+        lines = defaultdict(list)
+        for s in rows:
+            if s["variant"] == variant:
+                lines[(s["method"], s["arm"])].append(s)
+        for i, ((method, arm), pts) in enumerate(sorted(lines.items())):
+            pts.sort(key=lambda s: s["reduction"])
+            # Small horizontal offsets keep overlapping intervals readable.
+            x = np.array([100 * p["flops_reduction"]["mean"] for p in pts]) + (i - len(lines) / 2) * 0.25
+            y = np.array([p["worst_drop"]["mean"] for p in pts])
+            err = np.array([[p["worst_drop"]["mean"] - p["worst_drop"]["lo"] for p in pts],
+                            [p["worst_drop"]["hi"] - p["worst_drop"]["mean"] for p in pts]])
+            style, marker = ARM_STYLES.get(arm, ("-.", "x"))
+            ax.errorbar(x, y, yerr=err, linestyle=style, marker=marker, capsize=3, linewidth=1.5,
+                        color=METHOD_COLOURS.get(method, None),
+                        label=f"{method} · {arm}" + (" (extension)" if arm == "pw+gb" else ""))
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_title(f"synthetic · {variant}")
+        ax.set_xlabel("FLOPs (MACs) removed, %")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("worst-group accuracy drop, points (lower is better)")
+    axes[0][-1].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
