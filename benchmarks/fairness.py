@@ -138,21 +138,29 @@ def _apply_change(overrides: dict, change: dict, method: str) -> dict:
 
 def cell_task(variant, bseed, baseline, method, arm, reduction, seed, family="default", setting="default",
               change=None) -> dict:
-    from pwdeploy.api import make_config
-
     overrides = {"data": {"name": DATA, "options": {"variant": variant}},
                  "prune": {"method": method, "flops_reduction": reduction}, "seed": seed, **ARMS[arm]}
     if change:
         overrides = _apply_change(overrides, change, method)
-    effective = make_config(overrides).to_dict()
+    spec = {"variant": variant, "baseline_seed": bseed, "method": method, "arm": arm, "reduction": reduction,
+            "seed": seed, "family": family, "setting": setting}
+    return {"kind": "cell", "spec": spec, "overrides": overrides, "baseline": baseline["path"],
+            "ident": cell_ident(overrides, Path(baseline["path"]).name)}
+
+
+def cell_ident(overrides: dict, baseline_name: str) -> dict:
+    """What a cell's result depends on: its effective configuration (only the settings it uses) and baseline."""
+    from pwdeploy.api import make_config
+
+    config = make_config(overrides)
+    effective = config.to_dict()
     effective.pop("device", None)
     if effective["loss"] == "ce":  # PW settings cannot change a CE cell: keep its key (and cache) across them
         for key in ("pw", "pw_applies_to", "group_balanced"):
             effective.pop(key)
-    spec = {"variant": variant, "baseline_seed": bseed, "method": method, "arm": arm, "reduction": reduction,
-            "seed": seed, "family": family, "setting": setting}
-    return {"kind": "cell", "spec": spec, "overrides": overrides, "baseline": baseline["path"],
-            "ident": {"effective": effective, "baseline": Path(baseline["path"]).name, "schema": CELL_SCHEMA}}
+    else:  # only the running method's PW settings matter
+        effective["pw"] = {"used": config.to_dict()["pw"].get(config.prune.method) or effective["pw"]["default"]}
+    return {"effective": effective, "baseline": baseline_name, "schema": CELL_SCHEMA}
 
 
 def plan(args) -> tuple[list[dict], list[dict], list[dict]]:
@@ -267,6 +275,9 @@ def load_cached(out: Path, task: dict, baseline_sha: dict) -> dict | None:
         cell = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
+    used = task["ident"]["effective"].get("pw", {}).get("used")
+    if used is not None and cell.get("pw") != used:  # defensive: the cell must have run what its key says
+        return None
     return cell if cell.get("baseline_sha256") == baseline_sha.get(task["baseline"]) else None
 
 
@@ -279,9 +290,11 @@ def execute(tasks: list[dict], jobs: int, device: str, threads: int, on_result, 
     errors = []
     if not tasks:
         return errors
-    # Main grid before ablations; within each, slow cells first for better packing of the pool.
+    # Main grid before ablations, seed by seed (a time budget then cuts whole seeds, not whole settings);
+    # slow methods first within a seed for better packing of the pool.
     weight = {"taylor": 0, "autobot": 1, "magnitude": 2}
-    tasks = sorted(tasks, key=lambda t: (t.get("phase", 0), weight.get(t.get("spec", {}).get("method"), -1)))
+    tasks = sorted(tasks, key=lambda t: (t.get("phase", 0), t.get("spec", {}).get("seed", 0),
+                                         weight.get(t.get("spec", {}).get("method"), -1)))
     if jobs <= 1:
         init_worker(device, threads)
         for task in tasks:

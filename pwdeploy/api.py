@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import RunConfig, build_config
+from .config import PWSettings, RunConfig, build_config
 from .data import DataSpec, GroupedDataset, create_dataset
 from .errors import DataError, PwdeployError
 from .fsutil import write_json, write_text
@@ -35,14 +35,15 @@ from .train import OriginalOutputs, batch_stream, fit, make_loader, predict_logi
 def make_config(overrides: dict, config_file=None, *, pw_gamma: float | None = None,
                 pw_min_weight: float | None = None) -> RunConfig:
     config = build_config(overrides, config_file=config_file, data_name=overrides.get("data", {}).get("name"))
-    active = config.pw_for()
-    for pw in {id(active): active, id(config.pw.setdefault("default", active)): config.pw["default"]}.values():
-        if pw_gamma is not None:
-            pw.gamma = pw_gamma
-        if pw_min_weight is not None:
-            if not 0.0 <= pw_min_weight <= 1.0:
-                raise PwdeployError(f"--pw-min-weight must be in [0, 1], got {pw_min_weight}")
-            pw.min_weight = pw_min_weight
+    # --pw-gamma / --pw-min-weight override the settings the active pruning method uses
+    key = config.prune.method if config.prune.method in config.pw else "default"
+    pw = config.pw.setdefault(key, PWSettings())
+    if pw_gamma is not None:
+        pw.gamma = pw_gamma
+    if pw_min_weight is not None:
+        if not 0.0 <= pw_min_weight <= 1.0:
+            raise PwdeployError(f"--pw-min-weight must be in [0, 1], got {pw_min_weight}")
+        pw.min_weight = pw_min_weight
     return config
 
 

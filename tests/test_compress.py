@@ -135,3 +135,14 @@ def test_version_and_every_option_documented(capsys):
         for name, param in inspect.signature(command.callback).parameters.items():
             info = param.default
             assert getattr(info, "help", None), f"{command.callback.__name__} --{name} has no help line"
+
+
+def test_pw_flags_override_the_active_methods_config():
+    from pwdeploy.api import make_config
+    from pwdeploy.errors import PwdeployError
+
+    # celeba.yaml sets Taylor's own PW settings (w_min 0.8, gamma 0.5): the flag replaces gamma only
+    config = make_config({"data": {"name": "celeba"}, "prune": {"method": "taylor"}}, pw_gamma=3.0)
+    assert (config.pw_for().gamma, config.pw_for().min_weight) == (3.0, 0.8)
+    with pytest.raises(PwdeployError, match="--pw-min-weight"):
+        make_config({}, pw_min_weight=1.5)
