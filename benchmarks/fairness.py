@@ -42,7 +42,9 @@ CELL_SCHEMA = "pwdeploy.fairness-cell/1"
 DATA = "synthetic"
 ALL_METHODS = ("taylor", "autobot", "magnitude")
 # Loss arms. pw+gb is the group-aware extension (not the paper's method): PW weights rebalanced per group.
-ARMS = {"ce": {"loss": "ce"}, "pw": {"loss": "pw"}, "pw+gb": {"loss": "pw", "group_balanced": True}}
+# Each arm names every switch it depends on, so a config default cannot move a cell into another arm.
+ARMS = {"ce": {"loss": "ce"}, "pw": {"loss": "pw", "group_balanced": False},
+        "pw+gb": {"loss": "pw", "group_balanced": True}}
 
 
 def _pw(**changes):
@@ -51,14 +53,15 @@ def _pw(**changes):
 
 # The "make it work" sweeps: (family, setting name, arms, change, methods it applies to).
 # A "pw" change edits the PW settings of the method being run; other keys are RunConfig overrides.
+_PAPER_WEIGHTS = [  # (gamma, w_min, where the paper used it)
+    (0.5, 0.8, "paper: CelebA Taylor"), (1.0, 0.5, "paper: CIFAR-10"), (1.0, 0.3, "paper: CelebA AutoBot"),
+    (2.5, 0.8, "paper: Fitzpatrick17k"), (1.0, 0.1, ""), (0.5, 0.1, ""), (2.0, 0.1, "")]
 ABLATIONS = [
-    ("pw weights", "gamma 0.5, w_min 0.8 (paper: CelebA Taylor)", ("pw",), _pw(gamma=0.5, min_weight=0.8), ALL_METHODS),
-    ("pw weights", "gamma 1, w_min 0.5 (paper: CIFAR-10)", ("pw",), _pw(gamma=1.0, min_weight=0.5), ALL_METHODS),
-    ("pw weights", "gamma 1, w_min 0.3 (paper: CelebA AutoBot)", ("pw",), _pw(gamma=1.0, min_weight=0.3), ALL_METHODS),
-    ("pw weights", "gamma 2.5, w_min 0.8 (paper: Fitzpatrick17k)", ("pw",), _pw(gamma=2.5, min_weight=0.8), ALL_METHODS),
-    ("pw weights", "gamma 1, w_min 0.1", ("pw",), _pw(gamma=1.0, min_weight=0.1), ALL_METHODS),
-    ("pw weights", "gamma 0.5, w_min 0.1", ("pw",), _pw(gamma=0.5, min_weight=0.1), ALL_METHODS),
-    ("pw weights", "gamma 2, w_min 0.1", ("pw",), _pw(gamma=2.0, min_weight=0.1), ALL_METHODS),
+    # The weights as the paper uses them (label correction on), then with the default label correction (off).
+    *[("pw weights, label correction on", f"gamma {g:g}, w_min {w:g}" + (f" ({src})" if src else ""), ("pw",),
+       _pw(gamma=g, min_weight=w, label_correction=True), ALL_METHODS) for g, w, src in _PAPER_WEIGHTS],
+    *[("pw weights, label correction off", f"gamma {g:g}, w_min {w:g}" + (f" ({src})" if src else ""), ("pw",),
+       _pw(gamma=g, min_weight=w, label_correction=False), ALL_METHODS) for g, w, src in _PAPER_WEIGHTS[:4]],
     ("label correction", "off (soft targets everywhere)", ("pw",), _pw(label_correction=False), ALL_METHODS),
     ("label correction", "on", ("pw",), _pw(label_correction=True), ALL_METHODS),
     ("pw applies to", "importance only", ("pw",), {"pw_applies_to": "importance"}, ("taylor", "autobot")),
@@ -172,11 +175,17 @@ def plan(args) -> tuple[list[dict], list[dict], list[dict]]:
         for (v, b), base in baselines.items():
             for method in args.methods:
                 for arm in args.arms:
-                    for red in args.reductions:
+                    for red in args.reductions if b == args.baseline_seeds[0] else args.other_baseline_reductions:
                         for seed in args.seeds:
-                            main.append(cell_task(v, b, base, method, arm, red, seed))
+                            task = cell_task(v, b, base, method, arm, red, seed)
+                            # Under a time budget: the first baseline's grid, then the sweeps, then other baselines.
+                            task["phase"] = 0 if b == args.baseline_seeds[0] else 2
+                            main.append(task)
     if args.ablations or args.ablations_only:
+        # The sweeps run on the first baseline only: they compare settings, not baselines.
         for (v, b), base in baselines.items():
+            if b != args.baseline_seeds[0]:
+                continue
             for method in args.ablation_methods:
                 for red in args.ablation_reductions:
                     for seed in args.ablation_seeds or args.seeds:
@@ -184,6 +193,8 @@ def plan(args) -> tuple[list[dict], list[dict], list[dict]]:
                             ablations.append(cell_task(v, b, base, method, arm, red, seed))
                         for family, setting, arms, change, methods in ABLATIONS:
                             if method not in methods or (args.families and family not in args.families):
+                                continue
+                            if args.settings and not any(text in setting for text in args.settings):
                                 continue
                             for arm in arms:
                                 ablations.append(cell_task(v, b, base, method, arm, red, seed, family, setting,
@@ -428,7 +439,7 @@ def main(argv=None) -> int:
                 if cell_path(out, t).name in results]
 
     if main_cells:
-        name = "fairness_quick" if args.quick else "fairness"
+        name = args.name or ("fairness_quick" if args.quick else "fairness")
         write_outputs(out, name, pick(main_cells), meta, console, ablation=False)
     if ablation_cells:
         write_outputs(out, "fairness_ablations", pick(ablation_cells), meta, console, ablation=True)
@@ -456,10 +467,11 @@ def write_outputs(out: Path, name: str, cells: list[dict], meta: dict, console, 
             stats.plot(series, Path(tmp), f"Worst-group accuracy drop vs FLOPs removed\nmean and 95% bootstrap CI "
                                           f"over {len(meta['seeds'])} seeds; {meta['device_label']}")
     table = Table(title=f"{name}: worst-group drop (points, mean [95% CI] over seeds)")
-    for col in ("variant", "method", "setting", "arm", "FLOPs", "worst drop", "overall acc", "n"):
+    for col in ("variant", "baseline", "method", "setting", "arm", "FLOPs", "worst drop", "overall acc", "n"):
         table.add_column(col)
     for s in series:
-        table.add_row(s["variant"], s["method"], s["setting"][:28], s["arm"], f"{s['reduction']:.2f}",
+        table.add_row(s["variant"], str(s["baseline_seed"]), s["method"], s["setting"][:28], s["arm"],
+                      f"{s['reduction']:.2f}",
                       stats._ci(s["worst_drop"]), stats._ci(s["overall"]), str(s["worst_drop"]["n"]))
     console.print(table)
     console.print(f"wrote {out / name}.json, .md" + ("" if ablation else ", .png"))
@@ -486,15 +498,19 @@ def parse_args(argv=None):
     p.add_argument("--variants", default="colour,subtle", help="synthetic variants")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--quick", action="store_true", help="tiny grid: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
+    p.add_argument("--other-baseline-reductions", default="",
+                   help="reductions for baselines after the first (default: --reductions)")
     p.add_argument("--ablations", action="store_true", help="also run the 'make it work' sweeps")
     p.add_argument("--ablations-only", action="store_true", help="only the sweeps (and their default cells)")
     p.add_argument("--ablation-methods", default="taylor,autobot,magnitude")
     p.add_argument("--ablation-reductions", default="0.75")
     p.add_argument("--families", default="", help="only these ablation families (comma separated)")
+    p.add_argument("--settings", default="", help="only sweep settings whose name contains one of these (comma separated)")
     p.add_argument("--ablation-seeds", default="", help="seeds for the sweeps (default: --seeds)")
     p.add_argument("--time-budget", type=float, default=0,
                    help="seconds: start no new cell after this, write the results of what finished")
     p.add_argument("--report-only", action="store_true", help="write the results from cached cells, run nothing")
+    p.add_argument("--name", default="", help="file name of the grid's results (default fairness, fairness_quick)")
     p.add_argument("--fresh", action="store_true", help="ignore cached cells")
     p.add_argument("--fresh-baselines", action="store_true", help="retrain the baselines")
     args = p.parse_args(argv)
@@ -506,11 +522,13 @@ def parse_args(argv=None):
     args.baseline_seeds = parse_list(args.baseline_seeds, int)
     args.reductions = parse_list(args.reductions, float)
     args.ablation_reductions = parse_list(args.ablation_reductions, float)
+    args.other_baseline_reductions = parse_list(args.other_baseline_reductions, float) or args.reductions
     args.methods = parse_list(args.methods)
     args.ablation_methods = parse_list(args.ablation_methods)
     args.arms = parse_list(args.arms)
     args.variants = parse_list(args.variants)
     args.families = parse_list(args.families)
+    args.settings = parse_list(args.settings)
     for arm in args.arms:
         if arm not in ARMS:
             p.error(f"unknown arm {arm!r}: use {', '.join(ARMS)}")

@@ -42,7 +42,7 @@ def cell_numbers(cell: dict) -> dict:
 
 def series_key(cell: dict) -> tuple:
     s = cell["spec"]
-    return (s["variant"], s["method"], s["arm"], s["reduction"], s.get("setting", "default"))
+    return (s["variant"], s["method"], s["arm"], s["reduction"], s.get("setting", "default"), s["baseline_seed"])
 
 
 def aggregate(cells: list[dict]) -> list[dict]:
@@ -57,6 +57,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
         spec = members[0]["spec"]
         out.append({
             "variant": key[0], "method": key[1], "arm": key[2], "reduction": key[3], "setting": key[4],
+            "baseline_seed": key[5],
             "family": spec.get("family", "default"),
             "seeds": sorted({(c["spec"]["baseline_seed"], c["spec"]["seed"]) for c in members}),
             "group_drop": {g: bootstrap_mean([n["drops"][g] for n in numbers]) for g in groups},
@@ -85,14 +86,15 @@ def paired_comparisons(cells: list[dict], reference_arm: str = "ce") -> list[dic
         if ref is None and setting != "default":  # ablations of PW alone compare with the default CE
             ref = index.get((variant, method, red, "default", bseed, seed, reference_arm))
         if ref is not None:
-            pairs[(variant, method, red, setting, arm)].append((nums, ref))
+            pairs[(variant, method, red, setting, arm, bseed)].append((nums, ref))
     out = []
-    for (variant, method, red, setting, arm), items in sorted(pairs.items(), key=lambda kv: str(kv[0])):
+    for (variant, method, red, setting, arm, bseed), items in sorted(pairs.items(), key=lambda kv: str(kv[0])):
         arm_worst = [a["worst_drop"] for a, _ in items]
         ce_worst = [b["worst_drop"] for _, b in items]
         ce_mean, arm_mean = float(np.mean(ce_worst)), float(np.mean(arm_worst))
         out.append({
-            "variant": variant, "method": method, "reduction": red, "setting": setting, "arm": arm, "n": len(items),
+            "variant": variant, "method": method, "reduction": red, "setting": setting, "arm": arm,
+            "baseline_seed": bseed, "n": len(items),
             "worst_drop": arm_mean, "ce_worst_drop": ce_mean,
             "worst_drop_difference": bootstrap_mean([a - b for a, b in zip(arm_worst, ce_worst)]),
             "overall_difference": bootstrap_mean([a["overall"] - b["overall"] for a, b in items]),
@@ -111,7 +113,14 @@ def _ci(entry: dict, signed: bool = False) -> str:
     return f"{fmt.format(entry['mean'])} [{fmt.format(entry['lo'])}, {fmt.format(entry['hi'])}]"
 
 
+def first_baseline(series: list[dict]) -> int | None:
+    return min((s["baseline_seed"] for s in series), default=None)
+
+
 def markdown_main(meta: dict, series: list[dict], comparisons: list[dict]) -> str:
+    all_series, b0 = series, first_baseline(series)
+    series = [s for s in series if s["baseline_seed"] == b0]
+    comparisons = [c for c in comparisons if c["baseline_seed"] == b0]
     lines = [f"# Fairness benchmark: {meta['title']}", "",
              f"Device: **{meta['device_label']}**. Created {meta['created']} by `{meta['command']}`.",
              f"Seeds: {meta['seeds']} (pruning/retraining seeds; baselines: {meta['baseline_seeds']}, one baseline per "
@@ -122,6 +131,8 @@ def markdown_main(meta: dict, series: list[dict], comparisons: list[dict]) -> st
              "per seed, averaged. Arms: `ce` cross-entropy, `pw` the paper's performance-weighted loss, "
              "`pw+gb` **extension, not the paper's method**: PW weights re-normalised so each group carries equal "
              "total weight (needs group labels for training).", ""]
+    if len({s["baseline_seed"] for s in all_series}) > 1:
+        lines += [f"Tables below: baseline seed {b0}; other baselines in *Across baselines* at the end.", ""]
     goal = [c for c in comparisons if c["reduction"] == GOAL_REDUCTION and c["setting"] == "default"]
     if goal:
         lines += [f"## Goal check at {GOAL_REDUCTION:.0%} FLOPs removed: does the arm at least halve CE's worst drop, "
@@ -147,7 +158,32 @@ def markdown_main(meta: dict, series: list[dict], comparisons: list[dict]) -> st
                          + " | ".join(_ci(s["group_drop"][g]) for g in groups)
                          + f" | {_ci(s['worst_drop'])} | {_ci(s['overall'])} | {s['worst_drop']['n']} |")
         lines.append("")
+    lines += markdown_across_baselines(all_series)
     return "\n".join(lines)
+
+
+def markdown_across_baselines(series: list[dict]) -> list[str]:
+    """Worst drop at the goal reduction per baseline, and over baselines (the baseline is the unit)."""
+    bseeds = sorted({s["baseline_seed"] for s in series})
+    if len(bseeds) < 2:
+        return []
+    rows = defaultdict(dict)
+    for s in series:
+        if s["reduction"] == GOAL_REDUCTION and s["setting"] == "default":
+            rows[(s["variant"], s["method"], s["arm"])][s["baseline_seed"]] = s
+    lines = [f"## Across baselines at {GOAL_REDUCTION:.0%} FLOPs removed", "",
+             "Worst drop (mean over pruning seeds) for each independently trained baseline; last columns: mean "
+             "over baselines with a 95% bootstrap interval resampling the baselines, and overall accuracy.", "",
+             "| variant | method | arm | " + " | ".join(f"baseline {b}" for b in bseeds)
+             + " | over baselines | overall acc |", "|---|---|---|" + "---:|" * (len(bseeds) + 2)]
+    for (variant, method, arm), by_b in sorted(rows.items()):
+        means = [by_b[b]["worst_drop"]["mean"] if b in by_b else None for b in bseeds]
+        overall = bootstrap_mean([by_b[b]["overall"]["mean"] for b in bseeds if b in by_b])
+        lines.append(f"| {variant} | {method} | {arm} | "
+                     + " | ".join("–" if m is None else f"{m:.1f}" for m in means)
+                     + f" | {_ci(bootstrap_mean(means))} | {_ci(overall)} |")
+    lines.append("")
+    return lines
 
 
 def markdown_ablations(meta: dict, series: list[dict], comparisons: list[dict]) -> str:
@@ -190,7 +226,8 @@ def plot(series: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [s for s in series if s["setting"] == "default"]
+    b0 = first_baseline(series)
+    rows = [s for s in series if s["setting"] == "default" and s["baseline_seed"] == b0]
     variants = sorted({s["variant"] for s in rows})
     fig, axes = plt.subplots(1, len(variants), figsize=(6.2 * len(variants), 4.6), squeeze=False, sharey=True)
     for ax, variant in zip(axes[0], variants):

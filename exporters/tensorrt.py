@@ -1,14 +1,16 @@
 """TensorRT engines: built here through Polygraphy where TensorRT and a CUDA GPU exist, else a build script.
 
 Engines are tied to the GPU and TensorRT version they are built with, so the honest default for an edge
-target is ``build_engine.sh``: the exact ``trtexec`` command to run on the device. TensorRT 10 still needs the
-precision flags (``--fp16`` / ``--int8``); TensorRT 11 dropped them (networks are strongly typed and the
-precision comes from the ONNX: ``model.fp16.onnx``, or the Q/DQ ``model.int8.onnx``).
+target is ``build_engine.sh`` (rendered from ``pwdeploy/device/build_engine.py``, the script bundles ship): the
+``trtexec`` command to run on the device. TensorRT 10 still needs the precision flags (``--fp16`` / ``--int8``);
+TensorRT 11 dropped them (networks are strongly typed and the precision comes from the ONNX: ``model.fp16.onnx``,
+or the Q/DQ ``model.int8.onnx``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pwdeploy.fsutil import atomic_path, write_text
@@ -39,13 +41,6 @@ def tensorrt_status() -> dict:
 
 def tensorrt_major(version: str) -> int:
     return int(str(version).split(".")[0])
-
-
-def builder_flags(precision: str, major: int) -> list[str]:
-    """trtexec precision flags: needed up to TensorRT 10, gone in 11 (strongly typed networks)."""
-    if major >= 11 or precision == "fp32":
-        return []
-    return [f"--{precision}"]
 
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *, precision: str, input_name: str,
@@ -80,53 +75,17 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *, 
 
 def write_build_script(run_dir: str | os.PathLike, *, onnx_name: str, precision: str, input_name: str,
                        input_shape: tuple, batches: tuple = PROFILE_BATCHES) -> Path:
-    """Write ``build_engine.sh``: the trtexec command that builds ``model.plan`` on the target device."""
+    """Write ``build_engine.sh`` beside ``onnx_name``: the same script a bundle ships (TensorRT 10 and 11 command
+    lines, timing cache, engine renamed into place only when the build succeeds)."""
+    from pwdeploy import __version__
+    from pwdeploy.device.build_engine import render_script
+
+    run_dir = Path(run_dir)
     lo, opt, hi = batches
-    dims = "x".join(str(d) for d in input_shape)
-    legacy_flag = " ".join(builder_flags(precision, 10))
-    script = f"""#!/usr/bin/env bash
-# Build the TensorRT engine of this run ON THE TARGET DEVICE (an engine only runs on the GPU model and
-# TensorRT version it was built with). Written by pwdeploy: target trt-{precision}, built from {onnx_name},
-# the artifact pwdeploy verified per group on the build machine.
-#   bash build_engine.sh            # extra trtexec options may follow, e.g. --memPoolSize=workspace:1024M
-set -euo pipefail
-cd "$(dirname "$0")"
-
-TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}"
-if [ ! -x "$TRTEXEC" ]; then
-  echo "trtexec not found: install TensorRT (JetPack ships /usr/src/tensorrt/bin/trtexec) or set TRTEXEC" >&2
-  exit 2
-fi
-
-# TensorRT major version: TRT_MAJOR overrides, else the Python module, else trtexec's banner
-# ("[TensorRT v100300]" is 10.3.0, "v8601" is 8.6.1).
-if [ -z "${{TRT_MAJOR:-}}" ]; then
-  TRT_MAJOR="$(python3 -c 'import tensorrt; print(tensorrt.__version__.split(".")[0])' 2>/dev/null || true)"
-fi
-if [ -z "${{TRT_MAJOR:-}}" ]; then
-  v="$("$TRTEXEC" --help 2>&1 | grep -o 'TensorRT v[0-9]*' | head -n1 | tr -dc '0-9' || true)"
-  if [ -n "$v" ]; then
-    if [ "$v" -ge 100000 ]; then TRT_MAJOR=$((v / 10000)); else TRT_MAJOR=$((v / 1000)); fi
-  fi
-fi
-if [ -z "${{TRT_MAJOR:-}}" ]; then
-  echo "could not tell the TensorRT version: assuming 10; set TRT_MAJOR=11 (or 8, 10) to override" >&2
-  TRT_MAJOR=10
-fi
-
-if [ "$TRT_MAJOR" -ge 11 ]; then
-  PRECISION_FLAGS=""   # TensorRT 11+: strongly typed; the precision is the ONNX's own ({onnx_name})
-else
-  PRECISION_FLAGS="{legacy_flag}"   # TensorRT 8-10: the builder needs the precision flag
-fi
-
-# shellcheck disable=SC2086
-"$TRTEXEC" --onnx={onnx_name} --saveEngine=model.plan \\
-  --minShapes={input_name}:{lo}x{dims} --optShapes={input_name}:{opt}x{dims} --maxShapes={input_name}:{hi}x{dims} \\
-  $PRECISION_FLAGS "$@"
-echo "built model.plan (TensorRT $TRT_MAJOR); check it per group: pwdeploy verify model.plan --reference ."
-"""
-    path = Path(run_dir) / BUILD_SCRIPT
+    script = render_script(bundle_id=re.sub(r"[^A-Za-z0-9._-]", "_", run_dir.name), version=__version__,
+                           model_file=onnx_name, precision=precision, input_name=input_name,
+                           input_shape=[-1, *input_shape], min_batch=lo, opt_batch=opt, max_batch=hi)
+    path = run_dir / BUILD_SCRIPT
     write_text(path, script)
     path.chmod(0o755)
     return path

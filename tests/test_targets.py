@@ -102,10 +102,13 @@ def test_trt_target_without_tensorrt_writes_onnx_and_build_script(run, capsys, t
 
     # TensorRT 10 gets the precision flag, 11 builds the (strongly typed) ONNX as is.
     calls = _fake_trtexec(script, run.parent)
-    assert f"--onnx={onnx_name}" in calls["10"] and flag in calls["10"].split()
-    assert flag not in calls["11"].split() and f"--onnx={onnx_name}" in calls["11"]
+    for args in calls.values():
+        assert f"--onnx={run / onnx_name}" in args.split()
+    assert flag in calls["10"].split() and flag not in calls["11"].split()
     assert "--minShapes=input:1x3x16x16" in calls["11"] and "--maxShapes=input:32x3x16x16" in calls["11"]
     assert flag in calls["banner10"].split() and flag not in calls["banner11"].split()
+    assert (run / "model.plan").is_file()  # the fake engine, renamed into place after the build
+    (run / "model.plan").unlink()
 
     # verify on a run with no engine checks the ONNX and says so
     assert main(["verify", str(run), "--target", target, "--bootstrap", "0"]) == 0
@@ -123,16 +126,17 @@ def _fake_trtexec(script, tmp):
         #!/usr/bin/env bash
         if [ "${{1:-}}" = "--help" ]; then echo "&&&& RUNNING TensorRT.trtexec [TensorRT v$FAKE_BANNER] # trtexec"; exit 0; fi
         echo "$@" > {log}
+        for a in "$@"; do case "$a" in --saveEngine=*) echo engine > "${{a#--saveEngine=}}" ;; esac; done
         """))
     no_python = bin_dir / "python3"  # so the script cannot read a real tensorrt module's version
     no_python.write_text("#!/usr/bin/env bash\nexit 1\n")
     for f in (trtexec, no_python):
         f.chmod(0o755)
     calls = {}
-    cases = {"10": {"TRT_MAJOR": "10"}, "11": {"TRT_MAJOR": "11"},
+    cases = {"10": {"PWDEPLOY_TRT_VERSION": "10"}, "11": {"PWDEPLOY_TRT_VERSION": "11"},
              "banner10": {"FAKE_BANNER": "100300"}, "banner11": {"FAKE_BANNER": "110000"}}
     for name, extra in cases.items():
-        env = {k: v for k, v in os.environ.items() if k != "TRT_MAJOR"}
+        env = {k: v for k, v in os.environ.items() if k != "PWDEPLOY_TRT_VERSION"}
         env.update(PATH=f"{bin_dir}:{env['PATH']}", TRTEXEC=str(trtexec), **extra)
         subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True, text=True)
         calls[name] = log.read_text().strip()

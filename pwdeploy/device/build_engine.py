@@ -30,7 +30,7 @@ TIMING_CACHE = "timing.cache"
 BUILD_LOG = "build_engine.log"
 
 _TEMPLATE = r"""#!/usr/bin/env bash
-# Builds the TensorRT engine for bundle __BUNDLE_ID__ ON THIS DEVICE: engines do not move between GPUs or
+# Builds the TensorRT engine of __BUNDLE_ID__ ON THIS DEVICE: engines do not move between GPUs or
 # TensorRT versions. Written by pwdeploy __VERSION__.
 #   ./build_engine.sh [ENGINE]      default ENGINE: model.plan beside this script
 # Environment: TRTEXEC=/path/to/trtexec, PWDEPLOY_TRT_VERSION=10|11 (skip detection),

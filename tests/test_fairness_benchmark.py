@@ -1,0 +1,73 @@
+"""The fairness benchmark's planning and statistics (benchmarks/fairness.py): no training, fabricated cells."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import fairness  # noqa: E402
+import fairness_stats as stats  # noqa: E402
+
+
+def _cell(variant="colour", method="taylor", arm="ce", reduction=0.75, seed=0, bseed=0, minority=90.0,
+          majority=98.0, setting="default", family="default"):
+    groups = {"majority": {"accuracy": majority}, "minority": {"accuracy": minority}}
+    original = {"groups": {"majority": {"accuracy": 98.0}, "minority": {"accuracy": 92.0}},
+                "overall": {"accuracy": 97.5}}
+    return {"spec": {"variant": variant, "method": method, "arm": arm, "reduction": reduction, "seed": seed,
+                     "baseline_seed": bseed, "setting": setting, "family": family},
+            "metrics": {"original": original, "pruned": {"groups": groups, "overall": {"accuracy": majority - 0.5}}},
+            "flops_reduction": reduction, "device": "cpu"}
+
+
+def test_bootstrap_mean_brackets_the_mean_and_handles_small_samples():
+    entry = stats.bootstrap_mean([1.0, 2.0, 3.0, 4.0])
+    assert entry["mean"] == pytest.approx(2.5)
+    assert entry["lo"] < 2.5 < entry["hi"] and entry["n"] == 4
+    assert stats.bootstrap_mean([5.0]) == {"mean": 5.0, "lo": 5.0, "hi": 5.0, "n": 1}
+    assert stats.bootstrap_mean([None])["mean"] is None
+
+
+def test_paired_comparison_checks_the_halving_goal_per_seed_pair():
+    cells = []
+    for seed in range(3):
+        cells.append(_cell(arm="ce", seed=seed, minority=82.0))  # CE loses 10 points of the minority
+        cells.append(_cell(arm="pw", seed=seed, minority=88.0))  # PW loses 4: halves CE
+    (comp,) = stats.paired_comparisons(cells)
+    assert comp["arm"] == "pw" and comp["n"] == 3
+    assert comp["worst_drop"] == pytest.approx(4.0) and comp["ce_worst_drop"] == pytest.approx(10.0)
+    assert comp["worst_drop_difference"]["mean"] == pytest.approx(-6.0)
+    assert comp["halves_ce"] and comp["seeds_better"] == 3 and comp["overall_within_1pt"]
+
+
+def test_across_baselines_table_averages_over_baselines():
+    cells = [_cell(arm=arm, seed=s, bseed=b, minority=92.0 - drop)
+             for b, drop in ((0, 2.0), (1, 6.0)) for s in range(2) for arm in ("ce",)]
+    series = stats.aggregate(cells)
+    assert {s["baseline_seed"] for s in series} == {0, 1}
+    text = "\n".join(stats.markdown_across_baselines(series))
+    assert "| colour | taylor | ce | 2.0 | 6.0 | 4.0 [" in text
+    assert stats.markdown_across_baselines([s for s in series if s["baseline_seed"] == 0]) == []
+
+
+def test_plan_filters_sweeps_and_keeps_ce_cells_shared_across_pw_settings(tmp_path):
+    args = fairness.parse_args(["--ablations-only", "--ablation-methods", "taylor", "--variants", "colour",
+                                "--seeds", "0", "--families", "retraining", "--settings", "lr 3e-3",
+                                "--out", str(tmp_path)])
+    baselines, main, sweeps = fairness.plan(args)
+    assert main == [] and len(baselines) == 1
+    settings = sorted((t["spec"]["setting"], t["spec"]["arm"]) for t in sweeps)
+    assert settings == [("default", "ce"), ("default", "pw"), ("default", "pw+gb"),
+                        ("lr 3e-3", "ce"), ("lr 3e-3", "pw")]
+    lr_cell = next(t for t in sweeps if t["spec"]["setting"] == "lr 3e-3")
+    assert lr_cell["overrides"]["retrain"]["lr"] == pytest.approx(3e-3)
+    # A CE cell does not depend on PW settings, so its cache key ignores them.
+    plain = fairness.cell_task("colour", 0, baselines[0], "taylor", "ce", 0.75, 0)
+    changed = fairness.cell_task("colour", 0, baselines[0], "taylor", "ce", 0.75, 0,
+                                 change={"pw": {"gamma": 2.0}})
+    assert plain["ident"] == changed["ident"]
