@@ -85,6 +85,7 @@ SPEC: Dict[str, Any] = {
         "channel_order": str,
         "layout": str,
         "resize": str,
+        "resize_shorter": Opt(Null(int)),
     },
     "groups": ListOf(str, 1),
     "verification": {"file": str, "n": int, "per_group": MapOf(int), "source": str, "seed": int,

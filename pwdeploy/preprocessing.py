@@ -9,7 +9,11 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize to ``size`` (H, W), scale to [0, 1], normalise per channel; input layout NCHW float32."""
+    """Resize to ``size`` (H, W), scale to [0, 1], normalise per channel; input layout NCHW float32.
+
+    With ``resize_shorter`` the image is first resized so its shorter side has that length (aspect ratio
+    kept), then centre-cropped to ``size``: torchvision's ``Resize(n)`` + ``CenterCrop(size)``.
+    """
 
     size: tuple[int, int]
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -17,6 +21,7 @@ class Preprocessing:
     channel_order: str = "RGB"
     layout: str = "NCHW"
     resize: str = "bilinear"
+    resize_shorter: int | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -35,6 +40,7 @@ class Preprocessing:
             channel_order=d.get("channel_order", "RGB"),
             layout=d.get("layout", "NCHW"),
             resize=d.get("resize", "bilinear"),
+            resize_shorter=d.get("resize_shorter"),
             extra=dict(d.get("extra", {})),
         )
 
@@ -56,6 +62,15 @@ class Preprocessing:
 
         image = image.convert("RGB")
         h, w = self.size
-        if image.size != (w, h):
+        if self.resize_shorter:
+            # torchvision's rounding: the shorter side gets exactly n, the longer int(n * long / short)
+            iw, ih = image.size
+            n = int(self.resize_shorter)
+            rw, rh = (n, int(n * ih / iw)) if iw <= ih else (int(n * iw / ih), n)
+            if (rw, rh) != (iw, ih):
+                image = image.resize((rw, rh), Image.BILINEAR)
+            left, top = int(round((rw - w) / 2.0)), int(round((rh - h) / 2.0))
+            image = image.crop((left, top, left + w, top + h))
+        elif image.size != (w, h):
             image = image.resize((w, h), Image.BILINEAR)
         return self.normalize(np.asarray(image, dtype=np.uint8))

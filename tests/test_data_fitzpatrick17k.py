@@ -165,3 +165,22 @@ def test_unreadable_image_error_or_counted_with_skip(tmp_path, fitz_root):
     assert any("unreadable" in n and train.paths[2].name in n for n in skipped.notes)
     x, _, _ = skipped[0]
     assert tuple(x.shape) == (3, 16, 16) and np.isfinite(x.numpy()).all()
+
+
+def test_resize_shorter_then_centre_crop_matches_torchvision(fitz_root):
+    """The paper's Resize(250) + CenterCrop(224), scaled down: the recorded transform gives torchvision's pixels."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    ds = load(fitz_root, "test", size=16, resize_shorter=18)
+    assert ds.preprocessing.resize_shorter == 18 and ds.preprocessing.to_dict()["resize_shorter"] == 18
+    reference = transforms.Compose([transforms.Resize(18), transforms.CenterCrop(16), transforms.PILToTensor()])
+    for rgb in (Image.open(ds.paths[0]).convert("RGB"), Image.new("RGB", (30, 21), (200, 40, 90))):  # square, wide
+        ours = ds.preprocessing.apply_pil(rgb)
+        expected = reference(rgb).to(torch.float32).numpy() / 255.0
+        mean, std = (np.asarray(v, np.float32)[:, None, None] for v in (ds.preprocessing.mean, ds.preprocessing.std))
+        np.testing.assert_allclose(ours, (expected - mean) / std, atol=1e-5)
+    assert ds[0][0].shape == (3, 16, 16)
+    with pytest.raises(DataError, match="resize_shorter must be an int >= size"):
+        load(fitz_root, size=16, resize_shorter=8)

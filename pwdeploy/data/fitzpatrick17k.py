@@ -17,8 +17,8 @@ means the same thing everywhere.
 The split of an image is a hash of its md5hash, so it is deterministic and does not move when other
 images are missing (the dataset is distributed as URLs, and copies differ in which ones still download).
 Rows whose image is missing, whose type is unknown or whose label is empty are counted in ``notes``.
-The paper resized to 250 and centre-cropped 224; here images are resized to ``size`` (default 224) by
-the recorded preprocessing, which the device reproduces exactly.
+Images are resized to ``size`` (default 224) or, with ``resize_shorter`` (the paper's config: 250), resized
+so the shorter side is 250 and centre-cropped to ``size``, by the recorded preprocessing.
 """
 
 from __future__ import annotations
@@ -70,12 +70,16 @@ def _parse_type(value: str) -> int | None:
 @register_dataset("fitzpatrick17k")
 def create_fitzpatrick17k(root=None, split: str = "train", *, protocol: str = "paper",
                           label_column: str = "three_partition_label", type_column: str | None = None,
-                          size=224, val_fraction: float = 0.25, holdout_fraction: float = 0.4,
+                          size=224, resize_shorter: int | None = None, val_fraction: float = 0.25, holdout_fraction: float = 0.4,
                           skip_bad_images: bool = False, augment: bool = False, **unknown) -> ImageFileDataset:
     check_unknown_options("fitzpatrick17k", unknown)
     if protocol not in PROTOCOLS:
         raise DataError(f"unknown fitzpatrick17k protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
     h, w = parse_size(size, "fitzpatrick17k")
+    if resize_shorter is not None and (isinstance(resize_shorter, bool) or not isinstance(resize_shorter, int)
+                                       or resize_shorter < max(h, w)):
+        raise DataError(f"--data fitzpatrick17k option resize_shorter must be an int >= size ({max(h, w)}) or "
+                        f"null, got {resize_shorter!r}")
     val_fraction = parse_fraction(val_fraction, "val_fraction", "fitzpatrick17k", allow_zero=False)
     holdout_fraction = parse_fraction(holdout_fraction, "holdout_fraction", "fitzpatrick17k", allow_zero=False)
     folder = find_root(root, "fitzpatrick17k", "fitzpatrick17k", CSV_FILE, HINT)
@@ -154,7 +158,7 @@ def create_fitzpatrick17k(root=None, split: str = "train", *, protocol: str = "p
     require_groups(expected, np.array([expected.index(c[2]) for c in chosen], dtype=np.int64),
                    f"the Fitzpatrick17k {split} split ({protocol} protocol)",
                    "add images of those skin types to images/ or use -D protocol=all")
-    prep = Preprocessing(size=(h, w), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    prep = Preprocessing(size=(h, w), mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_shorter=resize_shorter)
     return ImageFileDataset([c[0] for c in chosen], labels, groups, group_names=group_names,
                             class_names=class_names, preprocessing=prep, name=f"fitzpatrick17k-{protocol}",
                             split=split, augment=augment, notes=notes)

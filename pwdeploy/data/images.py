@@ -179,7 +179,7 @@ class ImageFileDataset(GroupedDataset):
 def preprocess_array(preprocessing: Preprocessing, hwc: np.ndarray) -> np.ndarray:
     """A uint8 HWC array -> float32 CHW exactly as ``Preprocessing.apply_pil`` would (skips PIL when no
     resize is needed; the arithmetic is the same ``normalize``)."""
-    if hwc.shape[:2] == tuple(preprocessing.size):
+    if hwc.shape[:2] == tuple(preprocessing.size) and not preprocessing.resize_shorter:
         return preprocessing.normalize(hwc)
     from PIL import Image
 
