@@ -232,6 +232,8 @@ def ship(
     runner: str = typer.Option("auto", "--runner", help="Device verify runtime: auto, tensorrt or onnxruntime."),
     verify_timeout: float = typer.Option(3600.0, "--verify-timeout", help="Seconds allowed for the remote verify "
                                                                           "(includes the engine build)."),
+    keep: int = typer.Option(3, "--keep", help="Releases kept on the device after switching, `current` included "
+                                              "(older ones are removed; 0 keeps all)."),
 ):
     """Copy a bundle over SSH, install it as DIR/current only if its hashes check out, optionally verify it there."""
     from .errors import GateFailed
@@ -239,7 +241,7 @@ def ship(
 
     result = ship_bundle(bundle, destination, verify=verify, port=port, identity=identity, ssh_config=ssh_config,
                          ssh_options=ssh_option, remote_python=remote_python, runner=runner,
-                         verify_timeout=verify_timeout)
+                         verify_timeout=verify_timeout, keep=keep)
     if result.passed is False:
         failed = ", ".join(result.verify.get("gate", {}).get("failed_groups", [])) or "integrity"
         kept = f"still points at {result.previous}" if result.previous else "was not created"

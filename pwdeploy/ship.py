@@ -168,7 +168,7 @@ def installer_script() -> str:
 def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: int | None = None,
          identity: str | None = None, ssh_config: str | None = None, ssh_options: list[str] | None = None,
          remote_python: str = "python3", runner: str = "auto", upload_timeout: float | None = None,
-         verify_timeout: float = 3600.0, log: Callable[[str], None] | None = None) -> ShipResult:
+         verify_timeout: float = 3600.0, keep: int = 3, log: Callable[[str], None] | None = None) -> ShipResult:
     """Copy ``bundle`` to ``destination`` (user@host:DIR), install it as DIR/current, optionally verify it there."""
     log = log or _default_log
     bundle = Path(bundle)
@@ -212,7 +212,8 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
 
     # 3. install: unpack into releases/<id>, check every sha256; switch `current` now, or after the verify
     command = " ".join([py, "-", "install", shlex.quote(remote_archive), shlex.quote(remote_dir), "--sha256", digest,
-                        "--remove-archive", "--result-line"] + (["--no-switch"] if verify else []))
+                        "--remove-archive", "--keep", str(int(keep)), "--result-line"]
+                       + (["--no-switch"] if verify else []))
     installed = _installer(settings, dest, command)
     release = installed["release"]
     shown = release[len(remote_dir) + 1:] if release.startswith(remote_dir + "/") else release
@@ -238,7 +239,8 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
     result.verify_path = bundle.with_name(re.sub(r"(\.tar\.gz|\.tgz)$", "", bundle.name) + ".verify.json")
     write_json(result.verify_path, remote)
     if remote.get("passed"):
-        command = " ".join([py, "-", "switch", shlex.quote(release), shlex.quote(remote_dir), "--result-line"])
+        command = " ".join([py, "-", "switch", shlex.quote(release), shlex.quote(remote_dir), "--keep", str(int(keep)),
+                            "--result-line"])
         _installer(settings, dest, command)
         result.switched = True
         log(f"device result: PASSED (saved to {result.verify_path}); {remote_dir}/current -> {shown}{was}")

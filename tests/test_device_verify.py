@@ -339,3 +339,20 @@ def test_install_switch_and_rollback_on_the_device(bundles, no_torch, tmp_path):
     with pytest.raises(InstallError, match="not a release folder"):
         switch(str(tmp_path), str(deploy), log=lambda _: None)
     assert os.readlink(deploy / "current") == os.path.relpath(fresh["release"], deploy)
+
+
+def test_prune_releases_keeps_current_and_the_newest(tmp_path):
+    from pwdeploy.device.install import prune_releases
+
+    releases = tmp_path / "releases"
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        (releases / name).mkdir(parents=True)
+        (releases / name / "manifest.json").write_text("{}")
+        os.utime(releases / name, (100 + i, 100 + i))  # a oldest ... d newest
+    (releases / "notes").mkdir()  # not a release: no manifest
+    (releases / ".unpack-x").mkdir()
+    (tmp_path / "current").symlink_to("releases/a")  # rolled back to the oldest
+    assert prune_releases(str(tmp_path), 0, log=lambda _: None) == []
+    assert sorted(prune_releases(str(tmp_path), 2, log=lambda _: None)) == ["b", "c"]
+    assert sorted(p.name for p in releases.iterdir()) == [".unpack-x", "a", "d", "notes"]
+    assert prune_releases(str(tmp_path), 1, log=lambda _: None) == ["d"]

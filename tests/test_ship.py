@@ -95,6 +95,11 @@ def test_clean_ship_and_remote_verify(server, bundles, device_python, tmp_path):
     assert os.readlink(deploy / "current") == f"releases/{bundles['ids']['second']}"
     assert sorted(os.listdir(deploy / "releases")) == sorted([first, bundles["ids"]["second"]])
 
+    # --keep 1: after switching back to the first bundle only `current` stays on the device
+    os.utime(deploy / "releases" / first, (1, 1))  # so reuse of the old folder cannot look newest by accident
+    result = ship_module.ship(bundles["first"], keep=1, log=lines.append, **_explicit(server, deploy))
+    assert result.switched and os.listdir(deploy / "releases") == [first]
+
 
 def test_bundle_corrupted_in_transit_is_refused_and_current_is_kept(server, bundles, tmp_path, monkeypatch):
     deploy = tmp_path / "deploy"

@@ -2,7 +2,8 @@
 
 Layout under DEPLOY_DIR::
 
-    releases/<bundle_id>/    one folder per installed bundle (older ones stay for rollback)
+    releases/<bundle_id>/    one folder per installed bundle; after each switch the newest KEEP (default 3,
+                             `current` always among them) stay for rollback, older ones are removed
     current -> releases/<bundle_id>
     .incoming/               where `pwdeploy ship` uploads archives
 
@@ -21,13 +22,14 @@ import shutil
 import sys
 import tarfile
 import tempfile
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import PwdeployError
 from ..manifest import MANIFEST, check_files, parse_manifest
 from ..safe_extract import ARCHIVE_ERRORS, check_members, read_member, safe_extract, single_root
 
 RELEASES = "releases"
+DEFAULT_KEEP = 3  # current + two to roll back to: a Jetson's eMMC is small
 CURRENT = "current"
 INCOMING = ".incoming"
 
@@ -50,42 +52,43 @@ def current_release(deploy_dir: str) -> Optional[str]:
 
 
 def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = None, remove_archive: bool = False,
-            switch_current: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
+            switch_current: bool = True, keep: int = DEFAULT_KEEP,
+            log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Unpack ``archive`` into DEPLOY_DIR/releases/<bundle_id> and (unless ``switch_current`` is False, used
     to verify a release before it goes live) point DEPLOY_DIR/current at it."""
     archive = os.path.abspath(os.path.expanduser(archive))
     deploy_dir = os.path.abspath(os.path.expanduser(deploy_dir))
     name = os.path.basename(archive)
     previous = current_release(deploy_dir)
-    keep = "`current` still points at {}".format(previous) if previous else "nothing was deployed"
+    untouched = "`current` still points at {}".format(previous) if previous else "nothing was deployed"
     if not os.path.isfile(archive):
-        raise InstallError("{} not found on the device: upload it again; {}".format(archive, keep))
+        raise InstallError("{} not found on the device: upload it again; {}".format(archive, untouched))
     if expected_sha256:
         actual = sha256_of(archive)
         if actual != expected_sha256:
             raise InstallError("{} arrived damaged (sha256 {}... differs from the sent {}...): refused, {}; "
-                               "ship it again".format(name, actual[:12], expected_sha256[:12], keep))
+                               "ship it again".format(name, actual[:12], expected_sha256[:12], untouched))
     try:
         with tarfile.open(archive, "r:*") as tar:
             root = single_root(check_members(tar, name), name)
     except ARCHIVE_ERRORS as exc:
-        raise InstallError("{} is not a readable bundle ({}): refused, {}; ship it again".format(name, exc, keep)) from None
+        raise InstallError("{} is not a readable bundle ({}): refused, {}; ship it again".format(name, exc, untouched)) from None
     except PwdeployError as exc:
-        raise InstallError("{}; {}".format(exc, keep)) from None
+        raise InstallError("{}; {}".format(exc, untouched)) from None
     try:
         raw = read_member(archive, root + "/" + MANIFEST)
     except ARCHIVE_ERRORS as exc:
-        raise InstallError("{} is not a readable bundle ({}): refused, {}; ship it again".format(name, exc, keep)) from None
+        raise InstallError("{} is not a readable bundle ({}): refused, {}; ship it again".format(name, exc, untouched)) from None
     if raw is None:
-        raise InstallError("{} has no {}/{}: not a pwdeploy bundle; {}".format(name, root, MANIFEST, keep))
+        raise InstallError("{} has no {}/{}: not a pwdeploy bundle; {}".format(name, root, MANIFEST, untouched))
     try:
         manifest = parse_manifest(raw, "{}:{}/{}".format(name, root, MANIFEST))
     except PwdeployError as exc:
-        raise InstallError("{}; refused, {}".format(exc, keep)) from None
+        raise InstallError("{}; refused, {}".format(exc, untouched)) from None
     bundle_id = manifest["bundle_id"]
     if root != bundle_id:
         raise InstallError("{}: top folder {!r} is not the manifest's bundle_id {!r}: refused, {}".format(
-            name, root, bundle_id, keep))
+            name, root, bundle_id, untouched))
 
     releases = os.path.join(deploy_dir, RELEASES)
     os.makedirs(releases, exist_ok=True)
@@ -94,7 +97,7 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
         try:
             safe_extract(archive, os.path.join(staging, "x"))
         except PwdeployError as exc:
-            raise InstallError("{}; {}".format(exc, keep)) from None
+            raise InstallError("{}; {}".format(exc, untouched)) from None
         bundle = os.path.join(staging, "x", root)
         listed = set(manifest["files"]) | {MANIFEST}
         present = set()
@@ -104,11 +107,11 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
         extra = sorted(present - listed)
         if extra:
             raise InstallError("{}: {} is not listed in the manifest: refused, {}; re-create the bundle with "
-                               "`pwdeploy package`".format(name, extra[0], keep))
+                               "`pwdeploy package`".format(name, extra[0], untouched))
         problems = check_files(bundle, manifest)
         if problems:
             raise InstallError("{}: {}{}: refused, {}; ship it again".format(
-                name, problems[0], " (and {} more)".format(len(problems) - 1) if len(problems) > 1 else "", keep))
+                name, problems[0], " (and {} more)".format(len(problems) - 1) if len(problems) > 1 else "", untouched))
         release = _release_dir(releases, bundle_id, raw, manifest)
         if os.path.isdir(release):
             log("release {} is already installed with the same manifest: reusing it".format(release))
@@ -119,16 +122,20 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
 
     if remove_archive:
         os.unlink(archive)
+    removed = []  # type: List[str]
     if switch_current:
         _switch_current(deploy_dir, release)
         log("installed {} -> {}".format(os.path.join(deploy_dir, CURRENT), os.path.relpath(release, deploy_dir)))
+        removed = prune_releases(deploy_dir, keep, log=log)
     else:
         log("unpacked and checked {} (`current` not switched yet)".format(release))
     return {"bundle_id": bundle_id, "release": release, "current": os.path.join(deploy_dir, CURRENT),
-            "previous": previous, "switched": bool(switch_current), "files": len(manifest["files"])}
+            "previous": previous, "switched": bool(switch_current), "files": len(manifest["files"]),
+            "removed": removed}
 
 
-def switch(release: str, deploy_dir: str, *, log: Callable[[str], None] = print) -> Dict[str, Any]:
+def switch(release: str, deploy_dir: str, *, keep: int = DEFAULT_KEEP,
+           log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Point DEPLOY_DIR/current at an installed release, after checking its manifest and hashes again."""
     deploy_dir = os.path.abspath(os.path.expanduser(deploy_dir))
     release = os.path.abspath(os.path.expanduser(release))
@@ -143,8 +150,30 @@ def switch(release: str, deploy_dir: str, *, log: Callable[[str], None] = print)
         raise InstallError("{}: {}: refused, `current` still points at {}".format(release, problems[0], previous))
     _switch_current(deploy_dir, release)
     log("switched {} -> {}".format(os.path.join(deploy_dir, CURRENT), os.path.relpath(release, deploy_dir)))
+    removed = prune_releases(deploy_dir, keep, log=log)
     return {"bundle_id": manifest["bundle_id"], "release": release, "current": os.path.join(deploy_dir, CURRENT),
-            "previous": previous, "switched": True, "files": len(manifest["files"])}
+            "previous": previous, "switched": True, "files": len(manifest["files"]), "removed": removed}
+
+
+def prune_releases(deploy_dir: str, keep: int, *, log: Callable[[str], None] = print) -> List[str]:
+    """Remove all but the ``keep`` most recently installed releases, never `current` (``keep`` <= 0: keep all).
+    Only folders that hold a manifest are releases; anything else under releases/ is left alone."""
+    if keep <= 0:
+        return []
+    releases = os.path.join(deploy_dir, RELEASES)
+    current = os.path.realpath(os.path.join(deploy_dir, CURRENT))
+    found = []
+    for name in os.listdir(releases):
+        path = os.path.join(releases, name)
+        if (not name.startswith(".") and os.path.isdir(path) and not os.path.islink(path)
+                and os.path.isfile(os.path.join(path, MANIFEST)) and os.path.realpath(path) != current):
+            found.append((os.stat(path).st_mtime, name))
+    removed = [name for _, name in sorted(found, reverse=True)[keep - 1:]]
+    for name in removed:
+        shutil.rmtree(os.path.join(releases, name))
+    if removed:
+        log("removed {} old release(s), keeping the newest {}: {}".format(len(removed), keep, ", ".join(removed)))
+    return removed
 
 
 def _release_dir(releases: str, bundle_id: str, manifest_raw: bytes, manifest: Dict[str, Any]) -> str:
@@ -189,18 +218,20 @@ def main(argv=None) -> int:
     inst.add_argument("--sha256", default=None, help="expected sha256 of the archive (refuse when different)")
     inst.add_argument("--remove-archive", action="store_true", help="delete the archive after installing")
     inst.add_argument("--no-switch", action="store_true", help="leave `current` alone (verify first, then `switch`)")
-    inst.add_argument("--result-line", action="store_true", help="end with a machine-readable result line")
     sw = sub.add_parser("switch", help="point `current` at an installed release")
     sw.add_argument("release")
     sw.add_argument("deploy_dir")
-    sw.add_argument("--result-line", action="store_true", help="end with a machine-readable result line")
+    for p in (inst, sw):
+        p.add_argument("--keep", type=int, default=DEFAULT_KEEP,
+                       help="releases to keep after switching, `current` included (0: keep all)")
+        p.add_argument("--result-line", action="store_true", help="end with a machine-readable result line")
     args = parser.parse_args(argv)
     try:
         if args.command == "install":
             result = install(args.archive, args.deploy_dir, expected_sha256=args.sha256,
-                             remove_archive=args.remove_archive, switch_current=not args.no_switch)
+                             remove_archive=args.remove_archive, switch_current=not args.no_switch, keep=args.keep)
         elif args.command == "switch":
-            result = switch(args.release, args.deploy_dir)
+            result = switch(args.release, args.deploy_dir, keep=args.keep)
         else:
             parser.print_help()
             return EXIT_ERROR
