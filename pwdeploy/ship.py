@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .device import RESULT_PREFIX
+from .device.install import DEFAULT_KEEP
 from .errors import PwdeployError
 from .fsutil import sha256_file, write_json
 from .manifest import MANIFEST, parse_manifest
@@ -168,7 +169,7 @@ def installer_script() -> str:
 def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: int | None = None,
          identity: str | None = None, ssh_config: str | None = None, ssh_options: list[str] | None = None,
          remote_python: str = "python3", runner: str = "auto", upload_timeout: float | None = None,
-         verify_timeout: float = 3600.0, keep: int = 3, log: Callable[[str], None] | None = None) -> ShipResult:
+         verify_timeout: float = 3600.0, keep: int = DEFAULT_KEEP, log: Callable[[str], None] | None = None) -> ShipResult:
     """Copy ``bundle`` to ``destination`` (user@host:DIR), install it as DIR/current, optionally verify it there."""
     log = log or _default_log
     bundle = Path(bundle)
