@@ -194,7 +194,7 @@ def plan(args) -> tuple[list[dict], list[dict], list[dict]]:
                         for family, setting, arms, change, methods in ABLATIONS:
                             if method not in methods or (args.families and family not in args.families):
                                 continue
-                            if args.settings and not any(text in setting for text in args.settings):
+                            if args.settings and setting not in args.settings:
                                 continue
                             for arm in arms:
                                 ablations.append(cell_task(v, b, base, method, arm, red, seed, family, setting,
@@ -465,7 +465,8 @@ def write_outputs(out: Path, name: str, cells: list[dict], meta: dict, console, 
     if not ablation and series:
         with atomic_path(out / f"{name}.png") as tmp:
             stats.plot(series, Path(tmp), f"Worst-group accuracy drop vs FLOPs removed\nmean and 95% bootstrap CI "
-                                          f"over {len(meta['seeds'])} seeds; {meta['device_label']}")
+                                          f"over {len(meta['seeds'])} seeds from baseline {meta['baseline_seeds'][0]} "
+                                          f"(other baselines: {name}.md); {meta['device_label']}")
     table = Table(title=f"{name}: worst-group drop (points, mean [95% CI] over seeds)")
     for col in ("variant", "baseline", "method", "setting", "arm", "FLOPs", "worst drop", "overall acc", "n"):
         table.add_column(col)
@@ -505,7 +506,7 @@ def parse_args(argv=None):
     p.add_argument("--ablation-methods", default="taylor,autobot,magnitude")
     p.add_argument("--ablation-reductions", default="0.75")
     p.add_argument("--families", default="", help="only these ablation families (comma separated)")
-    p.add_argument("--settings", default="", help="only sweep settings whose name contains one of these (comma separated)")
+    p.add_argument("--settings", default="", help="only these sweep settings, by exact name (comma separated)")
     p.add_argument("--ablation-seeds", default="", help="seeds for the sweeps (default: --seeds)")
     p.add_argument("--time-budget", type=float, default=0,
                    help="seconds: start no new cell after this, write the results of what finished")

@@ -1,6 +1,6 @@
 """Aggregation, bootstrap intervals, tables and the plot for benchmarks/fairness.py (numpy + matplotlib).
 
-A cell is one compress run: (variant, baseline seed, method, arm, FLOPs reduction, setting, seed). A series
+A cell is one compress run: (variant, baseline seed, method, arm, FLOPs reduction, sweep family + setting, seed). A series
 is the same cell over seeds; every number reported for a series is its mean over seeds with a 95%
 percentile bootstrap interval that resamples the seeds.
 """
@@ -42,7 +42,9 @@ def cell_numbers(cell: dict) -> dict:
 
 def series_key(cell: dict) -> tuple:
     s = cell["spec"]
-    return (s["variant"], s["method"], s["arm"], s["reduction"], s.get("setting", "default"), s["baseline_seed"])
+    # A setting is named within its family: two families may sweep a setting of the same name.
+    return (s["variant"], s["method"], s["arm"], s["reduction"], s.get("family", "default"),
+            s.get("setting", "default"), s["baseline_seed"])
 
 
 def aggregate(cells: list[dict]) -> list[dict]:
@@ -54,11 +56,9 @@ def aggregate(cells: list[dict]) -> list[dict]:
     for key, members in sorted(by_key.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
         numbers = [cell_numbers(c) for c in members]
         groups = list(numbers[0]["drops"])
-        spec = members[0]["spec"]
         out.append({
-            "variant": key[0], "method": key[1], "arm": key[2], "reduction": key[3], "setting": key[4],
-            "baseline_seed": key[5],
-            "family": spec.get("family", "default"),
+            "variant": key[0], "method": key[1], "arm": key[2], "reduction": key[3], "family": key[4],
+            "setting": key[5], "baseline_seed": key[6],
             "seeds": sorted({(c["spec"]["baseline_seed"], c["spec"]["seed"]) for c in members}),
             "group_drop": {g: bootstrap_mean([n["drops"][g] for n in numbers]) for g in groups},
             "worst_drop": bootstrap_mean([n["worst_drop"] for n in numbers]),
@@ -76,24 +76,25 @@ def paired_comparisons(cells: list[dict], reference_arm: str = "ce") -> list[dic
     index = {}
     for c in cells:
         s = c["spec"]
-        index[(s["variant"], s["method"], s["reduction"], s.get("setting", "default"), s["baseline_seed"],
-               s["seed"], s["arm"])] = cell_numbers(c)
+        index[(s["variant"], s["method"], s["reduction"], s.get("family", "default"), s.get("setting", "default"),
+               s["baseline_seed"], s["seed"], s["arm"])] = cell_numbers(c)
     pairs = defaultdict(list)
-    for (variant, method, red, setting, bseed, seed, arm), nums in index.items():
+    for (variant, method, red, family, setting, bseed, seed, arm), nums in index.items():
         if arm == reference_arm:
             continue
-        ref = index.get((variant, method, red, setting, bseed, seed, reference_arm))
+        ref = index.get((variant, method, red, family, setting, bseed, seed, reference_arm))
         if ref is None and setting != "default":  # ablations of PW alone compare with the default CE
-            ref = index.get((variant, method, red, "default", bseed, seed, reference_arm))
+            ref = index.get((variant, method, red, "default", "default", bseed, seed, reference_arm))
         if ref is not None:
-            pairs[(variant, method, red, setting, arm, bseed)].append((nums, ref))
+            pairs[(variant, method, red, family, setting, arm, bseed)].append((nums, ref))
     out = []
-    for (variant, method, red, setting, arm, bseed), items in sorted(pairs.items(), key=lambda kv: str(kv[0])):
+    for (variant, method, red, family, setting, arm, bseed), items in sorted(pairs.items(),
+                                                                             key=lambda kv: str(kv[0])):
         arm_worst = [a["worst_drop"] for a, _ in items]
         ce_worst = [b["worst_drop"] for _, b in items]
         ce_mean, arm_mean = float(np.mean(ce_worst)), float(np.mean(arm_worst))
         out.append({
-            "variant": variant, "method": method, "reduction": red, "setting": setting, "arm": arm,
+            "variant": variant, "method": method, "reduction": red, "family": family, "setting": setting, "arm": arm,
             "baseline_seed": bseed, "n": len(items),
             "worst_drop": arm_mean, "ce_worst_drop": ce_mean,
             "worst_drop_difference": bootstrap_mean([a - b for a, b in zip(arm_worst, ce_worst)]),
@@ -193,7 +194,7 @@ def markdown_ablations(meta: dict, series: list[dict], comparisons: list[dict]) 
              "Each row changes one setting from the defaults in `configs/synthetic.yaml` (row `default`). "
              "Worst drop: mean [95% bootstrap CI over seeds]. *vs CE*: the arm's worst drop minus CE's at the "
              "same setting where CE was run with it, else CE at the defaults.", ""]
-    comp = {(c["variant"], c["method"], c["reduction"], c["setting"], c["arm"]): c for c in comparisons}
+    comp = {(c["variant"], c["method"], c["reduction"], c["family"], c["setting"], c["arm"]): c for c in comparisons}
     keys = sorted({(s["variant"], s["method"], s["reduction"]) for s in series}, key=str)
     for variant, method, red in keys:
         rows = [s for s in series if (s["variant"], s["method"], s["reduction"]) == (variant, method, red)]
@@ -204,7 +205,7 @@ def markdown_ablations(meta: dict, series: list[dict], comparisons: list[dict]) 
                   "|---|---|---|" + "---:|" * len(groups) + "---:|---:|---:|---:|---:|"]
         rows.sort(key=lambda r: (r["family"] != "default", r["family"], r["setting"], r["arm"]))
         for s in rows:
-            c = comp.get((variant, method, red, s["setting"], s["arm"]))
+            c = comp.get((variant, method, red, s["family"], s["setting"], s["arm"]))
             vs = _ci(c["worst_drop_difference"], True) if c else "–"
             better = f"{c['seeds_better']}/{c['n']}" if c else "–"
             lines.append(f"| {s['family']} | {s['setting']} | {s['arm']} | "

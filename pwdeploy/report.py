@@ -30,11 +30,28 @@ def _fmt(value, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
+def loss_tag(report: dict) -> str:
+    """Short name of the loss a run used: ce, pw, or pw+gb (PW with pwdeploy's group-balance extension)."""
+    return report["loss"] + ("+gb" if report["loss"] == "pw" and report.get("group_balanced") else "")
+
+
+def loss_label(report: dict) -> str:
+    """The loss with the settings that change it, e.g. "pw (gamma 0.5, w_min 0.8, no label correction)"."""
+    if report["loss"] != "pw":
+        return report["loss"]
+    pw = report.get("pw") or {}
+    text = f"pw (gamma {pw.get('gamma', 0):g}, w_min {pw.get('min_weight', 0):g}"
+    text += ", no label correction)" if pw.get("label_correction") is False else ")"
+    if report.get("pw_applies_to", "both") != "both":
+        text += f" on {report['pw_applies_to']} only"
+    return text + (" + group balance (extension)" if report.get("group_balanced") else "")
+
+
 def comparison_table(report: dict, title: str | None = None) -> Table:
     """Rows: groups then overall; columns: accuracy of each model and its change against the original."""
     metrics = report["metrics"]
     names = list(metrics)
-    table = Table(title=title or f"{report['method']} / {report['loss']} at "
+    table = Table(title=title or f"{report['method']} / {loss_label(report)} at "
                                  f"{100 * report['flops_reduction']:.1f}% MACs removed")
     table.add_column("group")
     table.add_column("n", justify="right")
@@ -62,7 +79,7 @@ def comparison_table(report: dict, title: str | None = None) -> Table:
 def markdown(report: dict) -> str:
     metrics = report["metrics"]
     names = list(metrics)
-    lines = [f"# pwdeploy report: {report['method']} / {report['loss']}", "",
+    lines = [f"# pwdeploy report: {report['method']} / {loss_label(report)}", "",
              f"- MACs: {report['macs']['original']:,} -> {report['macs']['pruned']:,} "
              f"({100 * report['flops_reduction']:.2f}% removed, target {100 * report['flops_reduction_target']:.2f}%)",
              f"- Parameters: {report['params']['original']:,} -> {report['params']['pruned']:,}",
@@ -110,7 +127,7 @@ def plot_groups(report: dict, path: Path) -> None:
     ax.set_xticks(np.arange(len(groups)) + width * (len(names) - 1) / 2, groups)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{report['method']} / {report['loss']}, {100 * report['flops_reduction']:.1f}% MACs removed")
+    ax.set_title(f"{report['method']} / {loss_tag(report)}, {100 * report['flops_reduction']:.1f}% MACs removed")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -71,3 +71,13 @@ def test_plan_filters_sweeps_and_keeps_ce_cells_shared_across_pw_settings(tmp_pa
     changed = fairness.cell_task("colour", 0, baselines[0], "taylor", "ce", 0.75, 0,
                                  change={"pw": {"gamma": 2.0}})
     assert plain["ident"] == changed["ident"]
+
+
+def test_same_setting_name_in_two_sweep_families_stays_two_series():
+    cells = [_cell(arm="ce", seed=s) for s in range(2)]
+    cells += [_cell(arm="pw", seed=s, minority=88.0, family="weights, on", setting="gamma 1") for s in range(2)]
+    cells += [_cell(arm="pw", seed=s, minority=91.0, family="weights, off", setting="gamma 1") for s in range(2)]
+    drops = {s["family"]: s["worst_drop"]["mean"] for s in stats.aggregate(cells) if s["arm"] == "pw"}
+    assert drops == {"weights, on": pytest.approx(4.0), "weights, off": pytest.approx(1.0)}
+    diffs = {c["family"]: c["worst_drop_difference"]["mean"] for c in stats.paired_comparisons(cells)}
+    assert diffs == {"weights, on": pytest.approx(2.0), "weights, off": pytest.approx(-1.0)}  # vs the default CE
