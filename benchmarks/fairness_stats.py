@@ -1,8 +1,8 @@
 """Aggregation, bootstrap intervals, tables and the plot for benchmarks/fairness.py (numpy + matplotlib).
 
-A cell is one compress run: (variant, baseline seed, method, arm, FLOPs reduction, sweep family + setting, seed). A series
-is the same cell over seeds; every number reported for a series is its mean over seeds with a 95%
-percentile bootstrap interval that resamples the seeds.
+A cell is one compress run: (variant, baseline seed, method, arm, FLOPs reduction, sweep family + setting,
+seed). A series is the same cell over seeds; every number reported for a series is its mean over seeds with a
+95% percentile bootstrap interval that resamples the seeds.
 """
 
 from __future__ import annotations

@@ -94,7 +94,9 @@ def compress(
     pw_gamma: Optional[float] = typer.Option(None, "--pw-gamma", help="PW exponent gamma (overrides the config)."),
     pw_min_weight: Optional[float] = typer.Option(None, "--pw-min-weight", help="PW minimum weight w_min."),
     group_balanced: Optional[bool] = typer.Option(None, "--group-balanced/--no-group-balanced",
-                                                  help="Extension, not the paper: equal total PW weight per group."),
+                                                  help="Extension, not the paper: equal total PW weight per group "
+                                                       "(needs group labels; default from the dataset config, on for "
+                                                       "synthetic)."),
     target: Optional[str] = typer.Option(None, "--target", help="onnx-fp32, onnx-fp16, onnx-int8, trt-fp32, trt-fp16, trt-int8."),
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help="INT8: calibration images, stratified by group (default 512)."),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help="INT8: minmax, entropy or percentile."),
