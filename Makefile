@@ -23,14 +23,16 @@ bench: $(STAMP)
 	$(PY) benchmarks/fairness.py --quick
 
 # The committed results (benchmarks/results/): the grid on three baselines (the 2nd and 3rd at 75% only), the
-# sweeps on Taylor/colour, label correction and retraining lr on every method, then one table of all sweeps.
+# sweeps on Taylor/colour, label correction, retraining lr and group-balance strength (also at 90%) on every
+# method, then one table of all sweeps.
 # Finished cells are cached, so an interrupted run resumes; add --device cuda --jobs 14 on a GPU.
 FAIRNESS := $(PY) benchmarks/fairness.py
 bench-fairness: $(STAMP)
 	$(FAIRNESS) --baseline-seeds 0-2 --other-baseline-reductions 0.75
 	$(FAIRNESS) --ablations-only --ablation-methods taylor --variants colour
 	$(FAIRNESS) --ablations-only --families "label correction,retraining" --settings "off (soft targets everywhere),on,lr 3e-3"
-	$(FAIRNESS) --ablations-only --report-only
+	$(FAIRNESS) --ablations-only --families "group balance strength" --ablation-reductions 0.75,0.9
+	$(FAIRNESS) --ablations-only --report-only --ablation-reductions 0.75,0.9
 
 clean:
 	rm -rf runs .pytest_cache

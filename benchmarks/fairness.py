@@ -76,7 +76,12 @@ ABLATIONS = [
     ("taylor steps", "30 steps between", ("ce", "pw"), {"prune": {"steps_between": 30}}, ("taylor",)),
     ("taylor steps", "taylor lr 0.003", ("ce", "pw"), {"prune": {"taylor_lr": 0.003}}, ("taylor",)),
     ("group balanced", "extension, gamma 1, w_min 0.1", ("pw+gb",), _pw(gamma=1.0, min_weight=0.1), ALL_METHODS),
+    ("group balance strength", "0.5", ("pw+gb",), {"group_balance_strength": 0.5}, ALL_METHODS),
+    ("group balance strength", "0.25", ("pw+gb",), {"group_balance_strength": 0.25}, ALL_METHODS),
 ]
+
+# Config keys added after cells were cached, with their defaults (see cell_ident).
+ADDED_KEYS = {"group_balance_strength": 1.0}
 
 QUICK = {"variants": "colour", "seeds": "0,1", "methods": "magnitude,taylor", "reductions": "0.75", "arms": "ce,pw"}
 
@@ -158,10 +163,15 @@ def cell_ident(overrides: dict, baseline_name: str) -> dict:
     config = make_config(overrides)
     effective = config.to_dict()
     effective.pop("device", None)
-    if effective["loss"] == "ce":  # PW settings cannot change a CE cell: keep its key (and cache) across them
-        for key in ("pw", "pw_applies_to", "group_balanced"):
+    for key, default in ADDED_KEYS.items():  # at their defaults, keys added later keep older cells' keys
+        if effective.get(key) == default:
             effective.pop(key)
+    if effective["loss"] == "ce":  # PW settings cannot change a CE cell: keep its key (and cache) across them
+        for key in ("pw", "pw_applies_to", "group_balanced", "group_balance_strength"):
+            effective.pop(key, None)
     else:  # only the running method's PW settings matter
+        if not effective["group_balanced"]:
+            effective.pop("group_balance_strength", None)
         effective["pw"] = {"used": config.to_dict()["pw"].get(config.prune.method) or effective["pw"]["default"]}
     return {"effective": effective, "baseline": baseline_name, "schema": CELL_SCHEMA}
 

@@ -119,7 +119,7 @@ def _group_weight_totals(config: RunConfig, train_set: GroupedDataset, original:
 
 def _losses(config: RunConfig, group_totals) -> tuple[LossFn, LossFn]:
     """(importance loss, retraining loss) per --loss and the paper's ablation switch pw_applies_to."""
-    pw = LossFn("pw", config.pw_for(), group_totals)
+    pw = LossFn("pw", config.pw_for(), group_totals, config.group_balance_strength)
     ce = LossFn("ce")
     if config.loss == "ce":
         return ce, ce
@@ -205,6 +205,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
             "pw": config.to_dict()["pw"].get(config.prune.method) or config.to_dict()["pw"]["default"],
             "pw_applies_to": config.pw_applies_to,
             "group_balanced": config.group_balanced,
+            "group_balance_strength": config.group_balance_strength,
             "flops_reduction_target": config.prune.flops_reduction,
             "flops_reduction": result.reduction,
             "macs": {"original": result.macs_before, "pruned": result.macs_after},

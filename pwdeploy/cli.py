@@ -97,6 +97,9 @@ def compress(
                                                   help="Extension, not the paper: equal total PW weight per group "
                                                        "(needs group labels; default from the dataset config, on for "
                                                        "synthetic)."),
+    group_balance_strength: Optional[float] = typer.Option(
+        None, "--group-balance-strength", help="With --group-balanced: 1 equal group totals, 0.5 halfway (in log "
+                                               "scale), any value in (0, 1]."),
     target: Optional[str] = typer.Option(None, "--target", help="onnx-fp32, onnx-fp16, onnx-int8, trt-fp32, trt-fp16, trt-int8."),
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help="INT8: calibration images, stratified by group (default 512)."),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help="INT8: minmax, entropy or percentile."),
@@ -120,7 +123,8 @@ def compress(
     _put(overrides, "retrain", "epochs", epochs)
     _put(overrides, "retrain", "lr", lr)
     for key, value in (("loss", loss), ("target", target), ("group_balanced", group_balanced),
-                       ("calib_size", calib_size), ("calib_method", calib_method)):
+                       ("group_balance_strength", group_balance_strength), ("calib_size", calib_size),
+                       ("calib_method", calib_method)):
         if value is not None:
             overrides[key] = value
     overrides.update(seed=seed, device=device)

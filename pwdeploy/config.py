@@ -80,6 +80,8 @@ class RunConfig:
     pw_applies_to: str = "both"
     # group-aware extension (not the paper's method): rebalance PW weights so each group carries equal weight
     group_balanced: bool = False
+    # how far the rebalance goes: 1 equal group totals, 0.5 the square root of the full factor (loss.group_balance)
+    group_balance_strength: float = 1.0
     target: str = "onnx-fp32"
     # INT8 calibration: images drawn stratified by group from the training split, and the range method
     calib_size: int = 512
@@ -198,6 +200,8 @@ def build_config(overrides: dict | None = None, *, config_file: str | Path | Non
             obj = getattr(obj, p)
         if getattr(obj, leaf) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(obj, leaf)!r}")
+    if not 0.0 < config.group_balance_strength <= 1.0:
+        raise ConfigError(f"--group-balance-strength must be in (0, 1], got {config.group_balance_strength}")
     if not 0.0 <= config.prune.flops_reduction < 1.0:
         raise ConfigError(f"--flops-reduction must be in [0, 1), got {config.prune.flops_reduction}")
     return config

@@ -60,25 +60,32 @@ def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits, labels.long(), reduction="none")
 
 
-def group_balance(weights: torch.Tensor, groups: torch.Tensor, group_totals: torch.Tensor) -> torch.Tensor:
+def group_balance(weights: torch.Tensor, groups: torch.Tensor, group_totals: torch.Tensor,
+                  strength: float = 1.0) -> torch.Tensor:
     """Extension (not the paper's method): rescale weights so every group carries equal total weight.
 
     ``group_totals`` are each group's summed weight over the whole training set, so the batch keeps the
-    dataset-level balance instead of a noisy per-batch one.
+    dataset-level balance instead of a noisy per-batch one. ``strength`` in (0, 1] moves part of the way:
+    each group's factor is the full one raised to ``strength`` (1: equal totals, 0.5: the square root), and
+    the factors are rescaled so the dataset's total weight stays what it was.
     """
     present = group_totals > 0
     target_total = group_totals[present].sum() / present.sum()
-    scale = torch.where(present, target_total / group_totals.clamp_min(1e-12), torch.zeros_like(group_totals))
+    full = target_total / group_totals.clamp_min(1e-12)
+    scale = torch.where(present, full ** strength, torch.zeros_like(group_totals))
+    scale = scale * group_totals[present].sum() / (group_totals * scale).sum()
     return weights * scale.to(weights.device)[groups]
 
 
 class LossFn:
     """Callable ``loss(logits, labels, original_logits, groups) -> scalar``; CE ignores the original logits."""
 
-    def __init__(self, kind: str, pw: PWSettings | None = None, group_totals: torch.Tensor | None = None):
+    def __init__(self, kind: str, pw: PWSettings | None = None, group_totals: torch.Tensor | None = None,
+                 group_balance_strength: float = 1.0):
         self.kind = kind
         self.pw = pw or PWSettings()
         self.group_totals = group_totals
+        self.group_balance_strength = group_balance_strength
 
     @property
     def needs_original(self) -> bool:
@@ -91,5 +98,5 @@ class LossFn:
                                                   min_weight=self.pw.min_weight,
                                                   label_correction=self.pw.label_correction)
         if self.group_totals is not None and groups is not None:
-            weights = group_balance(weights, groups, self.group_totals)
+            weights = group_balance(weights, groups, self.group_totals, self.group_balance_strength)
         return (weights * soft_cross_entropy(logits, targets.to(logits.dtype))).mean()

@@ -44,7 +44,10 @@ def loss_label(report: dict) -> str:
     text += ", no label correction)" if pw.get("label_correction") is False else ")"
     if report.get("pw_applies_to", "both") != "both":
         text += f" on {report['pw_applies_to']} only"
-    return text + (" + group balance (extension)" if report.get("group_balanced") else "")
+    if not report.get("group_balanced"):
+        return text
+    strength = report.get("group_balance_strength", 1.0)
+    return text + " + group balance (extension" + (f", strength {strength:g})" if strength != 1.0 else ")")
 
 
 def comparison_table(report: dict, title: str | None = None) -> Table:

@@ -94,6 +94,7 @@ def test_an_explicit_config_file_replaces_the_automatic_one(tmp_path):
     ("data:\n  options: [size]\n", "data.options"),
     ("group_balanced: maybe\n", "group_balanced"),
     ("prune:\n  method: random\n", "prune.method"),
+    ("group_balance_strength: 0\n", "group-balance-strength"),
 ])
 def test_unknown_keys_and_wrong_types_name_the_key(tmp_path, text, key):
     path = tmp_path / "bad.yaml"

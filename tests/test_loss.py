@@ -68,3 +68,25 @@ def test_group_balance_gives_each_group_equal_total_weight():
     totals = torch.tensor([3.0, 0.5])
     balanced = group_balance(weights, groups, totals)
     assert balanced[groups == 0].sum().item() == pytest.approx(balanced[groups == 1].sum().item())
+
+
+def test_partial_group_balance_moves_part_of_the_way_and_keeps_the_total():
+    weights = torch.tensor([1.0, 1.0, 1.0, 0.5])
+    groups = torch.tensor([0, 0, 0, 1])
+    totals = torch.tensor([3.0, 0.5])  # group 1 carries 1/7 of the weight
+    full = group_balance(weights, groups, totals, 1.0)
+    half = group_balance(weights, groups, totals, 0.5)
+    share = [half[groups == g].sum().item() / half.sum().item() for g in (0, 1)]
+    # the full factor ratio is 6 (3 / 0.5); strength 0.5 moves it to sqrt(6)
+    assert share[1] / share[0] == pytest.approx((0.5 * 6 ** 0.5) / 3.0, rel=1e-5)
+    for balanced in (full, half):
+        assert balanced.sum().item() == pytest.approx(weights.sum().item(), rel=1e-5)
+    assert torch.allclose(group_balance(weights, groups, totals), full)
+
+
+def test_config_strength_reaches_both_losses():
+    from pwdeploy.api import _losses, make_config
+
+    config = make_config({"data": {"name": "synthetic"}, "group_balance_strength": 0.5})
+    for loss_fn in _losses(config, torch.tensor([3.0, 0.5])):
+        assert loss_fn.kind == "pw" and loss_fn.group_balance_strength == 0.5

@@ -25,6 +25,7 @@ def test_loss_label_names_the_extension_and_the_settings_that_change_pw():
     assert loss_label(_report("pw", 90, label_correction=True)) == "pw (gamma 0.5, w_min 0.8)"
     gb = _report("pw", 90, group_balanced=True)
     assert loss_label(gb).endswith("+ group balance (extension)") and loss_tag(gb) == "pw+gb"
+    assert loss_label(dict(gb, group_balance_strength=0.5)).endswith("+ group balance (extension, strength 0.5)")
 
 
 def test_demo_comparison_reports_each_arm_per_group():
