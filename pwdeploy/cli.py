@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from . import __version__
+from .device.install import DEFAULT_KEEP
 from .errors import PwdeployError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -238,7 +239,7 @@ def ship(
     runner: str = typer.Option("auto", "--runner", help="Device verify runtime: auto, tensorrt or onnxruntime."),
     verify_timeout: float = typer.Option(3600.0, "--verify-timeout", help="Seconds allowed for the remote verify "
                                                                           "(includes the engine build)."),
-    keep: int = typer.Option(3, "--keep", help="Releases kept on the device after switching, `current` included "
+    keep: int = typer.Option(DEFAULT_KEEP, "--keep", help="Releases kept on the device after switching, `current` included "
                                               "(older ones are removed; 0 keeps all)."),
 ):
     """Copy a bundle over SSH, install it as DIR/current only if its hashes check out, optionally verify it there."""
