@@ -278,7 +278,9 @@ def _run_cell(task: dict, started: float) -> dict:
         "metrics_before_retraining": report.get("metrics_before_retraining"),
         "flops_reduction": report["flops_reduction"], "macs": report["macs"], "params": report["params"],
         "pw": report.get("pw"), "pw_applies_to": report.get("pw_applies_to"),
-        "group_balanced": report.get("group_balanced"), "worst_group_drop": report["changes"]["pruned"]["worst_group_drop"],
+        "group_balanced": report.get("group_balanced"),
+        "group_balance_strength": report.get("group_balance_strength"),
+        "worst_group_drop": report["changes"]["pruned"]["worst_group_drop"],
         "timings_s": report.get("timings_s"), "seconds": time.time() - started,
     }
 
@@ -345,13 +347,13 @@ def execute(tasks: list[dict], jobs: int, device: str, threads: int, on_result, 
 
 
 def resolve_device(name: str) -> str:
-    import torch
+    from pwdeploy.errors import PwdeployError
+    from pwdeploy.train import resolve_device as resolve
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for CUDA but none is available: use --device cpu or auto")
-    return name
+    try:
+        return str(resolve(name))
+    except PwdeployError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def cuda_smoke_test(out: Path) -> str | None:

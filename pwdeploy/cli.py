@@ -239,8 +239,8 @@ def ship(
     runner: str = typer.Option("auto", "--runner", help="Device verify runtime: auto, tensorrt or onnxruntime."),
     verify_timeout: float = typer.Option(3600.0, "--verify-timeout", help="Seconds allowed for the remote verify "
                                                                           "(includes the engine build)."),
-    keep: int = typer.Option(DEFAULT_KEEP, "--keep", help="Releases kept on the device after switching, `current` included "
-                                              "(older ones are removed; 0 keeps all)."),
+    keep: int = typer.Option(DEFAULT_KEEP, "--keep", help="Releases kept on the device after switching, `current` "
+                                                         "included (older ones are removed; 0 keeps all)."),
 ):
     """Copy a bundle over SSH, install it as DIR/current only if its hashes check out, optionally verify it there."""
     from .errors import GateFailed

@@ -70,7 +70,8 @@ def _parse_type(value: str) -> int | None:
 @register_dataset("fitzpatrick17k")
 def create_fitzpatrick17k(root=None, split: str = "train", *, protocol: str = "paper",
                           label_column: str = "three_partition_label", type_column: str | None = None,
-                          size=224, resize_shorter: int | None = None, val_fraction: float = 0.25, holdout_fraction: float = 0.4,
+                          size=224, resize_shorter: int | None = None, val_fraction: float = 0.25,
+                          holdout_fraction: float = 0.4,
                           skip_bad_images: bool = False, augment: bool = False, **unknown) -> ImageFileDataset:
     check_unknown_options("fitzpatrick17k", unknown)
     if protocol not in PROTOCOLS:
