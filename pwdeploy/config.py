@@ -14,7 +14,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# configs/ at the top of the source tree; pwdeploy/configs links to it, so the wheel ships the YAMLs as package data.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
