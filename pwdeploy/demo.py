@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from .errors import GateFailed
 from .fsutil import write_json
 from .progress import console
 from .report import loss_label
@@ -51,17 +52,27 @@ def run_demo(out: str | Path, *, seed: int = 0, device: str = "auto") -> dict:
 
     verify(runs[shipped])
     console.rule("4/4 package a device bundle and run its self-check (as the device would: no torch)")
+    summary["bundle"] = {"path": str(out / f"{shipped.replace('+', '-')}-bundle.tar.gz"), "device_check_passed": False}
+    try:
+        package_and_check(runs[shipped], Path(summary["bundle"]["path"]))
+        summary["bundle"]["device_check_passed"] = True
+    finally:
+        write_json(out / "comparison.json", summary)
+    return summary
+
+
+def package_and_check(run_dir: Path, bundle: Path) -> None:
+    """Package ``run_dir`` and run the bundle's own verifier; a failure raises, so `make demo` exits non-zero."""
     import tempfile
 
     from .package import package_run, verify_locally
 
-    bundle = package_run(runs[shipped], out / f"{shipped.replace('+', '-')}-bundle.tar.gz")
+    package_run(run_dir, bundle)
     with tempfile.TemporaryDirectory() as tmp:
         passed, _ = verify_locally(bundle, tmp)
     console.print(f"bundle {bundle}: device-side check {'PASSED' if passed else 'FAILED'}")
-    summary["bundle"] = {"path": str(bundle), "device_check_passed": passed}
-    write_json(out / "comparison.json", summary)
-    return summary
+    if not passed:
+        raise GateFailed(f"the device-side check of {bundle} FAILED (details above)")
 
 
 def _report(run_dir: Path) -> dict:

@@ -359,3 +359,16 @@ def test_engine_is_shipped_only_when_built_on_the_named_device(run_dir, tmp_path
         package_run(run, tmp_path / "c.tar.gz", target="trt-fp16", engine_for="Thor", quiet=True)
     with pytest.raises(PwdeployError, match="trt-\\* targets only"):
         package_run(run, tmp_path / "d.tar.gz", target="onnx-fp16", engine_for="Orin", quiet=True)
+
+
+def test_demo_fails_when_the_bundles_device_check_fails(tiny_run, tmp_path, monkeypatch):
+    """`make demo` must not exit 0 when its bundle fails on the device: the failure raises GateFailed (exit 1)."""
+    import pwdeploy.package
+    from pwdeploy.demo import package_and_check
+    from pwdeploy.errors import GateFailed
+
+    package_and_check(tiny_run, tmp_path / "ok.tar.gz")  # the real check passes
+    monkeypatch.setattr(pwdeploy.package, "verify_locally", lambda bundle, workdir, **kw: (False, {}))
+    with pytest.raises(GateFailed, match="FAILED") as caught:
+        package_and_check(tiny_run, tmp_path / "bad.tar.gz")
+    assert caught.value.exit_code == 1
