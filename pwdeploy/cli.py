@@ -9,8 +9,10 @@ from typing import Optional
 import typer
 
 from . import __version__
+from .data import list_datasets
 from .device.install import DEFAULT_KEEP
 from .errors import PwdeployError
+from .models import list_models
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fairness-preserving structured pruning (PW loss) and edge deployment.")
@@ -32,7 +34,7 @@ def _root(
 
 
 # --- commands: train / compress / demo (issue 2) ---
-DataOpt = typer.Option(None, "--data", help="Dataset: synthetic (default), celeba, cifar10, fitzpatrick17k, csv; "
+DataOpt = typer.Option(None, "--data", help=f"Dataset: {', '.join(list_datasets())}; "
                                             "default: the --config file's dataset, else synthetic.")
 RootOpt = typer.Option(None, "--data-root", help="Folder holding the dataset files (or its parent).")
 SeedOpt = typer.Option(0, "--seed", help="Seed for data order, sampling and initialisation.")
@@ -55,7 +57,7 @@ def train(
     target_attr: Optional[str] = TargetAttrOpt,
     group_attr: Optional[str] = GroupAttrOpt,
     skip_bad_images: bool = SkipBadOpt,
-    arch: Optional[str] = typer.Option(None, "--arch", help="torchvision:NAME or smallcnn, tinyresnet, cifar_resnet56."),
+    arch: Optional[str] = typer.Option(None, "--arch", help=f"Architecture: {', '.join(list_models())}."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Output width; default the dataset's classes (1 = binary logit)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),

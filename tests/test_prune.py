@@ -15,6 +15,12 @@ from pwdeploy.prune.engine import ChannelRemover
 from pwdeploy.prune.flops import count_macs_params
 
 
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _zero_channels(remover: ChannelRemover, plan: dict) -> None:
     """Zero (not remove) the planned channels: the outputs of every out-channel layer in each DG group."""
     for name, group in remover.groups():
@@ -56,7 +62,12 @@ def test_removing_channels_equals_zeroing_them(arch):
 
 
 ARCHES = [("torchvision:resnet18", 1), ("torchvision:resnet50", 7), ("torchvision:vgg16_bn", 2),
-          ("torchvision:mobilenet_v2", 1), ("torchvision:efficientnet_b0", 5), ("cifar_resnet56", 10)]
+          ("torchvision:mobilenet_v2", 1), ("torchvision:efficientnet_b0", 5), ("cifar_resnet56", 10),
+          # timm (the optional extra, installed by the test extra): a ResNet with a deep stem and a MobileNetV3
+          # with squeeze-excitation and hard-swish
+          pytest.param("timm:resnet10t", 3, marks=pytest.mark.skipif(not _has("timm"), reason="timm not installed")),
+          pytest.param("timm:mobilenetv3_small_050", 1,
+                       marks=pytest.mark.skipif(not _has("timm"), reason="timm not installed"))]
 
 
 @pytest.mark.parametrize("arch,num_classes", ARCHES)

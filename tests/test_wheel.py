@@ -3,6 +3,7 @@ train from a folder outside the source tree and check that configs/synthetic.yam
 
 from __future__ import annotations
 
+import shutil
 import site
 import subprocess
 import sys
@@ -25,7 +26,11 @@ def _run(*cmd, **kw) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_wheel_ships_configs_and_trains(tmp_path):
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", ROOT)
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", "benchmarks", "tests"))
+    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src)
     wheel = next((tmp_path / "dist").glob("pwdeploy-*.whl"))
     shipped = {Path(n).name for n in zipfile.ZipFile(wheel).namelist() if n.startswith("pwdeploy/configs/")}
     assert {p.name for p in (ROOT / "configs").glob("*.yaml")} <= shipped

@@ -6,14 +6,17 @@ Adapters register themselves by name (timm-style registry); each module owns one
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import DataError
-from .base import SPLITS, ArrayDataset, DataSpec, GroupedDataset
 
-_REGISTRY: dict[str, Callable[..., GroupedDataset]] = {}
-# Adapters are imported on first use so a missing optional dependency of one never breaks the others.
-_MODULES = {
+if TYPE_CHECKING:
+    from .base import DataSpec, GroupedDataset
+
+_REGISTRY: dict[str, Callable[..., "GroupedDataset"]] = {}
+# pwdeploy's own adapters (name -> module), imported on first use so a missing optional dependency of one never
+# breaks the others; adapters from outside the package register with @register_dataset and need no entry here.
+_BUILTIN = {
     "synthetic": "synthetic",
     "celeba": "celeba",
     "cifar10": "cifar10",
@@ -23,6 +26,7 @@ _MODULES = {
 
 
 def register_dataset(name: str):
+    """Decorator: ``@register_dataset("mydata")`` on a factory ``(root, split, **options) -> GroupedDataset``."""
     def wrap(factory: Callable[..., GroupedDataset]):
         _REGISTRY[name] = factory
         return factory
@@ -30,20 +34,31 @@ def register_dataset(name: str):
     return wrap
 
 
-def dataset_names() -> list[str]:
-    return sorted(_MODULES)
+def list_datasets() -> list[str]:
+    return sorted(set(_BUILTIN) | set(_REGISTRY))
 
 
 def create_dataset(spec: DataSpec, split: str) -> GroupedDataset:
     """Build ``split`` ('train', 'val' or 'test') of the dataset ``spec`` names."""
+    from .base import SPLITS
+
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    if spec.name not in _MODULES:
-        raise DataError(f"unknown dataset {spec.name!r}: use one of {', '.join(dataset_names())}")
+    if spec.name not in _REGISTRY and spec.name in _BUILTIN:
+        importlib.import_module(f"{__name__}.{_BUILTIN[spec.name]}")
     if spec.name not in _REGISTRY:
-        importlib.import_module(f"{__name__}.{_MODULES[spec.name]}")
+        raise DataError(f"unknown dataset {spec.name!r}: use one of {', '.join(list_datasets())}")
     return _REGISTRY[spec.name](root=spec.root, split=split, **spec.options)
 
 
-__all__ = ["ArrayDataset", "DataSpec", "GroupedDataset", "SPLITS", "create_dataset", "dataset_names",
+def __getattr__(name: str):
+    # The dataset classes import torch; they load on first use so that listing names (CLI help) stays light.
+    if name in ("ArrayDataset", "DataSpec", "GroupedDataset", "SPLITS"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ArrayDataset", "DataSpec", "GroupedDataset", "SPLITS", "create_dataset", "list_datasets",
            "register_dataset"]

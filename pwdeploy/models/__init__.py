@@ -1,45 +1,82 @@
-"""Model registry: ``create_model('torchvision:resnet18', num_classes)`` or one of pwdeploy's own names.
+"""Model registry (timm style): ``create_model(arch, num_classes)`` builds a model by name.
 
-torchvision models are built randomly initialised (weights=None): nothing is ever downloaded.
+Names are pwdeploy's own models (``@register_model``, usable from outside the package), ``torchvision:NAME``
+(any torchvision classifier) and ``timm:NAME`` (any timm model, when the optional ``timm`` extra is installed).
+Everything is built randomly initialised: nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import ModelError
-from .cifar_resnet import CifarResNet
-from .small import SmallCNN, TinyResNet
 
-OWN_MODELS = {
-    "smallcnn": lambda n: SmallCNN(n),
-    "tinyresnet": lambda n: TinyResNet(n),
-    "cifar_resnet20": lambda n: CifarResNet(20, n),
-    "cifar_resnet56": lambda n: CifarResNet(56, n),
-}
+if TYPE_CHECKING:  # torch is imported when a model is built, so listing names (CLI help) stays light
+    from torch import nn
+
+ModelFactory = Callable[[int], "nn.Module"]
+_MODELS: dict[str, ModelFactory] = {}
+# pwdeploy's own models (name -> module that registers it), imported on first use.
+_BUILTIN = {"smallcnn": "small", "tinyresnet": "small", "cifar_resnet20": "cifar_resnet",
+            "cifar_resnet32": "cifar_resnet", "cifar_resnet44": "cifar_resnet", "cifar_resnet56": "cifar_resnet"}
 
 
-def model_names() -> list[str]:
-    return sorted(OWN_MODELS) + ["torchvision:<name>"]
+def register_model(name: str):
+    """Decorator: ``@register_model("mynet")`` on a function ``num_classes -> nn.Module``."""
+    def wrap(factory: ModelFactory) -> ModelFactory:
+        _MODELS[name] = factory
+        return factory
+
+    return wrap
+
+
+def _torchvision(name: str, num_classes: int) -> nn.Module:
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ModelError(f"unknown torchvision classification model {name!r}: see "
+                         "torchvision.models.list_models() for the names")
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _timm(name: str, num_classes: int) -> nn.Module:
+    try:
+        import timm
+    except ImportError as exc:
+        raise ModelError(f"timm:{name} needs timm: pip install 'pwdeploy[timm]'") from exc
+    if name not in timm.list_models():
+        raise ModelError(f"unknown timm model {name!r}: see timm.list_models() for the names")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
+# Families of external models, chosen by the prefix before ':'.
+_FAMILIES: dict[str, Callable[[str, int], nn.Module]] = {"torchvision": _torchvision, "timm": _timm}
+
+
+def list_models() -> list[str]:
+    return sorted(set(_BUILTIN) | set(_MODELS)) + [f"{family}:<name>" for family in _FAMILIES]
 
 
 def create_model(arch: str, num_classes: int) -> nn.Module:
     if num_classes < 1:
         raise ModelError(f"--num-classes must be >= 1 (1 means a single binary logit), got {num_classes}")
-    if arch in OWN_MODELS:
-        return OWN_MODELS[arch](num_classes)
-    if arch.startswith("torchvision:"):
-        import torchvision
-
-        name = arch.split(":", 1)[1]
-        if name not in torchvision.models.list_models(module=torchvision.models):
-            raise ModelError(f"unknown torchvision classification model {name!r}: see "
-                             "torchvision.models.list_models() for the names")
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    raise ModelError(f"unknown architecture {arch!r}: use one of {', '.join(model_names())}")
+    if arch not in _MODELS and arch in _BUILTIN:
+        importlib.import_module(f"{__name__}.{_BUILTIN[arch]}")
+    if arch in _MODELS:
+        return _MODELS[arch](num_classes)
+    family, _, name = arch.partition(":")
+    if name and family in _FAMILIES:
+        return _FAMILIES[family](name, num_classes)
+    raise ModelError(f"unknown architecture {arch!r}: use one of {', '.join(list_models())}")
 
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:
     """The final Linear layer(s): their output width is the class count and must never be pruned."""
+    from torch import nn
+
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1:] if linears else []
+
+
+__all__ = ["classifier_layers", "create_model", "list_models", "register_model"]

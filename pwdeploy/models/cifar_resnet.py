@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import register_model
+
 
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
@@ -44,3 +46,7 @@ class CifarResNet(nn.Module):
     def forward(self, x):
         x = self.layers(self.relu(self.bn1(self.conv1(x))))
         return self.fc(self.pool(x).flatten(1))
+
+
+for _depth in (20, 32, 44, 56):
+    register_model(f"cifar_resnet{_depth}")(lambda num_classes, depth=_depth: CifarResNet(depth, num_classes))

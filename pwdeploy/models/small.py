@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import register_model
+
 
 def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
@@ -50,3 +52,7 @@ class TinyResNet(nn.Module):
         x = self.relu(x + self.body1(x))
         x = self.relu(x + self.body2(x))
         return self.head(x)
+
+
+register_model("smallcnn")(SmallCNN)
+register_model("tinyresnet")(TinyResNet)
