@@ -207,8 +207,3 @@ def build_config(overrides: dict | None = None, *, config_file: str | Path | Non
         raise ConfigError(f"--flops-reduction must be in [0, 1), got {config.prune.flops_reduction}")
     return config
 
-
-def config_from_dict(d: dict) -> RunConfig:
-    """Rebuild a RunConfig from a run's config.json (its extra keys such as versions are ignored)."""
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    return _build(RunConfig, {k: v for k, v in d.items() if k in known}, "")

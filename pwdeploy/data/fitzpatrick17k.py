@@ -84,10 +84,43 @@ def create_fitzpatrick17k(root=None, split: str = "train", *, protocol: str = "p
     val_fraction = parse_fraction(val_fraction, "val_fraction", "fitzpatrick17k", allow_zero=False)
     holdout_fraction = parse_fraction(holdout_fraction, "holdout_fraction", "fitzpatrick17k", allow_zero=False)
     folder = find_root(root, "fitzpatrick17k", "fitzpatrick17k", CSV_FILE, HINT)
+    usable, class_names, notes = _usable_rows(folder, label_column, type_column)
+
+    group_names = list(ALL_GROUPS)
+    expected = (["light"] if split == "train" else ["medium", "dark"]) if protocol == "paper" else group_names
+    chosen = [(p, y, g) for p, y, g, u in usable
+              if _split_of(protocol, g, u, val_fraction, holdout_fraction) == split]
+    paths = [c[0] for c in chosen]
+    keep = drop_unusable(paths, skip_bad_images=skip_bad_images, what=f"Fitzpatrick17k {split}", notes=notes)
+    chosen = [c for c, k in zip(chosen, keep) if k]
+    labels = np.array([c[1] for c in chosen], dtype=np.int64)
+    groups = np.array([group_names.index(c[2]) for c in chosen], dtype=np.int64)
+    # the groups this protocol puts in this split must have images
+    require_groups(expected, np.array([expected.index(c[2]) for c in chosen], dtype=np.int64),
+                   f"the Fitzpatrick17k {split} split ({protocol} protocol)",
+                   "add images of those skin types to images/ or use -D protocol=all")
+    prep = Preprocessing(size=(h, w), mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_shorter=resize_shorter)
+    return ImageFileDataset([c[0] for c in chosen], labels, groups, group_names=group_names,
+                            class_names=class_names, preprocessing=prep, name=f"fitzpatrick17k-{protocol}",
+                            split=split, augment=augment, notes=notes)
+
+
+def _split_of(protocol: str, group: str, u: float, val_fraction: float, holdout_fraction: float) -> str:
+    """The split of an image from its group and the hash unit ``u`` of its md5 (stable when others go missing)."""
+    if protocol == "paper":  # train on light skin only; the other types go to val and test
+        if group == "light":
+            return "train"
+        return "val" if u < val_fraction else "test"
+    if u >= holdout_fraction:
+        return "train"
+    return "val" if u < holdout_fraction * val_fraction else "test"
+
+
+def _usable_rows(folder: Path, label_column: str, type_column: str | None) -> tuple[list, list[str], list[str]]:
+    """(path, label, type group, split unit) of every usable CSV row, the class names, and notes on skipped rows."""
     csv_path, image_dir = folder / CSV_FILE, folder / IMAGE_DIR
     if not image_dir.is_dir():
         raise DataError(f"Fitzpatrick17k images not found: expected {image_dir}/<md5hash>.jpg; {HINT}")
-
     rows, columns = read_rows(csv_path)
     type_column = type_column or ("fitzpatrick_scale" if "fitzpatrick_scale" in columns else "fitzpatrick")
     for column, option in (("md5hash", None), (type_column, "type_column"), (label_column, "label_column")):
@@ -103,7 +136,7 @@ def create_fitzpatrick17k(root=None, split: str = "train", *, protocol: str = "p
 
     present = set(os.listdir(image_dir))
     unknown_type, no_label, missing = 0, 0, []
-    usable = []  # (path, label, type group, split key)
+    usable = []
     for r in rows:
         fitz = _parse_type(r[type_column])
         label = (r[label_column] or "").strip()
@@ -132,34 +165,4 @@ def create_fitzpatrick17k(root=None, split: str = "train", *, protocol: str = "p
                      f"({examples(missing, list(range(len(missing))))})")
     if not usable:
         raise DataError(f"no usable Fitzpatrick17k rows: {'; '.join(notes) or f'{csv_path} has no rows'}; {HINT}")
-
-    group_names = list(ALL_GROUPS)
-    if protocol == "paper":
-        expected = ["light"] if split == "train" else ["medium", "dark"]
-
-        def split_of(group: str, u: float) -> str:
-            if group == "light":
-                return "train"
-            return "val" if u < val_fraction else "test"
-    else:
-        expected = list(ALL_GROUPS)
-
-        def split_of(group: str, u: float) -> str:
-            if u >= holdout_fraction:
-                return "train"
-            return "val" if u < holdout_fraction * val_fraction else "test"
-
-    chosen = [(p, y, g) for p, y, g, u in usable if split_of(g, u) == split]
-    paths = [c[0] for c in chosen]
-    keep = drop_unusable(paths, skip_bad_images=skip_bad_images, what=f"Fitzpatrick17k {split}", notes=notes)
-    chosen = [c for c, k in zip(chosen, keep) if k]
-    labels = np.array([c[1] for c in chosen], dtype=np.int64)
-    groups = np.array([group_names.index(c[2]) for c in chosen], dtype=np.int64)
-    # the groups this protocol puts in this split must have images
-    require_groups(expected, np.array([expected.index(c[2]) for c in chosen], dtype=np.int64),
-                   f"the Fitzpatrick17k {split} split ({protocol} protocol)",
-                   "add images of those skin types to images/ or use -D protocol=all")
-    prep = Preprocessing(size=(h, w), mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_shorter=resize_shorter)
-    return ImageFileDataset([c[0] for c in chosen], labels, groups, group_names=group_names,
-                            class_names=class_names, preprocessing=prep, name=f"fitzpatrick17k-{protocol}",
-                            split=split, augment=augment, notes=notes)
+    return usable, class_names, notes
