@@ -40,6 +40,9 @@ def create_dataset(spec: DataSpec, split: str) -> GroupedDataset:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     if spec.name not in _MODULES:
         raise DataError(f"unknown dataset {spec.name!r}: use one of {', '.join(dataset_names())}")
+    from ..validate import check_data_options
+
+    check_data_options(spec.options)
     if spec.name not in _REGISTRY:
         importlib.import_module(f"{__name__}.{_MODULES[spec.name]}")
     return _REGISTRY[spec.name](root=spec.root, split=split, **spec.options)

@@ -26,6 +26,9 @@ def main(argv=None) -> int:
                         help="where to write the result (default BUNDLE_DIR/verify_result.json)")
     verify.add_argument("--build-timeout", type=float, default=3600.0, help="seconds allowed for the engine build")
     verify.add_argument("--result-line", action="store_true", help="end with a machine-readable result line")
+    verify.add_argument("--allowed-signers", default=None,
+                        help="OpenSSH allowed-signers file: refuse unsigned or wrongly signed bundles (default "
+                             "DEPLOY_DIR/allowed_signers for a bundle under DEPLOY_DIR/releases/)")
     verify.add_argument("--debug", action="store_true", help="show tracebacks")
     sub.add_parser("install", help="install ARCHIVE into DEPLOY_DIR/releases and switch DEPLOY_DIR/current")
     sub.add_parser("switch", help="point DEPLOY_DIR/current at an installed release")
@@ -40,7 +43,7 @@ def main(argv=None) -> int:
         from .verify import verify_bundle
 
         passed, result = verify_bundle(args.bundle_dir, runner=args.runner, result_path=args.json_path,
-                                       build_timeout=args.build_timeout)
+                                       build_timeout=args.build_timeout, allowed_signers=args.allowed_signers)
     except PwdeployError as exc:
         if args.debug:
             raise
