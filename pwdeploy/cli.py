@@ -304,6 +304,7 @@ def _data_overrides(name: Optional[str], root: Optional[str], options: Optional[
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    _state["debug"] = False  # set again by --debug; a previous call in the same process must not leak it
     try:
         # typer turns Ctrl-C (and typer.Exit) into a returned exit code in non-standalone mode
         result = app(args=argv, standalone_mode=False)

@@ -42,14 +42,16 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise PwdeployError(f"--out {out} is a symbolic link: pass the real folder (or a new name)")
     if out.exists() and not out.is_dir():
         raise PwdeployError(f"--out {out} is a file, not a folder: choose a new folder name for the run")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists():
+        return
+    here, target = Path.cwd().resolve(), out.resolve()
+    if target == here or target in here.parents:
+        raise PwdeployError(f"--out {out} is the working directory or one of its parents: a run never replaces "
+                            "that; choose a new folder such as runs/NAME")
+    if not any(out.iterdir()):
         return
     if not overwrite:
         raise PwdeployError(f"{out} already exists: choose another --out or pass --overwrite")
-    here, target = Path.cwd().resolve(), out.resolve()
-    if target == here or target in here.parents:
-        raise PwdeployError(f"--out {out} is the working directory or one of its parents: --overwrite never "
-                            "replaces that; choose a new folder such as runs/NAME")
     if not is_complete_run(out):
         raise PwdeployError(f"--out {out} is not a complete pwdeploy run (no config.json/report.json/.complete "
                             "written by pwdeploy): --overwrite only replaces runs; move it away or choose another --out")

@@ -65,6 +65,11 @@ def device_python(tmp_path_factory):
     return str(wrapper)
 
 
+def _releases(deploy: Path) -> list:
+    """Release folders (releases/.order, the install-order record, is not one)."""
+    return [name for name in os.listdir(deploy / "releases") if name != ".order"]
+
+
 def _via_config(server, deploy: Path) -> dict:
     return {"destination": f"{server.alias}:{deploy}", "ssh_config": str(server.client_config)}
 
@@ -93,12 +98,12 @@ def test_clean_ship_and_remote_verify(server, bundles, device_python, tmp_path):
     result = ship_module.ship(bundles["second"], log=lines.append, **_explicit(server, deploy))
     assert result.switched and result.verify is None and result.previous == f"releases/{first}"
     assert os.readlink(deploy / "current") == f"releases/{bundles['ids']['second']}"
-    assert sorted(os.listdir(deploy / "releases")) == sorted([first, bundles["ids"]["second"]])
+    assert sorted(_releases(deploy)) == sorted([first, bundles["ids"]["second"]])
 
     # --keep 1: after switching back to the first bundle only `current` stays on the device
     os.utime(deploy / "releases" / first, (1, 1))  # so reuse of the old folder cannot look newest by accident
     result = ship_module.ship(bundles["first"], keep=1, log=lines.append, **_explicit(server, deploy))
-    assert result.switched and os.listdir(deploy / "releases") == [first]
+    assert result.switched and _releases(deploy) == [first]
 
 
 def test_bundle_corrupted_in_transit_is_refused_and_current_is_kept(server, bundles, tmp_path, monkeypatch):
@@ -124,13 +129,13 @@ def test_bundle_corrupted_in_transit_is_refused_and_current_is_kept(server, bund
     message = str(info.value)
     assert "arrived damaged" in message and f"`current` still points at {good}" in message and "\n" not in message
     assert os.readlink(deploy / "current") == good
-    assert sorted(os.listdir(deploy / "releases")) == [bundles["ids"]["first"]]  # no half release, no staging
+    assert sorted(_releases(deploy)) == [bundles["ids"]["first"]]  # no half release, no staging
 
     monkeypatch.setattr(ship_module, "_run", real_run)
     with pytest.raises(PwdeployError, match="does not match its sha256"):  # tampered inside, re-tarred
         ship_module.ship(bundles["tampered"], log=lambda _: None, **_via_config(server, deploy))
     assert os.readlink(deploy / "current") == good
-    assert sorted(os.listdir(deploy / "releases")) == [bundles["ids"]["first"]]
+    assert sorted(_releases(deploy)) == [bundles["ids"]["first"]]
 
 
 def test_failed_device_gate_does_not_switch_current(server, bundles, device_python, tmp_path, capsys):

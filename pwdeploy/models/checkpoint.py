@@ -104,6 +104,7 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
             raise ModelError(f"{path} is a damaged or inconsistent pwdeploy checkpoint ({first}): save it again "
                              "with pwdeploy") from exc
         _check_finite(model, path)
+        _check_layer_shapes(model, path)
         return model.eval(), {"kind": "checkpoint", "arch": payload["arch"],
                               "num_classes": payload["num_classes"], "meta": payload.get("meta", {})}
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -121,6 +122,26 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
         return model.eval(), {"kind": "state_dict", "arch": arch, "num_classes": num_classes, "meta": {}}
     raise ModelError(f"{path} is neither a pwdeploy checkpoint nor a state dict: save model.state_dict() "
                      "and pass --arch/--num-classes")
+
+
+def _expected_weight_shape(module: nn.Module) -> tuple | None:
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        return (module.out_channels, module.in_channels // module.groups, *module.kernel_size)
+    if isinstance(module, nn.Linear):
+        return (module.out_features, module.in_features)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+        return (module.num_features,)
+    return None
+
+
+def _check_layer_shapes(model: nn.Module, path: Path) -> None:
+    """Recorded layer attributes and stored weights must agree, or the model fails deep inside a forward."""
+    for name, module in model.named_modules():
+        want = _expected_weight_shape(module)
+        weight = getattr(module, "weight", None)
+        if want is not None and isinstance(weight, torch.Tensor) and tuple(weight.shape) != want:
+            raise ModelError(f"{path} is an inconsistent pwdeploy checkpoint: layer {name!r} records shape {want} "
+                             f"but its weight is {tuple(weight.shape)}; save it again with pwdeploy")
 
 
 def _check_finite(model: nn.Module, path: Path) -> None:
