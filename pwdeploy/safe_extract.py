@@ -70,7 +70,7 @@ def check_members(tar: tarfile.TarFile, archive: str = "archive", max_bytes: int
     one at a time so that the member-count and size caps stop a bomb early. ``archive_bytes`` (the file's
     size) enables the compression-ratio cap."""
     members = []  # type: List[tarfile.TarInfo]
-    seen = set()
+    seen, files, folders = set(), set(), set()
     total = 0
     limit = max_bytes if archive_bytes is None else min(max_bytes, max(RATIO_FLOOR, MAX_RATIO * archive_bytes))
     for member in tar:
@@ -86,6 +86,13 @@ def check_members(tar: tarfile.TarFile, archive: str = "archive", max_bytes: int
         if name in seen:
             raise UnsafeArchiveError("{}: member {!r} appears twice; refusing to unpack "
                                      "(re-create the bundle with `pwdeploy package`)".format(archive, name))
+        parents = ["/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1)]
+        if any(p in files for p in parents) or (member.isfile() and name in folders):
+            raise UnsafeArchiveError("{}: member {!r} uses a file as a folder (or a folder as a file); refusing "
+                                     "to unpack (re-create the bundle with `pwdeploy package`)".format(archive, name))
+        folders.update(parents)
+        if member.isfile():
+            files.add(name)
         seen.add(name)
         total += max(int(member.size), 0)
         if total > limit:

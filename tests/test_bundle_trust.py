@@ -13,6 +13,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -256,3 +257,119 @@ def test_cli_install_of_a_hostile_manifest_exits_2_without_traceback(bundles, tm
                           capture_output=True, text=True, timeout=TIMEOUT,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert proc.returncode == 2 and "nested too deeply" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- release order ---------------------------------------------------------------------------------------------------
+
+def test_release_order_is_recorded_at_install_not_read_from_folder_times(bundles, tmp_path):
+    from pwdeploy.device.install import prune_releases
+
+    archives = [bundles["unsigned"]]
+    for suffix in ("b", "c"):
+        root = extract(bundles["unsigned"], tmp_path / f"x-{suffix}")
+        archives.append(repack(root, tmp_path / f"{suffix}.tar.gz", bundle_id=f"{root.name}-{suffix}"))
+    deploy = tmp_path / "deploy"
+    first, second, third = (install(str(a), str(deploy), keep=0, log=lambda _: None) for a in archives)
+    # the oldest release is verified again: its folder becomes the newest by mtime
+    (Path(first["release"]) / "verify_result.json").write_text("{}\n")
+    os.utime(first["release"], (time.time() + 3600,) * 2)
+    assert prune_releases(str(deploy), 2, log=lambda _: None) == [os.path.basename(first["release"])]
+    assert os.path.isdir(second["release"]) and os.path.isdir(third["release"])
+    with pytest.raises(InstallError, match="--keep must be 0"):
+        install(str(archives[0]), str(deploy), keep=-1, log=lambda _: None)
+
+
+# --- fuzz: archives and manifests (seeded generator) -------------------------------------------------------------
+
+_NAME_PARTS = ["a", "b.py", "..", ".", "", "/", "C:", "x\\y", "pwdeploy", "manifest.json", "~", "-rf", "é", "a" * 120]
+
+
+def _random_archive(rng, path: Path) -> None:
+    kinds = [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE]
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for _ in range(int(rng.integers(1, 6))):
+            parts = [_NAME_PARTS[i] for i in rng.integers(0, len(_NAME_PARTS), int(rng.integers(1, 4)))]
+            prefix = "/" if rng.random() < 0.1 else ("bundle/" if rng.random() < 0.7 else "")
+            info = tarfile.TarInfo(prefix + "/".join(parts))
+            info.type = kinds[int(rng.integers(0, len(kinds)))] if rng.random() < 0.4 else tarfile.REGTYPE
+            if info.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.linkname = ["../../etc/passwd", "/etc/passwd", "a", "bundle/a"][int(rng.integers(0, 4))]
+            data = bytes(rng.integers(0, 256, int(rng.integers(0, 64)), dtype=np.uint8)) \
+                if info.type == tarfile.REGTYPE else b""
+            info.size = len(data)
+            info.mode = int(rng.choice([0o644, 0o755, 0o4755, 0o777]))
+            tar.addfile(info, io.BytesIO(data) if data else None)
+
+
+def test_fuzz_safe_extract_never_writes_outside_its_target(tmp_path):
+    from pwdeploy.errors import PwdeployError
+    from pwdeploy.safe_extract import safe_extract
+
+    rng = np.random.default_rng(1212)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for case in range(150):
+        archive = tmp_path / f"f{case}.tar.gz"
+        _random_archive(rng, archive)
+        if rng.random() < 0.2:  # and some damaged bytes
+            data = bytearray(archive.read_bytes())
+            for i in rng.integers(0, len(data), int(rng.integers(1, 8))):
+                data[int(i)] ^= int(rng.integers(1, 256))
+            archive.write_bytes(bytes(data))
+        dest = outside / "target" / str(case)
+        try:
+            names = safe_extract(str(archive), str(dest))
+        except PwdeployError:
+            assert not dest.exists()  # refused: nothing left behind
+            continue
+        for path in dest.rglob("*"):
+            assert not path.is_symlink() and (path.is_file() or path.is_dir()), path
+            assert path.resolve().is_relative_to(dest.resolve())
+            if path.is_file():
+                assert not path.stat().st_mode & 0o7000  # no setuid/setgid/sticky bits
+        assert names
+    assert sorted(p.name for p in outside.iterdir()) == ["target"]
+
+
+def test_fuzz_manifest_validation_only_ever_raises_manifest_error(unsigned_root):
+    import copy
+
+    from pwdeploy.manifest import validate_manifest
+
+    good = json.loads((unsigned_root / "manifest.json").read_text())
+    hostile = [None, True, -1, 0, 2**70, -1e308, "", "x" * 500, [], {}, [[[[]]]], {"a": {"b": {}}}, 1.5, "../x",
+               "/etc/passwd", ["a"] * 3, float("nan"), float("inf")]
+    rng = np.random.default_rng(2022)
+    outcomes = {"accepted": 0, "refused": 0}
+    for _ in range(600):
+        data = copy.deepcopy(good)
+        for _ in range(int(rng.integers(1, 4))):
+            node, key = data, None
+            for _depth in range(int(rng.integers(1, 5))):  # walk to a random place: node[key]
+                keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+                if not keys:
+                    break
+                key = keys[int(rng.integers(0, len(keys)))]
+                child = node[key]
+                if not isinstance(child, (dict, list)) or not child or rng.random() < 0.3:
+                    break
+                node, key = child, None
+            if key is None:
+                continue
+            if isinstance(node, dict) and rng.random() < 0.2:
+                del node[key]
+            else:
+                node[key] = copy.deepcopy(hostile[int(rng.integers(0, len(hostile)))])
+        try:
+            validate_manifest(data)
+            outcomes["accepted"] += 1
+        except ManifestError:
+            outcomes["refused"] += 1
+        raw = json.dumps(data, allow_nan=True).encode()
+        cut = raw[:int(rng.integers(0, len(raw) + 1))]
+        for blob in (raw, cut):
+            try:
+                parse_manifest(blob)
+            except ManifestError:
+                pass
+    assert outcomes["refused"] > 400  # most random edits break the schema; none escaped as another exception

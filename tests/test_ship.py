@@ -181,3 +181,25 @@ def test_bad_destination_and_missing_files_are_refused_before_connecting(bundles
     assert "bundle not found" in capsys.readouterr().err
     assert main(["ship", str(bundles["first"]), "nvidia@jetson:deploy", "-i", str(tmp_path / "nokey")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_a_device_with_allowed_signers_takes_only_signed_bundles(server, bundles, device_python, tmp_path, capsys):
+    """DIR/allowed_signers on the device: an unsigned bundle is refused there (and, with --allowed-signers, here
+    before it is sent); a signed one installs, verifies with the isolated verifier and reports its signer."""
+    key = sshd.keygen(tmp_path / "release")
+    signed = package_run(tiny_bundle_run(tmp_path), tmp_path / "signed.tar.gz", quiet=True, sign_key=str(key))
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    signers = deploy / "allowed_signers"
+    signers.write_text(f'ci@example.com namespaces="pwdeploy" {Path(str(key) + ".pub").read_text()}')
+    target = [f"{server.alias}:{deploy}", "-F", str(server.client_config)]
+    assert main(["ship", str(bundles["first"]), *target]) == 2
+    err = capsys.readouterr().err
+    assert "is not signed" in err and "nothing was deployed" in err and len(err.strip().splitlines()) == 1
+    assert not (deploy / "current").exists()
+    assert main(["ship", str(bundles["first"]), *target, "--allowed-signers", str(signers)]) == 2
+    assert "is not signed" in capsys.readouterr().err
+    assert not list((deploy / ".incoming").iterdir())
+    result = ship_module.ship(signed, verify=True, remote_python=device_python, allowed_signers=str(signers),
+                              log=lambda _: None, **_via_config(server, deploy))
+    assert result.passed and result.switched and result.verify["signature"]["signer"] == "ci@example.com"

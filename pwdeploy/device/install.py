@@ -299,6 +299,8 @@ def main(argv=None) -> int:
             parser.print_help()
             return EXIT_ERROR
     except PwdeployError as exc:
+        if args.command == "install" and args.remove_archive and os.path.isfile(args.archive):
+            os.unlink(args.archive)  # an uploaded archive that was refused must not pile up in .incoming
         print("error: {}".format(exc), file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:
