@@ -59,27 +59,37 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def locked(out: Path) -> Iterator[None]:
-    """An exclusive lock on ``out`` (a .NAME.lock file beside it) for the whole run: a second run into the
-    same --out stops at once instead of silently replacing the first one's results."""
+    """An exclusive lock on ``out`` (a .NAME.lock file beside it, removed again at the end) for the whole run:
+    a second run into the same --out stops at once instead of silently replacing the first one's results."""
     import fcntl
 
     out.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out.parent / f".{out.name}.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
             raise PwdeployError(f"another pwdeploy run (pid {holder}) is writing {out}: wait for it to finish or "
                                 "choose another --out") from None
+        try:  # the previous holder may have removed the file between our open and our lock: lock the new one
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)  # releases the lock; the empty lock file stays (removing it would race another run)
+        lock_path.unlink(missing_ok=True)  # while still holding the lock, so no one can hold the removed file
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,12 @@ class Range:
         return kind
 
 
-def check(name: str, value: Any, rng: Range, *, allow_none: bool = True) -> Any:
-    """``value`` unchanged when it is in ``rng`` (or None and allowed); else ConfigError naming ``name``."""
+def check(name: str, value: Any, rng: Range, *, allow_none: bool = True, error: type = ConfigError) -> Any:
+    """``value`` unchanged when it is in ``rng`` (or None and allowed); else ``error`` naming ``name``."""
     if value is None and allow_none:
         return value
     if not rng.contains(value):
-        raise ConfigError(f"{name} {value!r}: must be {rng.describe()}")
+        raise error(f"{name} {value!r}: must be {rng.describe()}")
     return value
 
 
@@ -105,15 +105,16 @@ def check_config(config) -> None:
 
 
 def check_data_options(options: dict) -> None:
-    """-D options: the shared ones in range, every number anywhere (lists included) finite."""
+    """-D options: the shared ones in range, every number anywhere (lists included) finite (DataError: a
+    dataset option, like the adapters' own checks)."""
     for key, value in options.items():
         rng = DATA_OPTION_RANGES.get(key)
         values = value if isinstance(value, (list, tuple)) else [value]
         for item in values:
             if rng is not None and isinstance(item, (int, float)):
-                check(f"-D {key}", item, rng)
+                check(f"-D option {key}", item, rng, error=DataError)
             elif isinstance(item, float) and not math.isfinite(item):
-                raise ConfigError(f"-D {key} {item!r}: must be a finite number")
+                raise DataError(f"-D option {key} {item!r}: must be a finite number")
 
 
 def _flag_name(key: str) -> str:

@@ -103,12 +103,11 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
         raise PwdeployError("--max-group-drop needs the original model's results: the run has neither "
                             "original.pt logits nor report.json metrics.original")
 
-    for art in runnable:
-        _check_input_shape(art, evald)
     results, runners, described = {}, {}, {}
     try:
         for art in runnable:
             runners[art.name] = _make_runner(art, runner, ort_provider)
+            _check_input_shape(art, runners[art.name], evald)
             described[art.name] = runners[art.name].describe()
             _check_embedded_calibration(art, runners[art.name], run)
         logits = _run_all(runners, evald, batch_size)
@@ -397,15 +396,14 @@ def _make_runner(art: Artifact, runner: str, ort_provider: str):
     return create_runner(art.path, runner, provider=ort_provider, device="auto")
 
 
-def _check_input_shape(art: Artifact, evald: EvalData) -> None:
-    """An ONNX whose fixed input dims differ from the verification images is bad input, not a crash."""
-    if art.path.suffix.lower() != ".onnx" or not len(evald.labels):
+def _check_input_shape(art: Artifact, runner, evald: EvalData) -> None:
+    """A model whose fixed input dims differ from the verification images is bad input, not a crash."""
+    shape = getattr(runner, "input_shape", None)
+    if not shape or not len(evald.labels):
         return
-    from .package import onnx_io
-
-    want = list(onnx_io(art.path)["shape"][1:])
+    want = list(shape[1:])
     have = list(np.asarray(evald.images[:1]).shape[1:])
-    if len(want) != len(have) or any(w > 0 and w != h for w, h in zip(want, have)):
+    if len(want) != len(have) or any(isinstance(w, int) and w > 0 and w != h for w, h in zip(want, have)):
         raise PwdeployError(f"{art.name} takes input {want} but the verification images are {have}: verify it "
                             "against the run it was exported from (--reference), or re-export it")
 

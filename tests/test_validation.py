@@ -89,15 +89,16 @@ def test_yaml_nan_and_inf_are_refused(tmp_path):
 
 
 def test_data_options_must_be_finite_and_in_range():
-    for options, needle in (({"n": -5}, "-D n"), ({"size": 0}, "-D size"), ({"minority_fraction": 1.5}, "-D minority"),
-                            ({"mean": [0.5, math.nan, 0.5]}, "-D mean"), ({"size": [16, math.inf]}, "-D size")):
-        with pytest.raises(ConfigError, match=needle):
+    for options, needle in (({"n": -5}, "-D option n"), ({"size": 0}, "-D option size"),
+                            ({"minority_fraction": 1.5}, "-D option minority"),
+                            ({"mean": [0.5, math.nan, 0.5]}, "-D option mean"), ({"size": [16, math.inf]}, "-D option size")):
+        with pytest.raises(DataError, match=needle):
             check_data_options(options)
     check_data_options({"n": 10, "size": [16, 16], "mean": [0.5, 0.5, 0.5], "variant": "colour"})
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["train", "--out", "m.pt", "-D", "n=-5"], "-D n -5"),
+    (["train", "--out", "m.pt", "-D", "n=-5"], "-D option n -5"),
     (["train", "--out", "m.pt", "--lr", "nan"], "baseline.lr"),
     (["train", "--out", "m.pt", "--batch-size", "0"], "baseline.batch_size"),
     (["train", "--out", "m.pt", "--epochs", "-3"], "baseline.epochs"),
