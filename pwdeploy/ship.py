@@ -188,16 +188,8 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
     log = log or _default_log
     bundle = Path(bundle)
     dest = parse_destination(destination)
-    check("--keep", keep, NON_NEGATIVE_INT, allow_none=False)
-    check("--verify-timeout", verify_timeout, Range(0.0, 7 * 86400.0, low_open=True), allow_none=False)
-    check("--port", port, Range(1, 65535, integer=True))
-    if not _SAFE_PATH.match(remote_python) or remote_python.startswith("-"):
-        raise PwdeployError(f"--remote-python {remote_python!r}: give a plain path such as python3 or /usr/bin/python3")
-    if runner not in ("auto", "tensorrt", "onnxruntime"):
-        raise PwdeployError(f"--runner must be auto, tensorrt or onnxruntime, got {runner!r}")
-    for what, path in (("-i", identity), ("-F", ssh_config)):
-        if path and not Path(path).expanduser().is_file():
-            raise PwdeployError(f"{what} {path}: file not found: pass an existing {'key' if what == '-i' else 'ssh config'} file")
+    _check_options(keep=keep, verify_timeout=verify_timeout, port=port, remote_python=remote_python, runner=runner,
+                   files={"-i": identity, "-F": ssh_config})
     settings = SshSettings(port=port, identity=identity, config=ssh_config, options=list(ssh_options or []))
     manifest = inspect_bundle(bundle, allowed_signers)
     bundle_id = manifest["bundle_id"]
@@ -268,6 +260,21 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
         log(f"device result: FAILED (saved to {result.verify_path}); `current` not switched"
             + (f", still {installed['previous']}" if installed.get("previous") else ""))
     return result
+
+
+def _check_options(*, keep: int, verify_timeout: float, port: int | None, remote_python: str, runner: str,
+                   files: dict) -> None:
+    """Every option checked before anything connects (one line, exit 2)."""
+    check("--keep", keep, NON_NEGATIVE_INT, allow_none=False)
+    check("--verify-timeout", verify_timeout, Range(0.0, 7 * 86400.0, low_open=True), allow_none=False)
+    check("--port", port, Range(1, 65535, integer=True))
+    if not _SAFE_PATH.match(remote_python) or remote_python.startswith("-"):
+        raise PwdeployError(f"--remote-python {remote_python!r}: give a plain path such as python3 or /usr/bin/python3")
+    if runner not in ("auto", "tensorrt", "onnxruntime"):
+        raise PwdeployError(f"--runner must be auto, tensorrt or onnxruntime, got {runner!r}")
+    for what, path in files.items():
+        if path and not Path(path).expanduser().is_file():
+            raise PwdeployError(f"{what} {path}: file not found: pass an existing {'key' if what == '-i' else 'ssh config'} file")
 
 
 def _installer(settings: SshSettings, dest: Destination, command: str) -> dict:

@@ -60,7 +60,12 @@ def device_python(tmp_path_factory):
     (tmp / "block" / "torch").mkdir(parents=True)
     (tmp / "block" / "torch" / "__init__.py").write_text('raise ImportError("no torch on the device")\n')
     wrapper = tmp / "python3"
-    wrapper.write_text(f'#!/bin/sh\nexec env PYTHONPATH={tmp / "block"} PYTHONNOUSERSITE=1 {sys.executable} "$@"\n')
+    # `-I -B SCRIPT ...` (the isolated verifier) ignores PYTHONPATH: put the blocker on its path explicitly
+    isolated = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); sys.argv = sys.argv[2:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = "-I" ] && [ "$2" = "-B" ]; then shift 2; exec {sys.executable} -I -B '
+                       f'-c "{isolated}" {tmp / "block"} "$@"; fi\n'
+                       f'exec env PYTHONPATH={tmp / "block"} PYTHONNOUSERSITE=1 {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)
 

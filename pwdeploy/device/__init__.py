@@ -11,8 +11,8 @@ Importing this package is free of numpy on purpose: the `pwdeploy ship` remote i
 standard library alone.
 """
 
-EXIT_PASSED = 0
-EXIT_FAILED = 1
-EXIT_ERROR = 2
+from ..errors import EXIT_BAD_INPUT as EXIT_ERROR, EXIT_GATE_FAILED as EXIT_FAILED, EXIT_INTERNAL, \
+    EXIT_OK as EXIT_PASSED  # noqa: F401 - the exit codes the README documents, one owner
+
 LAUNCHER = "pwdeploy/device/launch.py"  # the isolated verifier, run as `python3 -I -B LAUNCHER verify .`
 RESULT_PREFIX = "PWDEPLOY_RESULT "  # the last stdout line of a machine-read command: prefix + JSON

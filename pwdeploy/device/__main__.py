@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from . import EXIT_ERROR, EXIT_FAILED, EXIT_PASSED, RESULT_PREFIX
+from . import EXIT_ERROR, EXIT_FAILED, EXIT_INTERNAL, EXIT_PASSED, RESULT_PREFIX
 
 
 def main(argv=None) -> int:
@@ -55,6 +55,12 @@ def main(argv=None) -> int:
         print("error: {}: install numpy and onnxruntime or TensorRT for python3 on this device "
               "(pip3 install numpy onnxruntime)".format(exc), file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:  # a bug: one line and its own code, the traceback only with --debug
+        if args.debug:
+            raise
+        print("internal error: {}: {} (run again with --debug for the traceback)".format(
+            type(exc).__name__, str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""), file=sys.stderr)
+        return EXIT_INTERNAL
     if args.result_line:
         print(RESULT_PREFIX + json.dumps(result, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
     return EXIT_PASSED if passed else EXIT_FAILED

@@ -77,33 +77,8 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
         if actual != expected_sha256:
             raise InstallError("{} arrived damaged (sha256 {}... differs from the sent {}...): refused, {}; "
                                "ship it again".format(name, actual[:12], expected_sha256[:12], untouched))
-    try:
-        members = check_archive(archive, name)
-        root = single_root(members, name)
-        raw = read_member(archive, root + "/" + MANIFEST)
-        signature = read_member(archive, root + "/" + SIGNATURE_FILE, max_bytes=1 << 20)
-    except ARCHIVE_ERRORS as exc:
-        raise InstallError("{} is not a readable bundle ({}): refused, {}; ship it again".format(name, exc, untouched)) from None
-    except PwdeployError as exc:
-        raise InstallError("{}; {}".format(exc, untouched)) from None
-    if raw is None:
-        raise InstallError("{} has no {}/{}: not a pwdeploy bundle; {}".format(name, root, MANIFEST, untouched))
-    try:
-        manifest = parse_manifest(raw, "{}:{}/{}".format(name, root, MANIFEST))
-        signers = allowed_signers or default_allowed_signers(deploy_dir)
-        signer = verify_signature(raw, signature, signers, what=name) if signers else None
-    except PwdeployError as exc:
-        raise InstallError("{}; refused, {}".format(exc, untouched)) from None
+    root, raw, manifest = _checked_before_unpacking(archive, deploy_dir, allowed_signers, untouched, log)
     bundle_id = manifest["bundle_id"]
-    if root != bundle_id:
-        raise InstallError("{}: top folder {!r} is not the manifest's bundle_id {!r}: refused, {}".format(
-            name, root, bundle_id, untouched))
-    problem = member_problem(members, root, manifest)
-    if problem:
-        raise InstallError("{}: {}: refused before unpacking, {}; re-create the bundle with `pwdeploy package`"
-                           .format(name, problem, untouched))
-    if signer:
-        log("signature: good, signed by {} ({})".format(signer, signers))
 
     releases = os.path.join(deploy_dir, RELEASES)
     os.makedirs(releases, exist_ok=True)
@@ -139,6 +114,40 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
     return {"bundle_id": bundle_id, "release": release, "current": os.path.join(deploy_dir, CURRENT),
             "previous": previous, "switched": bool(switch_current), "files": len(manifest["files"]),
             "removed": removed}
+
+
+def _checked_before_unpacking(archive: str, deploy_dir: str, allowed_signers: Optional[str], untouched: str,
+                              log: Callable[[str], None]):
+    """(root folder, raw manifest, manifest) of ``archive`` once its members, manifest and signature are
+    checked; nothing has been written yet."""
+    name = os.path.basename(archive)
+    try:
+        members = check_archive(archive, name)
+        root = single_root(members, name)
+        raw = read_member(archive, root + "/" + MANIFEST)
+        signature = read_member(archive, root + "/" + SIGNATURE_FILE, max_bytes=1 << 20)
+    except ARCHIVE_ERRORS as exc:
+        raise InstallError("{} is not a readable bundle ({}): refused, {}; ship it again".format(name, exc, untouched)) from None
+    except PwdeployError as exc:
+        raise InstallError("{}; {}".format(exc, untouched)) from None
+    if raw is None:
+        raise InstallError("{} has no {}/{}: not a pwdeploy bundle; {}".format(name, root, MANIFEST, untouched))
+    try:
+        manifest = parse_manifest(raw, "{}:{}/{}".format(name, root, MANIFEST))
+        signers = allowed_signers or default_allowed_signers(deploy_dir)
+        signer = verify_signature(raw, signature, signers, what=name) if signers else None
+    except PwdeployError as exc:
+        raise InstallError("{}; refused, {}".format(exc, untouched)) from None
+    if root != manifest["bundle_id"]:
+        raise InstallError("{}: top folder {!r} is not the manifest's bundle_id {!r}: refused, {}".format(
+            name, root, manifest["bundle_id"], untouched))
+    problem = member_problem(members, root, manifest)
+    if problem:
+        raise InstallError("{}: {}: refused before unpacking, {}; re-create the bundle with `pwdeploy package`"
+                           .format(name, problem, untouched))
+    if signer:
+        log("signature: good, signed by {} ({})".format(signer, signers))
+    return root, raw, manifest
 
 
 def switch(release: str, deploy_dir: str, *, keep: int = DEFAULT_KEEP,
