@@ -230,6 +230,8 @@ def test_overwrite_replaces_only_a_complete_run(tmp_path, monkeypatch, capsys):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(PwdeployError, match="is a file"):
         outputs.check_out(tmp_path / "afile", overwrite=True)
+    one_line_exit_2(["compress", "m.pt", "--out", str(tmp_path / "afile")], capsys, "is a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "x"
     (tmp_path / "link").symlink_to(thesis)
     with pytest.raises(PwdeployError, match="symbolic link"):
         outputs.check_out(tmp_path / "link", overwrite=True)
