@@ -373,3 +373,21 @@ def test_fuzz_manifest_validation_only_ever_raises_manifest_error(unsigned_root)
             except ManifestError:
                 pass
     assert outcomes["refused"] > 400  # most random edits break the schema; none escaped as another exception
+
+
+def test_python38_runs_the_isolated_preflight(unsigned_root):
+    """The device minimum: Python 3.8 re-executes the launcher isolated, refuses an unlisted module, and
+    with a clean bundle gets past every check (to numpy, which that interpreter may lack)."""
+    from test_device_verify import PY38
+
+    if PY38 is None:
+        pytest.skip("no Python 3.8 interpreter here (the device minimum)")
+    (unsigned_root / "numpy.py").write_text("raise SystemExit('planted numpy ran')\n")
+    proc = subprocess.run([PY38, LAUNCHER, "verify", "."], cwd=unsigned_root, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 2 and "numpy.py is in the bundle but not listed" in proc.stderr
+    (unsigned_root / "numpy.py").unlink()
+    proc = subprocess.run([PY38, LAUNCHER, "verify", "."], cwd=unsigned_root, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert "preflight: no unlisted files, every sha256 matches" in proc.stdout, proc.stderr
+    assert not list(unsigned_root.rglob("__pycache__"))
