@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import threading
