@@ -26,6 +26,7 @@ from .loss import LossFn, pw_targets_and_weights
 from .metrics import group_metrics, predict
 from .models import create_model
 from .models.checkpoint import load_model, save_checkpoint
+from .outputs import begin_run, check_out, publish
 from .progress import console
 from .report import comparison_table, summarize, write_reports
 from . import rundir
@@ -38,12 +39,12 @@ def make_config(overrides: dict, config_file=None, *, pw_gamma: float | None = N
     # --pw-gamma / --pw-min-weight override the settings the active pruning method uses
     key = config.prune.method if config.prune.method in config.pw else "default"
     pw = config.pw.setdefault(key, PWSettings())
+    from .validate import PW_RANGES, check
+
     if pw_gamma is not None:
-        pw.gamma = pw_gamma
+        pw.gamma = check("--pw-gamma", pw_gamma, PW_RANGES["gamma"])
     if pw_min_weight is not None:
-        if not 0.0 <= pw_min_weight <= 1.0:
-            raise PwdeployError(f"--pw-min-weight must be in [0, 1], got {pw_min_weight}")
-        pw.min_weight = pw_min_weight
+        pw.min_weight = check("--pw-min-weight", pw_min_weight, PW_RANGES["min_weight"])
     return config
 
 
@@ -137,8 +138,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
     started = time.time()
     config = make_config(overrides, config_file, pw_gamma=pw_gamma, pw_min_weight=pw_min_weight)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PwdeployError(f"{out} already exists: choose another --out or pass --overwrite")
+    check_out(out, overwrite)  # before the slow work; checked again under the lock
     model_in = overrides.get("model", {})
     original, info = load_model(model_path, arch=model_in.get("arch"), num_classes=model_in.get("num_classes"),
                                 trust_pickle=trust_pickle)
@@ -154,9 +154,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
     example = torch.randn(1, *input_shape, device=device)
     _check_model_input(original, example.cpu())
 
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp, release = begin_run(out, overwrite, log=console.print)
     try:
         meta = {"data": spec.to_dict(), "class_names": train_set.class_names, "group_names": train_set.group_names,
                 "preprocessing": train_set.preprocessing.to_dict()}
@@ -229,12 +227,10 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
         report["timings_s"]["total"] = time.time() - started
         write_reports(tmp, report)
         write_text(tmp / rundir.COMPLETE, report["created"] + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
+        publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        release()
     if not quiet:
         console.print(comparison_table(report))
         console.print(f"run directory: [bold]{out}[/] (report.json, report.md, report.png, model.onnx)")

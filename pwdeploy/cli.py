@@ -11,7 +11,7 @@ import typer
 from . import __version__
 from .data import list_datasets
 from .device.install import DEFAULT_KEEP
-from .errors import PwdeployError
+from .errors import EXIT_INTERNAL, PwdeployError
 from .models import list_models
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -148,6 +148,9 @@ def demo(
 
 
 # --- commands: export / verify (issue 3) ---
+AllowEmptyOpt = typer.Option(False, "--allow-empty-groups",
+                             help="Let a group with no verification samples pass (default: it FAILS, since "
+                                  "nothing shows it is unharmed).")
 TargetHelp = "onnx-fp32, onnx-fp16, onnx-int8, trt-fp32, trt-fp16 or trt-int8."
 
 
@@ -167,6 +170,9 @@ def export(
     from exporters.targets import export_target
 
     from .rundir import RunDir
+    from .validate import COUNT, check
+
+    check("--calib-size", calib_size, COUNT, allow_none=False)
 
     export_target(RunDir.open(run_dir).path, target, calib_size=calib_size, calib_method=calib_method, seed=seed,
                   recalibrate=recalibrate, int8_full_range=int8_full_range)
@@ -191,6 +197,9 @@ def verify_command(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for per-group CIs (0: off)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Inference batch size."),
     seed: int = SeedOpt,
+    allow_empty_groups: bool = AllowEmptyOpt,
+    force: bool = typer.Option(False, "--force", help="With --reference: verify an artifact whose recorded model "
+                                                      "hash says it was exported from another run."),
 ):
     """Run the exported artifact per group; PASSED/FAILED per group, verify.json; exit 1 when the gate fails."""
     from .verify import verify as run_verify
@@ -198,7 +207,8 @@ def verify_command(
     options = _data_overrides(data or "", None, data_option)["data"].get("options")
     run_verify(artifact, reference=reference, target=target, data=data, data_root=data_root, data_options=options,
                tolerance=tolerance, max_group_drop=max_group_drop, runner=runner, ort_provider=ort_provider,
-               bootstrap=bootstrap, seed=seed, batch_size=batch_size)
+               bootstrap=bootstrap, seed=seed, batch_size=batch_size, allow_empty_groups=allow_empty_groups,
+               force=force)
 
 
 # --- commands: package / ship (issue 5) ---
@@ -218,12 +228,16 @@ def package(
     max_group_drop: Optional[float] = typer.Option(None, "--max-group-drop",
                                                    help="Also fail a group more than D points below the original."),
     seed: int = SeedOpt,
+    sign_key: Optional[str] = typer.Option(None, "--sign-key", help="SSH private key (e.g. ~/.ssh/id_ed25519) to "
+                                                                    "sign manifest.json with (ssh-keygen -Y sign)."),
+    allow_empty_groups: bool = AllowEmptyOpt,
 ):
     """Bundle a run for a Jetson: model, verification set + reference results, build_engine.sh, device verifier."""
     from .package import package_run
 
     package_run(run_dir, output, target=target, verification_size=verification_size, seed=seed,
-                engine_for=engine_for, tolerance=tolerance, max_group_drop=max_group_drop)
+                engine_for=engine_for, tolerance=tolerance, max_group_drop=max_group_drop, sign_key=sign_key,
+                allow_empty_groups=allow_empty_groups)
 
 
 @app.command()
@@ -243,6 +257,10 @@ def ship(
                                                                           "(includes the engine build)."),
     keep: int = typer.Option(DEFAULT_KEEP, "--keep", help="Releases kept on the device after switching, `current` "
                                                          "included (older ones are removed; 0 keeps all)."),
+    allowed_signers: Optional[str] = typer.Option(None, "--allowed-signers",
+                                                  help="OpenSSH allowed-signers file: refuse an unsigned or wrongly "
+                                                       "signed bundle before sending it (the device checks its own "
+                                                       "DIR/allowed_signers too)."),
 ):
     """Copy a bundle over SSH, install it as DIR/current only if its hashes check out, optionally verify it there."""
     from .errors import GateFailed
@@ -250,7 +268,7 @@ def ship(
 
     result = ship_bundle(bundle, destination, verify=verify, port=port, identity=identity, ssh_config=ssh_config,
                          ssh_options=ssh_option, remote_python=remote_python, runner=runner,
-                         verify_timeout=verify_timeout, keep=keep)
+                         verify_timeout=verify_timeout, keep=keep, allowed_signers=allowed_signers)
     if result.passed is False:
         failed = ", ".join(result.verify.get("gate", {}).get("failed_groups", [])) or "integrity"
         kept = f"still points at {result.previous}" if result.previous else "was not created"
@@ -288,6 +306,7 @@ def _data_overrides(name: Optional[str], root: Optional[str], options: Optional[
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    _state["debug"] = False  # set again by --debug; a previous call in the same process must not leak it
     try:
         # typer turns Ctrl-C (and typer.Exit) into a returned exit code in non-standalone mode
         result = app(args=argv, standalone_mode=False)
@@ -310,6 +329,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except typer.TyperException as exc:  # usage errors (bad option, missing argument) in non-standalone mode
         exc.show()
         return 2
+    except Exception as exc:  # a bug, not bad input: one line and its own code; --debug shows the traceback
+        if _state["debug"]:
+            raise
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        typer.echo(f"internal error: {type(exc).__name__}{': ' + detail if detail else ''} (run again with "
+                   "--debug for the traceback and report it)", err=True)
+        return EXIT_INTERNAL
     return 0
 
 

@@ -205,5 +205,9 @@ def build_config(overrides: dict | None = None, *, config_file: str | Path | Non
         raise ConfigError(f"--group-balance-strength must be in (0, 1], got {config.group_balance_strength}")
     if not 0.0 <= config.prune.flops_reduction < 1.0:
         raise ConfigError(f"--flops-reduction must be in [0, 1), got {config.prune.flops_reduction}")
+    from .validate import check_config, check_data_options
+
+    check_config(config)
+    check_data_options(config.data.options)
     return config
 

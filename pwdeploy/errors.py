@@ -1,4 +1,14 @@
-"""User-facing errors. The CLI prints their message on one line and exits 2; gate failures exit 1."""
+"""User-facing errors. The CLI prints their message on one line and exits 2; gate failures exit 1.
+
+Exit codes (README "Exit codes"): 0 passed/done, 1 a gate failed, 2 bad input (one of these errors),
+3 internal error (one line; ``--debug`` shows the traceback), 130 interrupted.
+"""
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
 
 
 class PwdeployError(Exception):

@@ -8,6 +8,7 @@ where no jsonschema is installed. Errors name the offending key.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import Any, Dict, Optional
@@ -24,6 +25,12 @@ PRECISIONS = ("fp32", "fp16", "int8")
 _FIX = "re-create the bundle with `pwdeploy package`"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SIGNATURE_FILE = "manifest.json.sig"  # OpenSSH signature of manifest.json: the one file the manifest cannot list
+MAX_MANIFEST_BYTES = 16 << 20
+# What the device verifier itself writes into a release (engine, its build log and cache, the result, and
+# their .partial files while being written): data, never imported. Anything else unlisted is refused.
+DEVICE_OUTPUTS = re.compile(r"^(model\.plan|timing\.cache|build_engine\.log|verify_result\.json)(\.[0-9]+)?"
+                            r"(\.partial)?$")
 
 
 class ManifestError(_BaseError):
@@ -96,7 +103,7 @@ SPEC: Dict[str, Any] = {
         "test_split": Null({"source": str, "metrics": _METRICS}),
         "original": Opt(Null(_METRICS)),
     },
-    "gate": {"tolerance": NUMBER, "max_group_drop": Null(NUMBER)},
+    "gate": {"tolerance": NUMBER, "max_group_drop": Null(NUMBER), "allow_empty_groups": Opt(bool)},
     "calibration": Null(dict),
     "engine": {"build_script": str, "file": Null(str), "tensorrt": Null(str), "min_batch": int,
                "opt_batch": int, "max_batch": int},
@@ -106,11 +113,13 @@ SPEC: Dict[str, Any] = {
 
 def _type_name(spec: Any) -> str:
     if spec is NUMBER:
-        return "a number"
+        return "a finite number"
     if spec is str:
         return "a string"
     if spec is int:
         return "an integer"
+    if spec is bool:
+        return "a boolean"
     if spec is dict or isinstance(spec, (dict, MapOf)):
         return "an object"
     if isinstance(spec, ListOf):
@@ -138,10 +147,12 @@ def _check(value: Any, spec: Any, key: str) -> None:
             return
         spec = spec.spec
     ok = True
-    if spec is NUMBER:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if spec is NUMBER:  # NaN and infinity would switch the gate off
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     elif spec is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif spec is bool:
+        ok = isinstance(value, bool)
     elif spec is str:
         ok = isinstance(value, str)
     elif spec is dict:
@@ -201,7 +212,7 @@ def validate_manifest(data: Any) -> Dict[str, Any]:
         raise _fail("precision", "must be one of {}, got {}".format(", ".join(PRECISIONS), _short(data["precision"])))
     files = data["files"]
     for name, entry in files.items():
-        if not _safe_relpath(name) or name == MANIFEST:
+        if not _safe_relpath(name) or name in (MANIFEST, SIGNATURE_FILE):
             raise _fail("files", "lists an unsafe or reserved path {}".format(_short(name)))
         if not _SHA256.match(entry["sha256"]):
             raise _fail("files.{}.sha256".format(name), "must be 64 lowercase hex digits")
@@ -220,8 +231,14 @@ def validate_manifest(data: Any) -> Dict[str, Any]:
     unknown = [g for g in data["verification"]["per_group"] if g not in groups]
     if unknown:
         raise _fail("verification.per_group", "names unknown group {}".format(_short(unknown[0])))
-    if data["gate"]["tolerance"] < 0:
-        raise _fail("gate.tolerance", "must be >= 0")
+    if not 0 <= data["gate"]["tolerance"] <= 100:
+        raise _fail("gate.tolerance", "must be between 0 and 100 points")
+    drop = data["gate"]["max_group_drop"]
+    if drop is not None and not 0 <= drop <= 100:
+        raise _fail("gate.max_group_drop", "must be between 0 and 100 points")
+    per_group = data["verification"]["per_group"]
+    if any(count < 0 for count in per_group.values()) or sum(per_group.values()) != data["verification"]["n"]:
+        raise _fail("verification.per_group", "must be counts >= 0 that add up to verification.n")
     engine = data["engine"]
     if not 1 <= engine["min_batch"] <= engine["opt_batch"] <= engine["max_batch"]:
         raise _fail("engine", "batch sizes must satisfy 1 <= min_batch <= opt_batch <= max_batch")
@@ -230,21 +247,73 @@ def validate_manifest(data: Any) -> Dict[str, Any]:
     return data
 
 
+def _no_constant(token: str) -> Any:
+    raise ValueError("{} is not a number JSON allows".format(token))
+
+
 def parse_manifest(raw: bytes, where: str = MANIFEST) -> Dict[str, Any]:
-    try:
-        data = json.loads(raw.decode("utf-8"))
+    try:  # NaN/Infinity tokens refused; absurd nesting ends in RecursionError, not a traceback
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:
+        raise ManifestError("{} is nested too deeply to be a manifest; the bundle is damaged: {}"
+                            .format(where, _FIX)) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise ManifestError("{} is not valid JSON ({}); the bundle is damaged: {}".format(where, exc, _FIX)) from None
     return validate_manifest(data)
 
 
-def load_manifest(bundle_dir: str) -> Dict[str, Any]:
-    """Read and validate ``BUNDLE_DIR/manifest.json``."""
+def read_manifest(bundle_dir: str) -> bytes:
+    """The raw bytes of ``BUNDLE_DIR/manifest.json`` (what a signature covers)."""
     path = os.path.join(str(bundle_dir), MANIFEST)
-    if not os.path.isfile(path):
+    if os.path.islink(path) or not os.path.isfile(path):
         raise ManifestError("{} has no {}: pass the folder of an unpacked pwdeploy bundle".format(bundle_dir, MANIFEST))
     with open(path, "rb") as fh:
-        return parse_manifest(fh.read(), path)
+        raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError("{} is larger than {} bytes: not a pwdeploy manifest".format(path, MAX_MANIFEST_BYTES))
+    return raw
+
+
+def load_manifest(bundle_dir: str) -> Dict[str, Any]:
+    """Read and validate ``BUNDLE_DIR/manifest.json``."""
+    return parse_manifest(read_manifest(bundle_dir), os.path.join(str(bundle_dir), MANIFEST))
+
+
+def read_signature(bundle_dir: str) -> Optional[bytes]:
+    """BUNDLE_DIR/manifest.json.sig, or None when the bundle is unsigned."""
+    path = os.path.join(str(bundle_dir), SIGNATURE_FILE)
+    if os.path.islink(path) or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as fh:
+        return fh.read(1 << 20)
+
+
+def allowed_paths(manifest: Dict[str, Any]) -> set:
+    """Every path a bundle may hold: the listed files, their folders, the manifest and its signature."""
+    allowed = {MANIFEST, SIGNATURE_FILE}
+    for name in manifest["files"]:
+        parts = name.split("/")
+        allowed.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return allowed
+
+
+def unlisted_entries(bundle_dir: str, manifest: Dict[str, Any]) -> list:
+    """Files and folders under ``bundle_dir`` that the manifest does not list (a ``numpy.py`` dropped beside
+    the code, a ``__pycache__``): the isolated verifier refuses them before importing anything. The device's
+    own outputs (DEVICE_OUTPUTS, plain files at the top) are allowed."""
+    allowed = allowed_paths(manifest)
+    extra = []
+    for dirpath, dirs, files in os.walk(str(bundle_dir)):
+        for name in sorted(dirs) + sorted(files):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, str(bundle_dir)).replace(os.sep, "/")
+            output = "/" not in rel and DEVICE_OUTPUTS.match(rel) and os.path.isfile(path) \
+                and not os.path.islink(path)
+            if rel not in allowed and not output:
+                extra.append(rel)
+        dirs[:] = [d for d in dirs if os.path.relpath(os.path.join(dirpath, d), str(bundle_dir)).replace(
+            os.sep, "/") in allowed]
+    return sorted(extra)
 
 
 def file_problem(bundle_dir: str, name: str, entry: Dict[str, Any]) -> Optional[str]:

@@ -24,9 +24,11 @@ from . import __version__, rundir
 from .errors import DataError, PwdeployError
 from .fsutil import atomic_path, sha256_file, write_json, write_text
 from .gate import tolerance_for
-from .manifest import MANIFEST, SCHEMA, validate_manifest
+from .device import LAUNCHER
+from .manifest import MANIFEST, SCHEMA, SIGNATURE_FILE, validate_manifest
 from .metrics import group_metrics, predict
-from .safe_extract import check_members, single_root
+from .safe_extract import check_archive, single_root
+from .signature import sign
 from .verification_set import FILENAME as VSET_FILE, VerificationSet, equal_shares, load_verification_set, \
     write_verification_set
 
@@ -41,6 +43,7 @@ DEVICE_CODE = (
     "pwdeploy/manifest.py", "pwdeploy/safe_extract.py", "pwdeploy/verification_set.py",
     "pwdeploy/device/__init__.py", "pwdeploy/device/__main__.py", "pwdeploy/device/verify.py",
     "pwdeploy/device/runners.py", "pwdeploy/device/build_engine.py", "pwdeploy/device/install.py",
+    "pwdeploy/signature.py", "pwdeploy/device/launch.py",
 )
 _ONNX_DTYPES = {1: "float32", 10: "float16"}
 
@@ -49,8 +52,10 @@ target {target}, model {model_file}, packaged {created} by pwdeploy {version}
 
 On the device (Python 3.8+, numpy, and TensorRT or onnxruntime; no torch needed):
     cd {bundle_id}
-    python3 -m pwdeploy.device verify .     # checks every sha256, builds the engine when TensorRT is here,
-                                            # reruns the per-group gate; exit 0 PASSED, 1 FAILED
+    python3 -I -B pwdeploy/device/launch.py verify .
+        # isolated: refuses unlisted files, checks every sha256 (and the signature where
+        # DEPLOY_DIR/allowed_signers or --allowed-signers applies) before importing anything,
+        # builds the engine when TensorRT is here, reruns the per-group gate; exit 0 PASSED, 1 FAILED
     ./build_engine.sh                       # only the engine build (trtexec, TensorRT 10 or 11)
 manifest.json lists every file with its sha256, the preprocessing, the groups and the reference results.
 """
@@ -65,14 +70,21 @@ def parse_target(target: str) -> tuple[str, str]:
 
 def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target: str | None = None,
                 verification_size: int = 300, seed: int = 0, engine_for: str | None = None,
-                max_group_drop: float | None = None, tolerance: float | None = None, quiet: bool = False) -> Path:
-    """Write the bundle ``output`` (.tar.gz) for ``run_dir``; returns its path. Nothing is written on error."""
+                max_group_drop: float | None = None, tolerance: float | None = None, quiet: bool = False,
+                sign_key: str | None = None, allow_empty_groups: bool = False) -> Path:
+    """Write the bundle ``output`` (.tar.gz) for ``run_dir``; returns its path. Nothing is written on error.
+    With ``sign_key`` (an SSH private key) manifest.json is signed (manifest.json.sig, OpenSSH ``-Y sign``)."""
     run = rundir.RunDir.open(run_dir)
     output = Path(output)
     if not (output.name.endswith(".tar.gz") or output.name.endswith(".tgz")):
         raise PwdeployError(f"-o {output}: a bundle is a .tar.gz file: name it e.g. {output.name}.tar.gz")
     if verification_size < 10:
         raise PwdeployError(f"--verification-size {verification_size} is too small for a per-group gate: use 100 or more")
+    from .validate import POINTS, Range, check
+
+    check("--verification-size", verification_size, Range(10, 100_000, integer=True))
+    check("--tolerance", tolerance, POINTS)
+    check("--max-group-drop", max_group_drop, POINTS)
     config, report = run.config, run.report
     target = target or report.get("target") or config.get("target") or "onnx-fp32"
     runtime, precision = parse_target(target)
@@ -166,7 +178,7 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
                 "original": original,
             },
             "gate": {"tolerance": float(tolerance if tolerance is not None else tolerance_for(precision)),
-                     "max_group_drop": max_group_drop},
+                     "max_group_drop": max_group_drop, "allow_empty_groups": bool(allow_empty_groups)},
             "calibration": _calibration(report, model_file, precision),
             "engine": {"build_script": SCRIPT_NAME, "file": engine_file, "tensorrt": engine_trt,
                        "min_batch": lo, "opt_batch": opt, "max_batch": hi,
@@ -175,10 +187,11 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
         }
         validate_manifest(manifest)  # never ship a manifest the device would refuse
         write_json(root / MANIFEST, manifest)
+        if sign_key:
+            (root / SIGNATURE_FILE).write_bytes(sign((root / MANIFEST).read_bytes(), sign_key))
         with atomic_path(output) as partial:
             _write_tar(root, partial, created)
-            with tarfile.open(partial, "r:gz") as tar:  # self-check: the device will accept this archive
-                single_root(check_members(tar, output.name), output.name)
+            single_root(check_archive(str(partial), output.name), output.name)  # the device will accept it
     if not quiet:
         _print_summary(output, manifest, source)
     return output
@@ -200,15 +213,18 @@ def verify_locally(bundle: str | os.PathLike, workdir: str | os.PathLike, *, run
     names = safe_extract(str(bundle), str(workdir / "bundle"))
     root = workdir / "bundle" / names[0].split("/")[0]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env["PYTHONNOUSERSITE"] = "1"
+    args = ["verify", ".", "--runner", runner, "--result-line"]
+    command = [sys.executable, "-I", "-B", LAUNCHER, *args]
     if block_torch:  # a `torch` that refuses to import shadows the real one: the verifier must not need it
         blocker = workdir / "no-torch" / "torch"
         blocker.mkdir(parents=True)
         (blocker / "__init__.py").write_text('raise ImportError("torch is not available on the device")\n')
-        env["PYTHONPATH"] = str(blocker.parent)
+        # -I ignores PYTHONPATH: put the blocker on the path, then run the launcher as the device would
+        command = [sys.executable, "-I", "-B", "-c", "import runpy, sys; sys.path.insert(0, sys.argv[1]); "
+                   "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')",
+                   str(blocker.parent), LAUNCHER, *args]
     try:
-        proc = subprocess.run([sys.executable, "-m", "pwdeploy.device", "verify", ".", "--runner", runner,
-                               "--result-line"], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise PwdeployError(f"the device verifier ran longer than {timeout:.0f} s on {root}") from None
     lines = proc.stdout.splitlines()
@@ -387,7 +403,7 @@ def _hash_tree(root: Path) -> dict[str, dict[str, Any]]:
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel != MANIFEST:
+        if rel not in (MANIFEST, SIGNATURE_FILE):
             files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return files
 
@@ -431,5 +447,5 @@ def _print_summary(output: Path, manifest: dict, source: str) -> None:
                   f"{manifest['target']}, gate tolerance {manifest['gate']['tolerance']} points; verification set: "
                   f"{source})")
     console.print(f"on the device: tar xzf {output.name} && cd {manifest['bundle_id']} && "
-                  "python3 -m pwdeploy.device verify .   (or: pwdeploy ship ... --verify)")
+                  f"python3 -I -B {LAUNCHER} verify .   (or: pwdeploy ship ... --verify)")
 

@@ -22,7 +22,11 @@ except ImportError:  # pragma: no cover - only when run as a loose script
 
 # What a damaged or truncated archive raises while it is read.
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
-MAX_BUNDLE_BYTES = 8 << 30  # refuses archive bombs; a bundle is a model plus a few hundred images
+# Archive-bomb caps (README "Security model"). A bundle is a model, a few hundred images and ~20 code files.
+MAX_BUNDLE_BYTES = 8 << 30  # unpacked size
+MAX_MEMBERS = 10000  # checked while reading headers: a million empty members are refused after 10k, not read
+MAX_RATIO = 200  # unpacked bytes per archive byte (gzip of float32 images and weights stays far below)
+RATIO_FLOOR = 64 << 20  # below this unpacked size the ratio is not checked (tiny bundles compress well)
 
 
 class UnsafeArchiveError(_BaseError):
@@ -38,6 +42,8 @@ def _kind(member: tarfile.TarInfo) -> str:
         return "a device file"
     if member.isfifo():
         return "a FIFO"
+    if member.issparse():
+        return "a sparse file"
     return "an unsupported entry type {!r}".format(member.type)
 
 
@@ -58,26 +64,41 @@ def check_member_name(name: str, archive: str = "archive") -> str:
     return "/".join(parts)
 
 
-def check_members(tar: tarfile.TarFile, archive: str = "archive",
-                  max_bytes: int = MAX_BUNDLE_BYTES) -> List[tarfile.TarInfo]:
-    """Validate every member before anything is written; returns them in archive order."""
-    members = tar.getmembers()
-    seen = set()
+def check_members(tar: tarfile.TarFile, archive: str = "archive", max_bytes: int = MAX_BUNDLE_BYTES,
+                  max_members: int = MAX_MEMBERS, archive_bytes: Optional[int] = None) -> List[tarfile.TarInfo]:
+    """Validate every member before anything is written; returns them in archive order. Headers are read
+    one at a time so that the member-count and size caps stop a bomb early. ``archive_bytes`` (the file's
+    size) enables the compression-ratio cap."""
+    members = []  # type: List[tarfile.TarInfo]
+    seen, files, folders = set(), set(), set()
     total = 0
-    for member in members:
+    limit = max_bytes if archive_bytes is None else min(max_bytes, max(RATIO_FLOOR, MAX_RATIO * archive_bytes))
+    for member in tar:
+        if len(members) >= max_members:
+            raise UnsafeArchiveError("{}: more than {} members; refusing to unpack (is this a pwdeploy bundle?)"
+                                     .format(archive, max_members))
+        members.append(member)
         name = check_member_name(member.name, archive)
-        if not (member.isfile() or member.isdir()):
+        if not (member.isfile() or member.isdir()) or member.issparse():
             raise UnsafeArchiveError("{}: member {!r} is {}; bundles hold only regular files and folders, "
                                      "refusing to unpack (re-create it with `pwdeploy package`)"
                                      .format(archive, member.name, _kind(member)))
         if name in seen:
             raise UnsafeArchiveError("{}: member {!r} appears twice; refusing to unpack "
                                      "(re-create the bundle with `pwdeploy package`)".format(archive, name))
+        parents = ["/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1)]
+        if any(p in files for p in parents) or (member.isfile() and name in folders):
+            raise UnsafeArchiveError("{}: member {!r} uses a file as a folder (or a folder as a file); refusing "
+                                     "to unpack (re-create the bundle with `pwdeploy package`)".format(archive, name))
+        folders.update(parents)
+        if member.isfile():
+            files.add(name)
         seen.add(name)
         total += max(int(member.size), 0)
-        if total > max_bytes:
-            raise UnsafeArchiveError("{}: unpacks to more than {} bytes; refusing to unpack "
-                                     "(is this a pwdeploy bundle?)".format(archive, max_bytes))
+        if total > limit:
+            raise UnsafeArchiveError("{}: unpacks to more than {} bytes{}; refusing to unpack (is this a pwdeploy "
+                                     "bundle?)".format(archive, limit, "" if limit == max_bytes else
+                                                       " ({}x its compressed size)".format(MAX_RATIO)))
         data_filter = getattr(tarfile, "data_filter", None)  # Python 3.8.17+/3.11.4+: a second opinion
         if data_filter is not None:
             try:
@@ -86,6 +107,13 @@ def check_members(tar: tarfile.TarFile, archive: str = "archive",
                 raise UnsafeArchiveError("{}: member {!r} refused by tarfile's data filter ({}); refusing "
                                          "to unpack".format(archive, member.name, exc)) from None
     return members
+
+
+def check_archive(archive_path: str, archive: Optional[str] = None) -> List[tarfile.TarInfo]:
+    """Open ``archive_path`` and check its members under every cap (the ratio cap uses its file size)."""
+    archive = archive or os.path.basename(str(archive_path))
+    with tarfile.open(str(archive_path), "r:*") as tar:
+        return check_members(tar, archive, archive_bytes=os.path.getsize(str(archive_path)))
 
 
 def single_root(members: List[tarfile.TarInfo], archive: str = "archive") -> str:
@@ -110,7 +138,7 @@ def safe_extract(archive_path: str, dest: str, *, max_bytes: int = MAX_BUNDLE_BY
         raise UnsafeArchiveError("{}: target {} must be a new or empty folder".format(archive, dest))
     try:
         with tarfile.open(str(archive_path), "r:*") as tar:
-            members = check_members(tar, archive, max_bytes)
+            members = check_members(tar, archive, max_bytes, archive_bytes=os.path.getsize(str(archive_path)))
             os.makedirs(dest, exist_ok=True)
             root = os.path.realpath(dest)
             names = []
@@ -167,5 +195,5 @@ def is_within(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
-__all__ = ["ARCHIVE_ERRORS", "UnsafeArchiveError", "check_member_name", "check_members", "single_root", "safe_extract",
+__all__ = ["ARCHIVE_ERRORS", "UnsafeArchiveError", "check_member_name", "check_members", "check_archive", "single_root", "safe_extract",
            "read_member", "is_within"]

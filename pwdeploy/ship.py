@@ -18,18 +18,19 @@ import json
 import re
 import shlex
 import subprocess
-import tarfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .device import RESULT_PREFIX
+from .device import LAUNCHER, RESULT_PREFIX
 from .device.install import DEFAULT_KEEP
 from .errors import PwdeployError
 from .fsutil import sha256_file, write_json
-from .manifest import MANIFEST, parse_manifest
-from .safe_extract import ARCHIVE_ERRORS, check_members, read_member, single_root
+from .manifest import MANIFEST, SIGNATURE_FILE, parse_manifest
+from .safe_extract import ARCHIVE_ERRORS, check_archive, read_member, single_root
+from .signature import verify as verify_signature
+from .validate import NON_NEGATIVE_INT, Range, check
 
 _DEST = re.compile(r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):"
                    r"(?P<path>.+)$")
@@ -40,6 +41,7 @@ _INSTALLER_MODULES = (
     ("pwdeploy.errors", "errors.py", False),
     ("pwdeploy.safe_extract", "safe_extract.py", False),
     ("pwdeploy.manifest", "manifest.py", False),
+    ("pwdeploy.signature", "signature.py", False),
     ("pwdeploy.device", "device/__init__.py", True),
     ("pwdeploy.device.install", "device/install.py", False),
 )
@@ -132,25 +134,34 @@ def parse_destination(text: str) -> Destination:
     if not match:
         raise PwdeployError(f"destination {text!r} must look like user@host:DIR (e.g. nvidia@jetson.local:deploy)")
     path = match.group("path")
+    for what, value in (("host", match.group("host")), ("user", match.group("user") or ""), ("remote folder", path)):
+        if value.startswith("-"):  # would reach ssh or mkdir as an option
+            raise PwdeployError(f"{what} {value!r} starts with '-': refused (it would be read as an option); "
+                                "name the device and folder plainly, e.g. nvidia@jetson.local:deploy")
     if not _SAFE_PATH.match(path) or "/../" in f"/{path}/":
         raise PwdeployError(f"remote folder {path!r}: use letters, digits and . _ + - / (optionally starting with "
                             "~/ or /), no spaces, quotes or '..'")
     return Destination(match.group("user"), match.group("host"), path.rstrip("/") or "/")
 
 
-def inspect_bundle(bundle: Path) -> dict:
-    """The validated manifest of a bundle archive, after checking every member name (nothing is unpacked)."""
+def inspect_bundle(bundle: Path, allowed_signers: str | None = None) -> dict:
+    """The validated manifest of a bundle archive, after checking every member name and, with
+    ``allowed_signers``, the manifest's signature (nothing is unpacked)."""
     if not bundle.is_file():
         raise PwdeployError(f"bundle not found: {bundle}: make one with `pwdeploy package RUN_DIR -o NAME.tar.gz`")
     try:
-        with tarfile.open(bundle, "r:*") as tar:
-            root = single_root(check_members(tar, bundle.name), bundle.name)
+        root = single_root(check_archive(str(bundle), bundle.name), bundle.name)
         raw = read_member(str(bundle), f"{root}/{MANIFEST}")
+        signature = read_member(str(bundle), f"{root}/{SIGNATURE_FILE}", max_bytes=1 << 20)
     except ARCHIVE_ERRORS as exc:
         raise PwdeployError(f"{bundle} is not a readable .tar.gz ({exc}): package it again") from None
     if raw is None:
         raise PwdeployError(f"{bundle} has no {root}/{MANIFEST}: not a pwdeploy bundle (use `pwdeploy package`)")
     manifest = parse_manifest(raw, f"{bundle.name}:{root}/{MANIFEST}")
+    if allowed_signers:
+        if not Path(allowed_signers).is_file():
+            raise PwdeployError(f"--allowed-signers {allowed_signers}: file not found")
+        verify_signature(raw, signature, allowed_signers, what=bundle.name)
     if manifest["bundle_id"] != root:
         raise PwdeployError(f"{bundle}: top folder {root!r} is not the manifest's bundle_id: package it again")
     return manifest
@@ -169,26 +180,24 @@ def installer_script() -> str:
 def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: int | None = None,
          identity: str | None = None, ssh_config: str | None = None, ssh_options: list[str] | None = None,
          remote_python: str = "python3", runner: str = "auto", upload_timeout: float | None = None,
-         verify_timeout: float = 3600.0, keep: int = DEFAULT_KEEP, log: Callable[[str], None] | None = None) -> ShipResult:
-    """Copy ``bundle`` to ``destination`` (user@host:DIR), install it as DIR/current, optionally verify it there."""
+         verify_timeout: float = 3600.0, keep: int = DEFAULT_KEEP, allowed_signers: str | None = None,
+         log: Callable[[str], None] | None = None) -> ShipResult:
+    """Copy ``bundle`` to ``destination`` (user@host:DIR), install it as DIR/current, optionally verify it there.
+    With ``allowed_signers`` the bundle's signature is checked here before anything is sent; the device
+    checks it again against its own DIR/allowed_signers when that file exists."""
     log = log or _default_log
     bundle = Path(bundle)
     dest = parse_destination(destination)
-    if not _SAFE_PATH.match(remote_python):
-        raise PwdeployError(f"--remote-python {remote_python!r}: give a plain path such as python3 or /usr/bin/python3")
-    if runner not in ("auto", "tensorrt", "onnxruntime"):
-        raise PwdeployError(f"--runner must be auto, tensorrt or onnxruntime, got {runner!r}")
-    for what, path in (("-i", identity), ("-F", ssh_config)):
-        if path and not Path(path).expanduser().is_file():
-            raise PwdeployError(f"{what} {path}: file not found: pass an existing {'key' if what == '-i' else 'ssh config'} file")
+    _check_options(keep=keep, verify_timeout=verify_timeout, port=port, remote_python=remote_python, runner=runner,
+                   files={"-i": identity, "-F": ssh_config})
     settings = SshSettings(port=port, identity=identity, config=ssh_config, options=list(ssh_options or []))
-    manifest = inspect_bundle(bundle)
+    manifest = inspect_bundle(bundle, allowed_signers)
     bundle_id = manifest["bundle_id"]
     digest = sha256_file(bundle)
     py = remote_python
 
     # 1. the folder and python3 on the device
-    probe = (f"mkdir -p {dest.path}/.incoming && cd {dest.path} && pwd -P && "
+    probe = (f"mkdir -p -- {dest.path}/.incoming && cd -- {dest.path} && pwd -P && "
              f"{py} -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 3)'")
     out = _run(settings.ssh(dest, probe), dest, settings, timeout=settings.connect_timeout + 60)
     if out.returncode == 127:
@@ -227,7 +236,9 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
 
     # 4. the bundle's own verifier, on the device, in the new release; `current` moves only if it passes
     log(f"unpacked and checked {shown} on {dest.target}; verifying it there before switching `current`")
-    command = f"cd {shlex.quote(release)} && {py} -m pwdeploy.device verify . --runner {runner} --result-line"
+    # the isolated verifier: refuses unlisted files and checks hashes (and the signature, where the device
+    # has DIR/allowed_signers) before it imports anything from the release
+    command = f"cd {shlex.quote(release)} && {py} -I -B {LAUNCHER} verify . --runner {runner} --result-line"
     out = _run(settings.ssh(dest, command), dest, settings, timeout=verify_timeout, on_line=log)
     if out.returncode == 255:
         _raise_for(out, dest, settings, "running the verifier failed")
@@ -249,6 +260,21 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
         log(f"device result: FAILED (saved to {result.verify_path}); `current` not switched"
             + (f", still {installed['previous']}" if installed.get("previous") else ""))
     return result
+
+
+def _check_options(*, keep: int, verify_timeout: float, port: int | None, remote_python: str, runner: str,
+                   files: dict) -> None:
+    """Every option checked before anything connects (one line, exit 2)."""
+    check("--keep", keep, NON_NEGATIVE_INT, allow_none=False)
+    check("--verify-timeout", verify_timeout, Range(0.0, 7 * 86400.0, low_open=True), allow_none=False)
+    check("--port", port, Range(1, 65535, integer=True))
+    if not _SAFE_PATH.match(remote_python) or remote_python.startswith("-"):
+        raise PwdeployError(f"--remote-python {remote_python!r}: give a plain path such as python3 or /usr/bin/python3")
+    if runner not in ("auto", "tensorrt", "onnxruntime"):
+        raise PwdeployError(f"--runner must be auto, tensorrt or onnxruntime, got {runner!r}")
+    for what, path in files.items():
+        if path and not Path(path).expanduser().is_file():
+            raise PwdeployError(f"{what} {path}: file not found: pass an existing {'key' if what == '-i' else 'ssh config'} file")
 
 
 def _installer(settings: SshSettings, dest: Destination, command: str) -> dict:

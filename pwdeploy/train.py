@@ -125,6 +125,7 @@ def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSetti
             for _ in range(len(loader)):
                 x, y, g, orig = next(stream)
                 loss = loss_fn(model(x), y, orig, g)
+                _check_finite_loss(loss, epoch, description)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -134,3 +135,13 @@ def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSetti
             history.append(running / len(loader))
             bar.describe(f"epoch {epoch + 1}/{settings.epochs} loss {history[-1]:.4f}")
     return history
+
+
+def _check_finite_loss(loss: torch.Tensor, epoch: int, description: str) -> None:
+    """A NaN/inf loss poisons every weight it touches: stop the run (exit 2; nothing is marked complete)."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        from .errors import PwdeployError
+
+        raise PwdeployError(f"{description}: the loss became {loss.item()} in epoch {epoch + 1}: the run was "
+                            "stopped and nothing was kept; lower the learning rate, or check --pw-gamma, "
+                            "--pw-min-weight and the data")

@@ -114,6 +114,14 @@ def load_verification_set(path) -> VerificationSet:
 
 
 def _validate(vs: VerificationSet, where: str) -> None:
+    for name in ("labels", "groups", "indices"):
+        array = getattr(vs, name)
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise DataError("{}: {} must be a 1-D integer array, got {} {}: rewrite it with 'pwdeploy export'"
+                            .format(where, name, array.dtype, tuple(array.shape)))
+    if vs.images.dtype.kind != "f" or not np.isfinite(vs.images).all():
+        raise DataError("{}: images must be finite floats (got {}, or NaN/inf values): rewrite it with "
+                        "'pwdeploy export'".format(where, vs.images.dtype))
     n = vs.labels.shape[0]
     if vs.images.ndim != 4 or vs.images.shape[0] != n:
         raise DataError("{}: images must be N×C×H×W with one row per label, got {} for {} labels: rewrite it "

@@ -65,7 +65,7 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
            data_root: Optional[str] = None, data_options: Optional[dict] = None,
            tolerance: Optional[float] = None, max_group_drop: Optional[float] = None, runner: str = "auto",
            ort_provider: str = "auto", bootstrap: int = 1000, seed: int = 0, batch_size: int = 64,
-           console=None, update_report: bool = True) -> dict:
+           console=None, update_report: bool = True, allow_empty_groups: bool = False, force: bool = False) -> dict:
     """Verify ``artifact`` (a run directory, .onnx, .plan/.engine or .pt). Writes verify.json next to it and,
     for a run's own artifacts, ``metrics[<target>]`` into its report.json. Raises GateFailed (exit 1) naming
     the failed groups; bad input raises PwdeployError (exit 2). Returns the verify.json content."""
@@ -77,6 +77,7 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
     if not path.exists():
         raise PwdeployError(f"artifact not found: {path}: pass a run directory, .onnx, .plan/.engine or .pt")
     run = _reference_run(path, reference)
+    foreign = _foreign_home(path, run, force)
     config, report = read_json(run / rundir.CONFIG), read_json(run / rundir.REPORT)
     artifacts = _artifacts(path, run, report, target, runner)
     _check_not_stale(artifacts, run, report)
@@ -106,6 +107,7 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
     try:
         for art in runnable:
             runners[art.name] = _make_runner(art, runner, ort_provider)
+            _check_input_shape(art, runners[art.name], evald)
             described[art.name] = runners[art.name].describe()
             _check_embedded_calibration(art, runners[art.name], run)
         logits = _run_all(runners, evald, batch_size)
@@ -120,7 +122,8 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
             console.print(f"[yellow]not verified:[/] {art.name}: {art.skip_reason}")
             continue
         result = _evaluate(art, logits[art.name], evald, ref_metrics, orig_metrics, recorded,
-                           tolerance=tolerance, max_group_drop=max_group_drop, n_boot=bootstrap, seed=seed)
+                           tolerance=tolerance, max_group_drop=max_group_drop, n_boot=bootstrap, seed=seed,
+                           allow_empty_groups=allow_empty_groups)
         result["runner"] = described[art.name]
         result["data"] = evald.source
         if art.precision == "fp16" and result["runner"].get("providers") == ["CPUExecutionProvider"]:
@@ -132,7 +135,9 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
             console.print(f"  [yellow]note:[/] {note}")
 
     out_dir = path if path.is_dir() else path.parent
-    summary = _write_verify_json(out_dir, results, run, evald)
+    # in another run's folder, results go beside the artifact under its own name, never into that run's verify.json
+    out_name = f"{path.name}.{VERIFY_JSON}" if foreign else VERIFY_JSON
+    summary = _write_verify_json(out_dir, results, run, evald, out_name)
     if update_report:
         _update_report(run, artifacts, results, evald)
     failed = {name: r for name, r in results.items() if r.get("verified") and not r["passed"]}
@@ -144,14 +149,12 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
 
 
 def _check_options(tolerance, max_group_drop, bootstrap, runner, ort_provider, batch_size) -> None:
-    if tolerance is not None and tolerance < 0:
-        raise PwdeployError(f"--tolerance must be >= 0, got {tolerance}")
-    if max_group_drop is not None and max_group_drop < 0:
-        raise PwdeployError(f"--max-group-drop must be >= 0, got {max_group_drop}")
-    if bootstrap < 0:
-        raise PwdeployError(f"--bootstrap must be >= 0 (0 turns it off), got {bootstrap}")
-    if batch_size < 1:
-        raise PwdeployError(f"--batch-size must be >= 1, got {batch_size}")
+    from .validate import COUNT, POINTS, Range, check
+
+    check("--tolerance", tolerance, POINTS)
+    check("--max-group-drop", max_group_drop, POINTS)
+    check("--bootstrap", bootstrap, Range(0, 1_000_000, integer=True), allow_none=False)
+    check("--batch-size", batch_size, COUNT, allow_none=False)
     if runner not in RUNNER_KINDS:
         raise PwdeployError(f"unknown --runner {runner!r}: use one of {', '.join(RUNNER_KINDS)}")
     if ort_provider not in ORT_PROVIDERS:
@@ -173,6 +176,25 @@ def _reference_run(path: Path, reference) -> Path:
         return rundir.RunDir.open(parent).path
     raise PwdeployError(f"{path.name} is a bare artifact: pass --reference RUN_DIR (the run it was exported from) "
                         "for its reference metrics, data and preprocessing")
+
+
+def _foreign_home(path: Path, run: Path, force: bool) -> Optional[Path]:
+    """The other run directory a bare artifact lives in (None when it lives in the reference run or in no run).
+    An artifact that other run records (same sha256) came from that run's model: comparing it with another
+    run's reference is refused unless ``force`` (a copy the reference run records too is fine)."""
+    home = path.resolve().parent
+    if path.is_dir() or home == run.resolve() or not ((home / rundir.CONFIG).is_file()
+                                                      and (home / rundir.REPORT).is_file()):
+        return None
+    digest = sha256_file(path)
+    recorded_there = ((read_json(home / rundir.REPORT).get("artifacts") or {}).get(path.name) or {}).get("sha256")
+    recorded_here = {r.get("sha256") for r in (read_json(run / rundir.REPORT).get("artifacts") or {}).values()
+                     if isinstance(r, dict)}
+    if recorded_there == digest and digest not in recorded_here and not force:
+        raise PwdeployError(f"{path} was exported from the model of run {home} (its sha256 is recorded there), not "
+                            f"from --reference {run}: verify it against its own run, or pass --force to compare "
+                            "anyway")
+    return home
 
 
 def _artifacts(path: Path, run: Path, report: dict, target: Optional[str], runner: str) -> list:
@@ -374,6 +396,18 @@ def _make_runner(art: Artifact, runner: str, ort_provider: str):
     return create_runner(art.path, runner, provider=ort_provider, device="auto")
 
 
+def _check_input_shape(art: Artifact, runner, evald: EvalData) -> None:
+    """A model whose fixed input dims differ from the verification images is bad input, not a crash."""
+    shape = getattr(runner, "input_shape", None)
+    if not shape or not len(evald.labels):
+        return
+    want = list(shape[1:])
+    have = list(np.asarray(evald.images[:1]).shape[1:])
+    if len(want) != len(have) or any(isinstance(w, int) and w > 0 and w != h for w, h in zip(want, have)):
+        raise PwdeployError(f"{art.name} takes input {want} but the verification images are {have}: verify it "
+                            "against the run it was exported from (--reference), or re-export it")
+
+
 def _run_all(runners: dict, evald: EvalData, batch_size: int, description: str = "verifying") -> dict:
     """One pass over the data, every runner on every batch (images are decoded once)."""
     from .progress import task
@@ -405,7 +439,8 @@ def _agreement(pred: np.ndarray, ref_pred: np.ndarray, evald: EvalData) -> dict:
 
 
 def _evaluate(art: Artifact, logits: np.ndarray, evald: EvalData, ref_metrics: dict, orig_metrics: Optional[dict],
-              recorded: dict, *, tolerance, max_group_drop, n_boot: int, seed: int) -> dict:
+              recorded: dict, *, tolerance, max_group_drop, n_boot: int, seed: int,
+              allow_empty_groups: bool = False) -> dict:
     from .bootstrap import group_change_ci
 
     tol = tolerance_for(art.precision) if tolerance is None else float(tolerance)
@@ -414,7 +449,8 @@ def _evaluate(art: Artifact, logits: np.ndarray, evald: EvalData, ref_metrics: d
         notes.append(f"{int((~np.isfinite(logits)).sum())} non-finite logits: the artifact overflows")
     pred = predict(logits)
     metrics = _metrics_of(logits, evald)
-    gate = check_groups(metrics, ref_metrics, tolerance=tol, original=orig_metrics, max_group_drop=max_group_drop)
+    gate = check_groups(metrics, ref_metrics, tolerance=tol, original=orig_metrics, max_group_drop=max_group_drop,
+                        allow_empty_groups=allow_empty_groups)
     correct = (pred == evald.labels).astype(np.float64)
 
     def ci(other_logits, other_metrics):
@@ -540,8 +576,8 @@ def _table(art: Artifact, result: dict, group_names: list):
     return table
 
 
-def _write_verify_json(out_dir: Path, results: dict, run: Path, evald: EvalData) -> dict:
-    path = out_dir / VERIFY_JSON
+def _write_verify_json(out_dir: Path, results: dict, run: Path, evald: EvalData, name: str = VERIFY_JSON) -> dict:
+    path = out_dir / name
     summary = read_json(path) if path.is_file() else {}
     if summary.get("schema") != SCHEMA:
         summary = {"schema": SCHEMA}

@@ -60,9 +60,19 @@ def device_python(tmp_path_factory):
     (tmp / "block" / "torch").mkdir(parents=True)
     (tmp / "block" / "torch" / "__init__.py").write_text('raise ImportError("no torch on the device")\n')
     wrapper = tmp / "python3"
-    wrapper.write_text(f'#!/bin/sh\nexec env PYTHONPATH={tmp / "block"} PYTHONNOUSERSITE=1 {sys.executable} "$@"\n')
+    # `-I -B SCRIPT ...` (the isolated verifier) ignores PYTHONPATH: put the blocker on its path explicitly
+    isolated = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); sys.argv = sys.argv[2:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = "-I" ] && [ "$2" = "-B" ]; then shift 2; exec {sys.executable} -I -B '
+                       f'-c "{isolated}" {tmp / "block"} "$@"; fi\n'
+                       f'exec env PYTHONPATH={tmp / "block"} PYTHONNOUSERSITE=1 {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)
+
+
+def _releases(deploy: Path) -> list:
+    """Release folders (releases/.order, the install-order record, is not one)."""
+    return [name for name in os.listdir(deploy / "releases") if name != ".order"]
 
 
 def _via_config(server, deploy: Path) -> dict:
@@ -93,12 +103,12 @@ def test_clean_ship_and_remote_verify(server, bundles, device_python, tmp_path):
     result = ship_module.ship(bundles["second"], log=lines.append, **_explicit(server, deploy))
     assert result.switched and result.verify is None and result.previous == f"releases/{first}"
     assert os.readlink(deploy / "current") == f"releases/{bundles['ids']['second']}"
-    assert sorted(os.listdir(deploy / "releases")) == sorted([first, bundles["ids"]["second"]])
+    assert sorted(_releases(deploy)) == sorted([first, bundles["ids"]["second"]])
 
     # --keep 1: after switching back to the first bundle only `current` stays on the device
     os.utime(deploy / "releases" / first, (1, 1))  # so reuse of the old folder cannot look newest by accident
     result = ship_module.ship(bundles["first"], keep=1, log=lines.append, **_explicit(server, deploy))
-    assert result.switched and os.listdir(deploy / "releases") == [first]
+    assert result.switched and _releases(deploy) == [first]
 
 
 def test_bundle_corrupted_in_transit_is_refused_and_current_is_kept(server, bundles, tmp_path, monkeypatch):
@@ -124,13 +134,13 @@ def test_bundle_corrupted_in_transit_is_refused_and_current_is_kept(server, bund
     message = str(info.value)
     assert "arrived damaged" in message and f"`current` still points at {good}" in message and "\n" not in message
     assert os.readlink(deploy / "current") == good
-    assert sorted(os.listdir(deploy / "releases")) == [bundles["ids"]["first"]]  # no half release, no staging
+    assert sorted(_releases(deploy)) == [bundles["ids"]["first"]]  # no half release, no staging
 
     monkeypatch.setattr(ship_module, "_run", real_run)
     with pytest.raises(PwdeployError, match="does not match its sha256"):  # tampered inside, re-tarred
         ship_module.ship(bundles["tampered"], log=lambda _: None, **_via_config(server, deploy))
     assert os.readlink(deploy / "current") == good
-    assert sorted(os.listdir(deploy / "releases")) == [bundles["ids"]["first"]]
+    assert sorted(_releases(deploy)) == [bundles["ids"]["first"]]
 
 
 def test_failed_device_gate_does_not_switch_current(server, bundles, device_python, tmp_path, capsys):
@@ -176,3 +186,25 @@ def test_bad_destination_and_missing_files_are_refused_before_connecting(bundles
     assert "bundle not found" in capsys.readouterr().err
     assert main(["ship", str(bundles["first"]), "nvidia@jetson:deploy", "-i", str(tmp_path / "nokey")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_a_device_with_allowed_signers_takes_only_signed_bundles(server, bundles, device_python, tmp_path, capsys):
+    """DIR/allowed_signers on the device: an unsigned bundle is refused there (and, with --allowed-signers, here
+    before it is sent); a signed one installs, verifies with the isolated verifier and reports its signer."""
+    key = sshd.keygen(tmp_path / "release")
+    signed = package_run(tiny_bundle_run(tmp_path), tmp_path / "signed.tar.gz", quiet=True, sign_key=str(key))
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    signers = deploy / "allowed_signers"
+    signers.write_text(f'ci@example.com namespaces="pwdeploy" {Path(str(key) + ".pub").read_text()}')
+    target = [f"{server.alias}:{deploy}", "-F", str(server.client_config)]
+    assert main(["ship", str(bundles["first"]), *target]) == 2
+    err = capsys.readouterr().err
+    assert "is not signed" in err and "nothing was deployed" in err and len(err.strip().splitlines()) == 1
+    assert not (deploy / "current").exists()
+    assert main(["ship", str(bundles["first"]), *target, "--allowed-signers", str(signers)]) == 2
+    assert "is not signed" in capsys.readouterr().err
+    assert not list((deploy / ".incoming").iterdir())
+    result = ship_module.ship(signed, verify=True, remote_python=device_python, allowed_signers=str(signers),
+                              log=lambda _: None, **_via_config(server, deploy))
+    assert result.passed and result.switched and result.verify["signature"]["signer"] == "ci@example.com"

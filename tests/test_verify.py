@@ -124,7 +124,7 @@ def test_bad_input_exits_2(run, tmp_path, capsys):
         (["verify", str(run), "--target", "onnx-int4"], "unknown --target"),
         (["verify", str(run), "--reference", str(tmp_path)], "--reference is for a bare artifact"),
         (["verify", str(tmp_path / "lone.onnx"), "--reference", str(tmp_path)], "not a pwdeploy run directory"),
-        (["verify", str(run), "--tolerance", "-1"], "--tolerance must be >= 0"),
+        (["verify", str(run), "--tolerance", "-1"], "--tolerance -1.0: must be a finite number in [0, 100]"),
         (["verify", str(run), "--runner", "tensorflow"], "unknown --runner"),
         (["verify", str(run / "model.onnx"), "--runner", "torch"], "cannot run model.onnx"),
     ]

@@ -48,6 +48,9 @@ def create_dataset(spec: DataSpec, split: str) -> GroupedDataset:
         importlib.import_module(f"{__name__}.{_BUILTIN[spec.name]}")
     if spec.name not in _REGISTRY:
         raise DataError(f"unknown dataset {spec.name!r}: use one of {', '.join(list_datasets())}")
+    from ..validate import check_data_options
+
+    check_data_options(spec.options)
     return _REGISTRY[spec.name](root=spec.root, split=split, **spec.options)
 
 

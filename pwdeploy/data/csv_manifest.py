@@ -99,6 +99,12 @@ def label_indices(rows, classes, name: str) -> tuple[list[int], list[str]]:
         bad = next(((line, v) for (line, _), v in zip(rows, ints) if v < 0), None)
         if bad:
             raise DataError(f"{name} line {bad[0]}: label {bad[1]} is negative; class indices start at 0")
+        unused = sorted(set(range(max(ints) + 1)) - set(ints))
+        if unused:  # label 7 among 0/1 would silently create classes 2..7
+            line = next(line for (line, _), v in zip(rows, ints) if v > unused[0])
+            raise DataError(f"{name} line {line}: label {max(ints)} implies classes 0..{max(ints)}, but class(es) "
+                            f"{', '.join(map(str, unused[:5]))} never occur: fix the label, or declare the classes "
+                            "with -D 'classes=[...]'")
         return ints, [f"class{i}" for i in range(max(ints) + 1)]
     if any(is_int):
         line, _ = rows[is_int.index(True)]

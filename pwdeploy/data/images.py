@@ -70,8 +70,11 @@ def open_rgb(path: Path):
     from PIL import Image
 
     try:
+        _require_regular(path)
         with Image.open(path) as img:
             return img.convert("RGB")
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"image not found: {path}; restore it or {SKIP_HINT}") from None
     except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
@@ -79,11 +82,22 @@ def open_rgb(path: Path):
                         f"fix or remove it, or {SKIP_HINT}") from None
 
 
+def _require_regular(path: Path) -> None:
+    """A FIFO or device would block (or never end) when opened: only regular files are images."""
+    import stat
+
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise DataError(f"image path {path} is not a regular file (a FIFO, device or folder): point the row at "
+                        f"an image file, or {SKIP_HINT}")
+
+
 def _is_readable(path: Path) -> bool:
     """Decode the file (JPEGs at reduced scale: fast, but still reads every byte) to catch corrupt data."""
     from PIL import Image
 
     try:
+        _require_regular(path)
         with Image.open(path) as img:
             img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
             img.load()

@@ -3,13 +3,16 @@
 Runs on the Jetson with nothing but Python 3.8+, numpy and one runtime (TensorRT, through Polygraphy or its
 own bindings, or ONNX Runtime). No torch and no training code: a bundle carries this package together with
 ``pwdeploy/__init__.py``, ``errors.py``, ``metrics.py``, ``gate.py``, ``manifest.py`` and ``safe_extract.py``,
-so that inside an unpacked bundle ``python3 -m pwdeploy.device verify .`` works.
+so that inside an unpacked bundle ``python3 -I -B pwdeploy/device/launch.py verify .`` works (the isolated
+entry point: see launch.py; ``python3 -m pwdeploy.device verify .`` runs the same checks, but only after
+Python has imported from the bundle folder).
 
 Importing this package is free of numpy on purpose: the `pwdeploy ship` remote installer loads it with the
 standard library alone.
 """
 
-EXIT_PASSED = 0
-EXIT_FAILED = 1
-EXIT_ERROR = 2
+from ..errors import EXIT_BAD_INPUT as EXIT_ERROR, EXIT_GATE_FAILED as EXIT_FAILED, EXIT_INTERNAL, \
+    EXIT_OK as EXIT_PASSED  # noqa: F401 - the exit codes the README documents, one owner
+
+LAUNCHER = "pwdeploy/device/launch.py"  # the isolated verifier, run as `python3 -I -B LAUNCHER verify .`
 RESULT_PREFIX = "PWDEPLOY_RESULT "  # the last stdout line of a machine-read command: prefix + JSON

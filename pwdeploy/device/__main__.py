@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from . import EXIT_ERROR, EXIT_FAILED, EXIT_PASSED, RESULT_PREFIX
+from . import EXIT_ERROR, EXIT_FAILED, EXIT_INTERNAL, EXIT_PASSED, RESULT_PREFIX
 
 
 def main(argv=None) -> int:
@@ -26,6 +26,9 @@ def main(argv=None) -> int:
                         help="where to write the result (default BUNDLE_DIR/verify_result.json)")
     verify.add_argument("--build-timeout", type=float, default=3600.0, help="seconds allowed for the engine build")
     verify.add_argument("--result-line", action="store_true", help="end with a machine-readable result line")
+    verify.add_argument("--allowed-signers", default=None,
+                        help="OpenSSH allowed-signers file: refuse unsigned or wrongly signed bundles (default "
+                             "DEPLOY_DIR/allowed_signers for a bundle under DEPLOY_DIR/releases/)")
     verify.add_argument("--debug", action="store_true", help="show tracebacks")
     sub.add_parser("install", help="install ARCHIVE into DEPLOY_DIR/releases and switch DEPLOY_DIR/current")
     sub.add_parser("switch", help="point DEPLOY_DIR/current at an installed release")
@@ -40,7 +43,7 @@ def main(argv=None) -> int:
         from .verify import verify_bundle
 
         passed, result = verify_bundle(args.bundle_dir, runner=args.runner, result_path=args.json_path,
-                                       build_timeout=args.build_timeout)
+                                       build_timeout=args.build_timeout, allowed_signers=args.allowed_signers)
     except PwdeployError as exc:
         if args.debug:
             raise
@@ -52,6 +55,12 @@ def main(argv=None) -> int:
         print("error: {}: install numpy and onnxruntime or TensorRT for python3 on this device "
               "(pip3 install numpy onnxruntime)".format(exc), file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:  # a bug: one line and its own code, the traceback only with --debug
+        if args.debug:
+            raise
+        print("internal error: {}: {} (run again with --debug for the traceback)".format(
+            type(exc).__name__, str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""), file=sys.stderr)
+        return EXIT_INTERNAL
     if args.result_line:
         print(RESULT_PREFIX + json.dumps(result, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
     return EXIT_PASSED if passed else EXIT_FAILED

@@ -25,13 +25,16 @@ import tempfile
 from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import PwdeployError
-from ..manifest import MANIFEST, check_files, parse_manifest
-from ..safe_extract import ARCHIVE_ERRORS, check_members, read_member, safe_extract, single_root
+from ..manifest import MANIFEST, SIGNATURE_FILE, allowed_paths, check_files, parse_manifest, read_manifest, \
+    read_signature
+from ..safe_extract import ARCHIVE_ERRORS, check_archive, read_member, safe_extract, single_root
+from ..signature import default_allowed_signers, verify as verify_signature
 
 RELEASES = "releases"
 DEFAULT_KEEP = 3  # current + two to roll back to: a Jetson's eMMC is small
 CURRENT = "current"
 INCOMING = ".incoming"
+ORDER = ".order"  # releases/.order: release names, oldest install first (pruning follows it, not mtimes)
 
 
 class InstallError(PwdeployError):
@@ -52,15 +55,21 @@ def current_release(deploy_dir: str) -> Optional[str]:
 
 
 def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = None, remove_archive: bool = False,
-            switch_current: bool = True, keep: int = DEFAULT_KEEP,
+            switch_current: bool = True, keep: int = DEFAULT_KEEP, allowed_signers: Optional[str] = None,
             log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Unpack ``archive`` into DEPLOY_DIR/releases/<bundle_id> and (unless ``switch_current`` is False, used
-    to verify a release before it goes live) point DEPLOY_DIR/current at it."""
+    to verify a release before it goes live) point DEPLOY_DIR/current at it. With an allowed-signers file
+    (``allowed_signers``, default DEPLOY_DIR/allowed_signers when it exists) the manifest's signature must be
+    good; every tar member is compared with the manifest before a byte is written."""
     archive = os.path.abspath(os.path.expanduser(archive))
     deploy_dir = os.path.abspath(os.path.expanduser(deploy_dir))
     name = os.path.basename(archive)
     previous = current_release(deploy_dir)
     untouched = "`current` still points at {}".format(previous) if previous else "nothing was deployed"
+    if keep < 0:
+        raise InstallError("--keep must be 0 (keep all) or more, got {}".format(keep))
+    if allowed_signers and not os.path.isfile(allowed_signers):
+        raise InstallError("--allowed-signers {}: file not found; {}".format(allowed_signers, untouched))
     if not os.path.isfile(archive):
         raise InstallError("{} not found on the device: upload it again; {}".format(archive, untouched))
     if expected_sha256:
@@ -68,27 +77,8 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
         if actual != expected_sha256:
             raise InstallError("{} arrived damaged (sha256 {}... differs from the sent {}...): refused, {}; "
                                "ship it again".format(name, actual[:12], expected_sha256[:12], untouched))
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            root = single_root(check_members(tar, name), name)
-    except ARCHIVE_ERRORS as exc:
-        raise InstallError("{} is not a readable bundle ({}): refused, {}; ship it again".format(name, exc, untouched)) from None
-    except PwdeployError as exc:
-        raise InstallError("{}; {}".format(exc, untouched)) from None
-    try:
-        raw = read_member(archive, root + "/" + MANIFEST)
-    except ARCHIVE_ERRORS as exc:
-        raise InstallError("{} is not a readable bundle ({}): refused, {}; ship it again".format(name, exc, untouched)) from None
-    if raw is None:
-        raise InstallError("{} has no {}/{}: not a pwdeploy bundle; {}".format(name, root, MANIFEST, untouched))
-    try:
-        manifest = parse_manifest(raw, "{}:{}/{}".format(name, root, MANIFEST))
-    except PwdeployError as exc:
-        raise InstallError("{}; refused, {}".format(exc, untouched)) from None
+    root, raw, manifest = _checked_before_unpacking(archive, deploy_dir, allowed_signers, untouched, log)
     bundle_id = manifest["bundle_id"]
-    if root != bundle_id:
-        raise InstallError("{}: top folder {!r} is not the manifest's bundle_id {!r}: refused, {}".format(
-            name, root, bundle_id, untouched))
 
     releases = os.path.join(deploy_dir, RELEASES)
     os.makedirs(releases, exist_ok=True)
@@ -99,15 +89,6 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
         except PwdeployError as exc:
             raise InstallError("{}; {}".format(exc, untouched)) from None
         bundle = os.path.join(staging, "x", root)
-        listed = set(manifest["files"]) | {MANIFEST}
-        present = set()
-        for dirpath, _dirs, files in os.walk(bundle):
-            for fname in files:
-                present.add(os.path.relpath(os.path.join(dirpath, fname), bundle).replace(os.sep, "/"))
-        extra = sorted(present - listed)
-        if extra:
-            raise InstallError("{}: {} is not listed in the manifest: refused, {}; re-create the bundle with "
-                               "`pwdeploy package`".format(name, extra[0], untouched))
         problems = check_files(bundle, manifest)
         if problems:
             raise InstallError("{}: {}{}: refused, {}; ship it again".format(
@@ -117,6 +98,7 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
             log("release {} is already installed with the same manifest: reusing it".format(release))
         else:
             os.rename(bundle, release)
+        _record_install(releases, os.path.basename(release))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -134,6 +116,40 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
             "removed": removed}
 
 
+def _checked_before_unpacking(archive: str, deploy_dir: str, allowed_signers: Optional[str], untouched: str,
+                              log: Callable[[str], None]):
+    """(root folder, raw manifest, manifest) of ``archive`` once its members, manifest and signature are
+    checked; nothing has been written yet."""
+    name = os.path.basename(archive)
+    try:
+        members = check_archive(archive, name)
+        root = single_root(members, name)
+        raw = read_member(archive, root + "/" + MANIFEST)
+        signature = read_member(archive, root + "/" + SIGNATURE_FILE, max_bytes=1 << 20)
+    except ARCHIVE_ERRORS as exc:
+        raise InstallError("{} is not a readable bundle ({}): refused, {}; ship it again".format(name, exc, untouched)) from None
+    except PwdeployError as exc:
+        raise InstallError("{}; {}".format(exc, untouched)) from None
+    if raw is None:
+        raise InstallError("{} has no {}/{}: not a pwdeploy bundle; {}".format(name, root, MANIFEST, untouched))
+    try:
+        manifest = parse_manifest(raw, "{}:{}/{}".format(name, root, MANIFEST))
+        signers = allowed_signers or default_allowed_signers(deploy_dir)
+        signer = verify_signature(raw, signature, signers, what=name) if signers else None
+    except PwdeployError as exc:
+        raise InstallError("{}; refused, {}".format(exc, untouched)) from None
+    if root != manifest["bundle_id"]:
+        raise InstallError("{}: top folder {!r} is not the manifest's bundle_id {!r}: refused, {}".format(
+            name, root, manifest["bundle_id"], untouched))
+    problem = member_problem(members, root, manifest)
+    if problem:
+        raise InstallError("{}: {}: refused before unpacking, {}; re-create the bundle with `pwdeploy package`"
+                           .format(name, problem, untouched))
+    if signer:
+        log("signature: good, signed by {} ({})".format(signer, signers))
+    return root, raw, manifest
+
+
 def switch(release: str, deploy_dir: str, *, keep: int = DEFAULT_KEEP,
            log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Point DEPLOY_DIR/current at an installed release, after checking its manifest and hashes again."""
@@ -143,8 +159,14 @@ def switch(release: str, deploy_dir: str, *, keep: int = DEFAULT_KEEP,
     previous = current_release(deploy_dir)
     if os.path.dirname(release) != releases or not os.path.isdir(release) or os.path.islink(release):
         raise InstallError("{} is not a release folder under {}: install the bundle first".format(release, releases))
-    with open(os.path.join(release, MANIFEST), "rb") as fh:
-        manifest = parse_manifest(fh.read(), os.path.join(release, MANIFEST))
+    try:
+        raw = read_manifest(release)
+        manifest = parse_manifest(raw, os.path.join(release, MANIFEST))
+        signers = default_allowed_signers(deploy_dir)
+        if signers:
+            verify_signature(raw, read_signature(release), signers, what=release)
+    except PwdeployError as exc:
+        raise InstallError("{}: refused, `current` still points at {}".format(exc, previous)) from None
     problems = check_files(release, manifest)
     if problems:
         raise InstallError("{}: {}: refused, `current` still points at {}".format(release, problems[0], previous))
@@ -156,24 +178,71 @@ def switch(release: str, deploy_dir: str, *, keep: int = DEFAULT_KEEP,
 
 
 def prune_releases(deploy_dir: str, keep: int, *, log: Callable[[str], None] = print) -> List[str]:
-    """Remove all but the ``keep`` most recently installed releases, never `current` (``keep`` <= 0: keep all).
-    Only folders that hold a manifest are releases; anything else under releases/ is left alone."""
-    if keep <= 0:
+    """Remove all but the ``keep`` most recently installed releases, never `current` (``keep`` 0: keep all).
+    Install order comes from releases/.order (verifying a release again does not make it newer); releases
+    installed before that record existed count as older, by folder mtime. Only folders that hold a
+    manifest are releases; anything else under releases/ is left alone."""
+    if keep < 0:
+        raise InstallError("--keep must be 0 (keep all) or more, got {}".format(keep))
+    if keep == 0:
         return []
     releases = os.path.join(deploy_dir, RELEASES)
     current = os.path.realpath(os.path.join(deploy_dir, CURRENT))
+    order = {name: i for i, name in enumerate(_read_order(releases))}
     found = []
     for name in os.listdir(releases):
         path = os.path.join(releases, name)
         if (not name.startswith(".") and os.path.isdir(path) and not os.path.islink(path)
                 and os.path.isfile(os.path.join(path, MANIFEST)) and os.path.realpath(path) != current):
-            found.append((os.stat(path).st_mtime, name))
-    removed = [name for _, name in sorted(found, reverse=True)[keep - 1:]]
+            found.append((name in order, order.get(name, 0), os.stat(path).st_mtime, name))
+    removed = [entry[-1] for entry in sorted(found, reverse=True)[keep - 1:]]
     for name in removed:
         shutil.rmtree(os.path.join(releases, name))
-    if removed:
+    if removed and order:
+        _write_order(releases, [n for n in _read_order(releases) if n not in removed])
         log("removed {} old release(s), keeping the newest {}: {}".format(len(removed), keep, ", ".join(removed)))
     return removed
+
+
+def _read_order(releases: str) -> List[str]:
+    path = os.path.join(releases, ORDER)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as fh:
+        return [line.strip() for line in fh if line.strip()]
+
+
+def _write_order(releases: str, names: List[str]) -> None:
+    tmp = os.path.join(releases, "{}.{}.tmp".format(ORDER, os.getpid()))
+    with open(tmp, "w") as fh:
+        fh.write("".join(name + "\n" for name in names))
+    os.replace(tmp, os.path.join(releases, ORDER))
+
+
+def _record_install(releases: str, name: str) -> None:
+    """Move ``name`` to the end of releases/.order: the newest install."""
+    _write_order(releases, [n for n in _read_order(releases) if n != name] + [name])
+
+
+def member_problem(members: List[tarfile.TarInfo], root: str, manifest: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the archive's members against the manifest (None when they match): every file
+    listed with its size, folders only where listed files live, nothing else."""
+    allowed = allowed_paths(manifest)
+    files = manifest["files"]
+    seen = set()
+    for member in members:
+        rel = member.name.strip("/").split("/", 1)[1] if "/" in member.name.strip("/") else ""
+        rel = "/".join(p for p in rel.split("/") if p not in ("", "."))
+        if not rel:
+            continue
+        if rel not in allowed or (member.isdir() and rel in files) or (member.isfile() and rel in files
+                                                                      and member.size != files[rel]["bytes"]):
+            return "member {} is not listed in the manifest as it is".format(rel)
+        if member.isfile() and rel in allowed and rel not in files and rel not in (MANIFEST, SIGNATURE_FILE):
+            return "member {} is a file where the manifest has a folder".format(rel)
+        seen.add(rel)
+    missing = sorted(set(files) - seen)
+    return "{} is listed in the manifest but missing".format(missing[0]) if missing else None
 
 
 def _release_dir(releases: str, bundle_id: str, manifest_raw: bytes, manifest: Dict[str, Any]) -> str:
@@ -218,6 +287,8 @@ def main(argv=None) -> int:
     inst.add_argument("--sha256", default=None, help="expected sha256 of the archive (refuse when different)")
     inst.add_argument("--remove-archive", action="store_true", help="delete the archive after installing")
     inst.add_argument("--no-switch", action="store_true", help="leave `current` alone (verify first, then `switch`)")
+    inst.add_argument("--allowed-signers", default=None,
+                      help="OpenSSH allowed-signers file (default DEPLOY_DIR/allowed_signers when it exists)")
     sw = sub.add_parser("switch", help="point `current` at an installed release")
     sw.add_argument("release")
     sw.add_argument("deploy_dir")
@@ -229,13 +300,16 @@ def main(argv=None) -> int:
     try:
         if args.command == "install":
             result = install(args.archive, args.deploy_dir, expected_sha256=args.sha256,
-                             remove_archive=args.remove_archive, switch_current=not args.no_switch, keep=args.keep)
+                             remove_archive=args.remove_archive, switch_current=not args.no_switch, keep=args.keep,
+                             allowed_signers=args.allowed_signers)
         elif args.command == "switch":
             result = switch(args.release, args.deploy_dir, keep=args.keep)
         else:
             parser.print_help()
             return EXIT_ERROR
     except PwdeployError as exc:
+        if args.command == "install" and args.remove_archive and os.path.isfile(args.archive):
+            os.unlink(args.archive)  # an uploaded archive that was refused must not pile up in .incoming
         print("error: {}".format(exc), file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:

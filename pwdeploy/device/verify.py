@@ -25,9 +25,10 @@ import numpy as np
 
 from .. import __version__
 from ..gate import check_groups
-from ..manifest import check_files, load_manifest
+from ..manifest import check_files, parse_manifest, read_manifest, read_signature, unlisted_entries
 from ..metrics import group_metrics, predict
 from ..verification_set import load_verification_set
+from ..signature import signers_for, verify as verify_signature
 from .runners import describe, run_batches, select_runner
 
 RESULT_SCHEMA = "pwdeploy.device_verify/1"
@@ -35,14 +36,19 @@ RESULT_FILE = "verify_result.json"
 
 
 def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callable[[str], None]] = None,
-                  result_path: Optional[str] = "", build_timeout: float = 3600.0) -> Tuple[bool, Dict[str, Any]]:
+                  result_path: Optional[str] = "", build_timeout: float = 3600.0,
+                  allowed_signers: Optional[str] = None) -> Tuple[bool, Dict[str, Any]]:
     """Verify an unpacked bundle; returns ``(passed, result)``. ``result_path`` '' writes
     BUNDLE_DIR/verify_result.json, None writes nothing. Raises PwdeployError for unusable input
-    (invalid manifest, missing runtime); a hash mismatch or a failed gate is a result, not an error."""
+    (invalid manifest, missing runtime, a missing or bad signature where an allowed-signers file applies);
+    a hash mismatch, an unlisted file or a failed gate is a result, not an error."""
     log = log or (lambda line: print(line, flush=True))
     bundle_dir = os.path.abspath(bundle_dir)
     started = time.time()
-    manifest = load_manifest(bundle_dir)
+    raw = read_manifest(bundle_dir)
+    manifest = parse_manifest(raw, os.path.join(bundle_dir, "manifest.json"))
+    signers = signers_for(bundle_dir, allowed_signers)
+    signer = verify_signature(raw, read_signature(bundle_dir), signers, what=bundle_dir) if signers else None
     result = {
         "schema": RESULT_SCHEMA,
         "bundle_id": manifest["bundle_id"],
@@ -51,12 +57,14 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
         "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": {"machine": platform.machine(), "python": platform.python_version(), "node": platform.node()},
         "verifier": {"pwdeploy_version": __version__, "code_dir": os.path.dirname(os.path.abspath(__file__))},
+        "signature": {"checked": bool(signers), "signer": signer, "allowed_signers": signers},
         "passed": False,
     }  # type: Dict[str, Any]
     log("pwdeploy device verify: bundle {} (target {}, packaged {})".format(
         manifest["bundle_id"], manifest["target"], manifest["created"]))
 
-    problems = check_files(bundle_dir, manifest)
+    problems = ["{} is not listed in the manifest".format(extra) for extra in unlisted_entries(bundle_dir, manifest)]
+    problems += check_files(bundle_dir, manifest)
     result["integrity"] = {"passed": not problems, "checked": len(manifest["files"]), "problems": problems}
     if problems:
         for problem in problems:
@@ -80,7 +88,8 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
     metrics = group_metrics(preds, vs.labels, vs.groups, vs.group_names)
     reference = manifest["reference"]
     gate = check_groups(metrics, reference["metrics"], tolerance=float(manifest["gate"]["tolerance"]),
-                        original=reference.get("original"), max_group_drop=manifest["gate"]["max_group_drop"])
+                        original=reference.get("original"), max_group_drop=manifest["gate"]["max_group_drop"],
+                        allow_empty_groups=manifest["gate"].get("allow_empty_groups", False))
     result.update({
         "runner": dict(describe(model_runner), note=note),
         "n": len(vs),
@@ -103,6 +112,11 @@ def _check_set(vs, manifest: Dict[str, Any]) -> None:
     if list(vs.group_names) != list(manifest["groups"]):
         raise DataError("the verification set's groups {} differ from the manifest's {}: re-create the bundle "
                         "with `pwdeploy package`".format(vs.group_names, manifest["groups"]))
+    counts = vs.group_counts()
+    if counts != {g: int(manifest["verification"]["per_group"].get(g, 0)) for g in vs.group_names}:
+        raise DataError("the verification set's per-group counts {} differ from the manifest's {}: the bundle "
+                        "was altered; re-create it with `pwdeploy package`".format(
+                            counts, manifest["verification"]["per_group"]))
     want = [int(d) for d in manifest["model"]["input"]["shape"][1:]]
     if list(vs.input_shape) != want:
         raise DataError("the verification images are {} but the model takes {}: re-create the bundle with "

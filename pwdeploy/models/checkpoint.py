@@ -90,11 +90,21 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
         if arch is None:
             raise ModelError("a pickled module needs --arch (and --num-classes) so the run can be reloaded "
                              "without pickle later")
+        _check_finite(module, path)
         return module.eval(), {"kind": "pickle", "arch": arch, "num_classes": num_classes or _out_dim(module),
                                "meta": {}}
 
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        model = build_from_checkpoint(payload)
+        try:
+            model = build_from_checkpoint(payload)
+        except ModelError:
+            raise
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelError(f"{path} is a damaged or inconsistent pwdeploy checkpoint ({first}): save it again "
+                             "with pwdeploy") from exc
+        _check_finite(model, path)
+        _check_layer_shapes(model, path)
         return model.eval(), {"kind": "checkpoint", "arch": payload["arch"],
                               "num_classes": payload["num_classes"], "meta": payload.get("meta", {})}
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -108,9 +118,39 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
             first = str(exc).strip().splitlines()[0]
             raise ModelError(f"state dict in {path} does not fit --arch {arch} --num-classes {num_classes}: "
                              f"{first}") from exc
+        _check_finite(model, path)
         return model.eval(), {"kind": "state_dict", "arch": arch, "num_classes": num_classes, "meta": {}}
     raise ModelError(f"{path} is neither a pwdeploy checkpoint nor a state dict: save model.state_dict() "
                      "and pass --arch/--num-classes")
+
+
+def _expected_weight_shape(module: nn.Module) -> tuple | None:
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        return (module.out_channels, module.in_channels // module.groups, *module.kernel_size)
+    if isinstance(module, nn.Linear):
+        return (module.out_features, module.in_features)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+        return (module.num_features,)
+    return None
+
+
+def _check_layer_shapes(model: nn.Module, path: Path) -> None:
+    """Recorded layer attributes and stored weights must agree, or the model fails deep inside a forward."""
+    for name, module in model.named_modules():
+        want = _expected_weight_shape(module)
+        weight = getattr(module, "weight", None)
+        if want is not None and isinstance(weight, torch.Tensor) and tuple(weight.shape) != want:
+            raise ModelError(f"{path} is an inconsistent pwdeploy checkpoint: layer {name!r} records shape {want} "
+                             f"but its weight is {tuple(weight.shape)}; save it again with pwdeploy")
+
+
+def _check_finite(model: nn.Module, path: Path) -> None:
+    """Refuse NaN/inf weights: such a model trains on NaN losses and its metrics mean nothing."""
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelError(f"{path}: {name} holds {bad} NaN/inf value(s): the model is damaged or diverged; "
+                             "pass a model with finite weights")
 
 
 def _out_dim(module: nn.Module) -> int:
