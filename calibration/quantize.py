@@ -70,7 +70,8 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike, rea
 
     ``ranges_cache``: ORT's JSON of calibrated tensor ranges; reused when present (the caller checks it is
     not stale), written after calibrating otherwise. ``float_nodes``: names of nodes (in the pre-processed
-    graph, see ``prepare``) left in float, no Q/DQ around them (ORT's ``nodes_to_exclude``). ``prepared``: an
+    graph, see ``prepare``) left in float (ORT's ``nodes_to_exclude``): float weights, output not quantized;
+    their input keeps the Q/DQ of a quantized op feeding it (e.g. a MaxPool). ``prepared``: an
     already pre-processed copy of ``fp32_onnx`` (saves the pass when quantizing many variants). Returns the
     settings used.
     """

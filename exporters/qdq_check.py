@@ -64,7 +64,7 @@ def check_qdq_for_tensorrt(path: str | os.PathLike) -> dict:
                             "trt-int8'")
     dequantized = {dq.output[0] for dq in dq_nodes}
     layers = [n for n in model.graph.node if n.op_type in LAYER_OP_TYPES]
-    quantized = [n.name for n in layers if any(i in dequantized for i in n.input[:2])]
+    quantized = [n.name for n in layers if len(n.input) > 1 and n.input[1] in dequantized]  # by their weights
     return {"tensorrt_compatible": True, "quantize_nodes": len(q_nodes), "dequantize_nodes": len(dq_nodes),
             "quantized_layers": quantized, "float_layers": [n.name for n in layers if n.name not in quantized],
             "checked": "symmetric INT8 (zero points 0), positive scales, INT8 weights in [-127, 127], no INT32 "
