@@ -40,7 +40,7 @@ RUNTIMES = ("fused", "emulated")  # ORT with its INT8 kernels / Q/DQ evaluated i
 SETTINGS = {
     "quick": {"sizes": (16, 128), "seeds": 3, "data": {"n": 2000, "size": 16, "minority_fraction": 0.06},
               "baseline_epochs": 12, "retrain_epochs": 2, "method": "magnitude"},
-    "full": {"sizes": (16, 64, 256, 1024), "seeds": 8, "data": {}, "baseline_epochs": 20, "retrain_epochs": 3,
+    "full": {"sizes": (16, 64, 256), "seeds": 5, "data": {}, "baseline_epochs": 20, "retrain_epochs": 3,
              "method": "taylor"},
 }
 
@@ -100,6 +100,7 @@ class Evaluator:
 def study(run: Path, settings: dict, *, provider: str, methods, console) -> list:
     """One cell per (method, strategy, size, seed, weight bits, runtime): per-group change vs fp32."""
     from calibration.quantize import IndexedCalibrationReader, prepare, quantize_int8
+    from exporters.onnx_export import INPUT_NAME
     from pwdeploy.data import DataSpec, create_dataset
     from pwdeploy.fsutil import read_json
 
@@ -118,7 +119,7 @@ def study(run: Path, settings: dict, *, provider: str, methods, console) -> list
             sample = draw(strategy, np.asarray(train.groups), names, size, seed)
             ranges, started = Path(tmp) / f"ranges-{k}.json", time.time()
             for bits in (7, 8):  # the ranges are calibrated once, then reused for the other weight width
-                reader = IndexedCalibrationReader(train.load_image, sample.indices, "input", batch_size=32)
+                reader = IndexedCalibrationReader(train.load_image, sample.indices, INPUT_NAME, batch_size=32)
                 out = Path(tmp) / "int8.onnx"
                 quantize_int8(run / "model.onnx", out, reader, method=method, ranges_cache=ranges,
                               full_range_weights=bits == 8, prepared=prepared)
@@ -189,7 +190,7 @@ def plot(series: list, names: list, path: Path, title: str) -> None:
 
     rows = sorted({(s["weight_bits"], s["runtime"]) for s in series})
     methods = [m for m in METHODS if any(s["method"] == m for s in series)]
-    minority, majority = names[-1], names[0]
+    minority, majority = names[0], names[-1]  # names come sorted by test-split size, smallest first
     fig, axes = plt.subplots(len(rows), len(methods), figsize=(3.4 * len(methods), 2.6 * len(rows)), squeeze=False,
                              sharex=True)
     colours = dict(zip(STRATEGIES, ("tab:grey", "tab:blue", "tab:orange")))
@@ -236,6 +237,7 @@ def main(argv=None) -> int:
     from rich.console import Console
 
     from pwdeploy.fsutil import read_json, write_json, write_text
+    from pwdeploy.report import loss_tag
 
     args = parse_args(argv)
     console = Console()
@@ -249,13 +251,13 @@ def main(argv=None) -> int:
         console.print(f"model ready in {time.time() - started:.0f} s: {run}")
         report = read_json(run / "report.json")
         cells = study(run, settings, provider=args.ort_provider, methods=methods, console=console)
-    names = list(report["group_names"])
-    series = aggregate(cells, names)
     test_n = report["metrics"]["original"]["groups"]
+    names = sorted(report["group_names"], key=lambda g: test_n[g]["n"])
+    series = aggregate(cells, names)
     meta = {"mode": "quick" if args.quick else "full", "provider": args.ort_provider,
             "onnxruntime": onnxruntime.__version__, "seconds": round(time.time() - started, 1),
-            "model": f"SmallCNN, {report['method']} {report['loss']}, {100 * report['flops_reduction']:.0f}% MACs "
-                     f"removed, data {report['data']}",
+            "model": f"SmallCNN, {report['method']} {loss_tag(report)}, {100 * report['flops_reduction']:.0f}% MACs "
+                     f"removed, data {report['data']}", "model_built_here": args.run is None,
             "test": ", ".join(f"{g} {v['n']}" for g, v in test_n.items()), "settings": settings,
             "strategies": STRATEGIES, "oversample": OVERSAMPLE}
     stem = args.out_name or ("calibration_study_quick" if args.quick else "calibration_study")

@@ -80,11 +80,12 @@ def test_score_logits_per_group():
 
 # --- on a real run directory: ONNX Runtime, the run's calibration --------------------------------------------
 
-def _damage_ranges(run, layer_index: int = -1, factor: float = 0.02) -> str:
+def _damage_ranges(run, layer_index: int = -1, factor: float = 0.02, tensor: str = "output") -> str:
     """Fault injection: shrink the calibrated output range of one weighted layer (default: the classifier, whose
     output only it quantizes; a conv's output shares the following Relu's range), as a calibration set that
-    missed part of the data would, so quantizing that layer clips its output. The provenance is updated so the
-    damaged ranges count as the run's current calibration."""
+    missed part of the data would, so quantizing that layer clips its output; ``tensor="input"`` with the first
+    layer clips the image instead (only that layer consumes it). The provenance is updated so the damaged
+    ranges count as the run's current calibration."""
     import onnx
 
     from calibration.quantize import prepare, quantizable_layers
@@ -92,7 +93,8 @@ def _damage_ranges(run, layer_index: int = -1, factor: float = 0.02) -> str:
     prepared = run / "prepared-for-test.onnx"
     prepare(run / "model.onnx", prepared)
     layer = quantizable_layers(prepared)[layer_index]
-    output = next(n.output[0] for n in onnx.load(str(prepared)).graph.node if n.name == layer)
+    node = next(n for n in onnx.load(str(prepared)).graph.node if n.name == layer)
+    output = node.output[0] if tensor == "output" else node.input[0]
     prepared.unlink()
     ranges = read_json(run / "calibration_ranges.json")
     for key in ("lowest", "highest"):
@@ -239,3 +241,32 @@ def test_cli_analyze_and_protect_errors_exit_2(tiny_run, int8_run, tmp_path, cap
     assert "--protect-groups" in err and "Traceback" not in err
     assert main(["export", str(run), "--target", "onnx-int8", "--protect-groups", "--max-float-layers", "-1"]) == 2
     assert "--max-float-layers" in capsys.readouterr().err
+    # compress refuses the combination before any training
+    assert main(["compress", str(tmp_path / "any.pt"), "--out", str(tmp_path / "r"), "--protect-groups"]) == 2
+    assert "--protect-groups" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_celeba_fixture_protect_groups_through_the_cli(tmp_path, capsys):
+    """The CelebA-format fixture end to end: compress to INT8, a classifier whose calibrated range is too narrow
+    (injected) fails plain INT8 per group; `export --protect-groups` fixes it, `verify` passes, `analyze` runs."""
+    from fixtures_data import write_celeba
+    from pwdeploy.cli import main
+
+    root = write_celeba(tmp_path / "data", counts=(240, 120, 120), size=(24, 20))
+    data = ["--data", "celeba", "--data-root", str(root), "-D", "size=[24, 20]"]
+    base, run = tmp_path / "base.pt", tmp_path / "run"
+    assert main(["train", *data, "--arch", "smallcnn", "--num-classes", "2", "--epochs", "6", "--lr", "3e-3",
+                 "--batch-size", "32", "--out", str(base)]) == 0
+    assert main(["compress", str(base), *data, "--method", "magnitude", "--flops-reduction", "0.5", "--epochs", "1",
+                 "--target", "onnx-int8", "--calib-size", "64", "--out", str(run)]) == 0
+    damaged = _damage_ranges(run, layer_index=0, tensor="input")  # the fixture's wide margins survive a clipped logit
+    assert main(["export", str(run), "--target", "trt-int8", "--calib-size", "64", "--protect-groups"]) == 0
+    protection = read_json(run / "report.json")["artifacts"]["model.int8.onnx"]["group_protection"]
+    assert protection["validation"]["data"]["groups"] == {"male": 60, "female": 60}
+    assert not protection["validation"]["plain_int8"]["passed"]
+    assert protection["passed_on_validation"] and damaged in protection["float_layers"]
+    assert protection["test"]["mixed"]["passed"]
+    assert main(["verify", str(run), "--target", "trt-int8", "--bootstrap", "0"]) == 0
+    assert main(["analyze", str(run), "--int8"]) == 0
+    out = capsys.readouterr().out
+    assert "INT8 harm per group" in out and (run / "int8_sensitivity.png").is_file()
