@@ -186,6 +186,7 @@ def test_protect_groups_fixes_a_harmful_layer_and_the_result_is_a_valid_qdq_mode
     # ... and `verify` gates it on test as usual (ONNX Runtime runs it; GateFailed would raise)
     summary = verify(run, target="trt-int8", bootstrap=0)
     assert summary["artifacts"]["model.int8.onnx"]["passed"]
+    assert "## INT8 group protection" in (run / "report.md").read_text()  # verify rewrote report.md
 
 
 def test_qdq_check_rejects_what_tensorrt_would(int8_run, tmp_path):
