@@ -192,7 +192,7 @@ def plot(series: list, names: list, path: Path, title: str) -> None:
     methods = [m for m in METHODS if any(s["method"] == m for s in series)]
     minority, majority = names[0], names[-1]  # names come sorted by test-split size, smallest first
     fig, axes = plt.subplots(len(rows), len(methods), figsize=(3.4 * len(methods), 2.6 * len(rows)), squeeze=False,
-                             sharex=True)
+                             sharex=True, sharey=True)  # one scale: panels compare at a glance
     colours = dict(zip(STRATEGIES, ("tab:grey", "tab:blue", "tab:orange")))
     for (r, row), (c, method) in itertools.product(enumerate(rows), enumerate(methods)):
         ax = axes[r][c]
@@ -228,7 +228,17 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, help="calibration draws per cell (default 3 quick, 8 full)")
     parser.add_argument("--ort-provider", default="cpu", help="cpu, or cuda with onnxruntime-gpu installed")
     parser.add_argument("--out-name", help="result file stem (default calibration_study, _quick with --quick)")
+    parser.add_argument("--replot", action="store_true", help="rewrite the .md and .png from the existing .json")
     return parser.parse_args(argv)
+
+
+def write_outputs(stem: str, meta: dict, series: list, cells: list, names: list) -> None:
+    from pwdeploy.fsutil import write_json, write_text
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / f"{stem}.json", {"meta": meta, "names": names, "series": series, "cells": cells})
+    write_text(RESULTS / f"{stem}.md", markdown(meta, series, names))
+    plot(series, names, RESULTS / f"{stem}.png", f"INT8 calibration per group ({meta['mode']}, {meta['provider']})")
 
 
 def main(argv=None) -> int:
@@ -236,11 +246,18 @@ def main(argv=None) -> int:
 
     from rich.console import Console
 
-    from pwdeploy.fsutil import read_json, write_json, write_text
+    from pwdeploy.fsutil import read_json
     from pwdeploy.report import loss_tag
 
     args = parse_args(argv)
     console = Console()
+    stem = args.out_name or ("calibration_study_quick" if args.quick else "calibration_study")
+    if args.replot:
+        saved = read_json(RESULTS / f"{stem}.json")
+        names = saved.get("names") or [n for n in saved["series"][0]["change"]]
+        write_outputs(stem, saved["meta"], saved["series"], saved["cells"], names)
+        console.print(f"rewrote benchmarks/results/{stem}.md/.png")
+        return 0
     settings = dict(SETTINGS["quick" if args.quick else "full"])
     if args.seeds:
         settings["seeds"] = args.seeds
@@ -260,11 +277,7 @@ def main(argv=None) -> int:
                      f"removed, data {report['data']}", "model_built_here": args.run is None,
             "test": ", ".join(f"{g} {v['n']}" for g, v in test_n.items()), "settings": settings,
             "strategies": STRATEGIES, "oversample": OVERSAMPLE}
-    stem = args.out_name or ("calibration_study_quick" if args.quick else "calibration_study")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / f"{stem}.json", {"meta": meta, "series": series, "cells": cells})
-    write_text(RESULTS / f"{stem}.md", markdown(meta, series, names))
-    plot(series, names, RESULTS / f"{stem}.png", f"INT8 calibration per group ({meta['mode']}, {args.ort_provider})")
+    write_outputs(stem, meta, series, cells, names)
     console.print(f"wrote benchmarks/results/{stem}.json/.md/.png in {meta['seconds']:.0f} s")
     return 0
 
