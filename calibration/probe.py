@@ -109,14 +109,14 @@ class Int8Probe:
 
     def quantize(self, float_layers, out: str | os.PathLike) -> dict:
         """Write the Q/DQ model with ``float_layers`` left in float to ``out``; returns the settings."""
-        from .quantize import quantize_int8
+        from .quantize import RecordedRangesOnly, quantize_int8
 
         unknown = sorted(set(float_layers) - set(self.layers))
         if unknown:
             raise ValueError(f"not a quantizable layer of this model: {unknown[0]}")
-        return quantize_int8(self.model_onnx, out, _NoData(), method=self.method, ranges_cache=self.ranges,
-                             full_range_weights=self.full_range, float_nodes=sorted(float_layers),
-                             prepared=self.prepared)
+        return quantize_int8(self.model_onnx, out, RecordedRangesOnly(), method=self.method,
+                             ranges_cache=self.ranges, full_range_weights=self.full_range,
+                             float_nodes=sorted(float_layers), prepared=self.prepared)
 
     def score(self, float_layers=()) -> Score:
         """The variant with ``float_layers`` in float, scored per group (cached: variants are deterministic)."""
@@ -135,16 +135,6 @@ class Int8Probe:
 
         with OnnxRuntimeRunner(path, provider=self.provider) as runner:
             return run_batches(runner, self.data.images, batch_size=256)
-
-
-class _NoData:
-    """The calibration reader when the recorded ranges are reused: nothing is fed."""
-
-    def __len__(self) -> int:
-        return 0
-
-    def get_next(self):
-        return None
 
 
 def load_split(config: dict, split: str, *, max_samples: int = 2000, seed: int = 0) -> ProbeData:

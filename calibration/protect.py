@@ -33,7 +33,8 @@ class Protection:
         return {"float_layers": list(self.float_layers), "passed_on_validation": self.passed,
                 "budget": self.budget, "layers_total": self.layers_total,
                 "validation": {"plain_int8": self.plain.to_dict(), "mixed": self.chosen.to_dict()},
-                "steps": self.steps, "selection": "greedy by measured harm to the worst group (" + __name__ + ")"}
+                "steps": self.steps, "selection": "greedy by measured harm to the worst group (" + __name__ + ")",
+                "sensitivity": self.table}  # the leave-one-in-float table the ranking used (None: not needed)
 
 
 def select_float_layers(probe: Int8Probe, *, budget: int = DEFAULT_MAX_FLOAT_LAYERS,

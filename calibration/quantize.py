@@ -57,6 +57,16 @@ class IndexedCalibrationReader(CalibrationDataReader):
         return {self._input: np.stack([self._load(int(i)) for i in batch]).astype(np.float32)}
 
 
+class RecordedRangesOnly:
+    """The calibration reader when recorded ranges (``ranges_cache``) are reused: it feeds nothing."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def get_next(self):
+        return None
+
+
 def _stride(num_batches: int) -> int:
     """Largest batch count <= BATCHES_PER_PASS dividing ``num_batches`` (ORT requires an exact split)."""
     return max(d for d in range(1, min(BATCHES_PER_PASS, num_batches) + 1) if num_batches % d == 0)

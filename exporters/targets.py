@@ -141,7 +141,7 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
                  method: str, seed: int, recalibrate: bool, shares: dict | None, full_range: bool,
                  console, protect: bool = False, max_float_layers: int = 0) -> dict:
     from calibration import check_fresh
-    from calibration.quantize import quantize_int8, stamp_provenance
+    from calibration.quantize import RecordedRangesOnly, quantize_int8, stamp_provenance
 
     calib_json, ranges = run / CALIBRATION_JSON, run / CALIBRATION_RANGES
     previous = read_json(calib_json) if calib_json.is_file() else None
@@ -155,7 +155,7 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
     with atomic_path(run / rundir.INT8_ONNX) as out:
         if reuse:
             provenance = previous
-            settings = quantize_int8(model_onnx, out, _EmptyReader(), method=method, ranges_cache=ranges,
+            settings = quantize_int8(model_onnx, out, RecordedRangesOnly(), method=method, ranges_cache=ranges,
                                      full_range_weights=full_range)
             what = f"reusing this model's recorded {method} calibration ({provenance['n']} images)"
         else:
@@ -184,16 +184,6 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
     if protection is not None:
         record["group_protection"] = protection
     return record
-
-
-class _EmptyReader:
-    """Stands in for the calibration reader when the cached ranges are reused."""
-
-    def __len__(self) -> int:
-        return 0
-
-    def get_next(self):
-        return None
 
 
 def _calibrate(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, out: Path, *,

@@ -191,7 +191,8 @@ def export(
 # --- commands: analyze (issue 14) ---
 @app.command()
 def analyze(
-    run_dir: Path = typer.Argument(..., help="Run directory with an INT8 export ('pwdeploy export RUN --target onnx-int8')."),
+    run_dir: Path = typer.Argument(..., help="Run directory with an INT8 export ('pwdeploy export RUN --target "
+                                             "onnx-int8')."),
     int8: bool = typer.Option(False, "--int8", help="Per-group INT8 sensitivity: each weighted layer left in float "
                                                    "in turn, every group's accuracy on the validation split."),
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Points a group may lose against fp32 "

@@ -119,7 +119,8 @@ def _int8_protection_lines(report: dict) -> list:
     if record.get("test"):
         test = record["test"]
         lines.append(f"- Test (verification set), worst group vs the PyTorch reference: plain INT8 "
-                     f"{_fmt(test['plain_int8']['worst_change'], True)}, mixed {_fmt(test['mixed']['worst_change'], True)}")
+                     f"{_fmt(test['plain_int8']['worst_change'], True)}, "
+                     f"mixed {_fmt(test['mixed']['worst_change'], True)}")
     lines += [f"- ONNX Runtime latency ({record['latency']['provider']}, batch {record['latency']['batch']}): fp32 "
               f"{lat['fp32']['median_ms']:.3f} ms, plain INT8 {lat['plain_int8']['median_ms']:.3f} ms, mixed "
               f"{lat['mixed']['median_ms']:.3f} ms", ""]

@@ -31,7 +31,8 @@ class ScriptedProbe:
         change = {g: v + sum(self.gains[layer][g] for layer in float_layers) for g, v in self.base.items()}
         error = {g: max(0.0, -v) / 10 for g, v in change.items()}
         failed = [g for g, v in change.items() if v < -self.tolerance]
-        metrics = {"overall": {"accuracy": 0.0, "n": 1}, "groups": {g: {"accuracy": v, "n": 1} for g, v in change.items()}}
+        metrics = {"overall": {"accuracy": 0.0, "n": 1},
+                   "groups": {g: {"accuracy": v, "n": 1} for g, v in change.items()}}
         return Score(tuple(sorted(float_layers)), metrics, change, error, not failed, failed)
 
 
