@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-fairness clean
+.PHONY: demo test bench bench-fairness bench-calibration clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/fairness.py --quick
+	$(PY) benchmarks/calibration_study.py --quick
 
 # The committed results (benchmarks/results/): the grid on three baselines (the 2nd and 3rd at 75% only), the
 # sweeps on Taylor/colour, label correction, retraining lr and group-balance strength (also at 90%) on every
@@ -33,6 +34,11 @@ bench-fairness: $(STAMP)
 	$(FAIRNESS) --ablations-only --families "label correction,retraining" --settings "off (soft targets everywhere),on,lr 3e-3"
 	$(FAIRNESS) --ablations-only --families "group balance strength" --ablation-reductions 0.75,0.9
 	$(FAIRNESS) --ablations-only --report-only --ablation-reductions 0.75,0.9
+
+# The committed calibration study (benchmarks/results/calibration_study.*): trains and compresses its own
+# synthetic model (Taylor, PW + group balance, 75%), then 3 methods x 3 strategies x 3 sizes x 5 seeds.
+bench-calibration: $(STAMP)
+	$(PY) benchmarks/calibration_study.py
 
 clean:
 	rm -rf runs .pytest_cache

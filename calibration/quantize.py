@@ -57,6 +57,16 @@ class IndexedCalibrationReader(CalibrationDataReader):
         return {self._input: np.stack([self._load(int(i)) for i in batch]).astype(np.float32)}
 
 
+class RecordedRangesOnly:
+    """The calibration reader when recorded ranges (``ranges_cache``) are reused: it feeds nothing."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def get_next(self):
+        return None
+
+
 def _stride(num_batches: int) -> int:
     """Largest batch count <= BATCHES_PER_PASS dividing ``num_batches`` (ORT requires an exact split)."""
     return max(d for d in range(1, min(BATCHES_PER_PASS, num_batches) + 1) if num_batches % d == 0)
@@ -64,11 +74,16 @@ def _stride(num_batches: int) -> int:
 
 def quantize_int8(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike, reader: IndexedCalibrationReader,
                   *, method: str = "minmax", ranges_cache: str | os.PathLike | None = None,
-                  full_range_weights: bool = False) -> dict:
+                  full_range_weights: bool = False, float_nodes: list | None = None,
+                  prepared: str | os.PathLike | None = None) -> dict:
     """Write a Q/DQ INT8 model of ``fp32_onnx`` to ``out_path`` (the caller makes it atomic).
 
     ``ranges_cache``: ORT's JSON of calibrated tensor ranges; reused when present (the caller checks it is
-    not stale), written after calibrating otherwise. Returns the settings used.
+    not stale), written after calibrating otherwise. ``float_nodes``: names of nodes (in the pre-processed
+    graph, see ``prepare``) left in float (ORT's ``nodes_to_exclude``): float weights, output not quantized;
+    their input keeps the Q/DQ of a quantized op feeding it (e.g. a MaxPool). ``prepared``: an
+    already pre-processed copy of ``fp32_onnx`` (saves the pass when quantizing many variants). Returns the
+    settings used.
     """
     if method not in ORT_METHODS:
         raise PwdeployError(f"unknown calibration method {method!r}: use one of {', '.join(ORT_METHODS)}")
@@ -78,26 +93,74 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike, rea
         "ActivationSymmetric": True,
         "WeightSymmetric": True,
         "CalibStridedMinMax": _stride(max(1, len(reader))),  # chunked passes (any method), bounded memory
+        # Biases stay float: TensorRT's parser rejects INT32 DequantizeLinear (onnx/onnx-tensorrt#850), and ORT
+        # still fuses Conv/Gemm into its INT8 kernels (it quantizes a float bias itself).
+        "QuantizeBias": False,
     }
     settings = {"format": "QDQ", "activation_type": "int8", "weight_type": "int8", "symmetric": True,
                 "per_channel": True, "weight_bits": 8 if full_range_weights else 7, "method": method,
-                "tool": "onnxruntime.quantization.quantize_static"}
+                "bias": "float", "tool": "onnxruntime.quantization.quantize_static"}
+    if float_nodes:
+        settings["float_nodes"] = list(float_nodes)
     with tempfile.TemporaryDirectory(prefix="pwdeploy-int8-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        # Shape inference + graph optimisation first, as ORT recommends; fall back to the raw model if the
-        # symbolic shape pass cannot handle a graph.
+        if prepared is None:
+            prepared = Path(tmp) / "prepared.onnx"
+            settings["pre_process"] = prepare(fp32_onnx, prepared)
+        else:
+            settings["pre_process"] = Path(prepared) != Path(fp32_onnx)
         with _quiet():
-            try:
-                quant_pre_process(str(fp32_onnx), str(prepared))
-                settings["pre_process"] = True
-            except Exception:  # noqa: BLE001 - optional step
-                prepared = Path(fp32_onnx)
-                settings["pre_process"] = False
             quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=not full_range_weights, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=ORT_METHODS[method], extra_options=extra,
+                            nodes_to_exclude=list(float_nodes or []) or None,
                             calibration_cache_path=str(ranges_cache) if ranges_cache else None)
     return settings
+
+
+def prepare(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike) -> bool:
+    """ORT's recommended pre-processing (shape inference + graph optimisation) into ``out_path``; node names in
+    it are the ones ``float_nodes`` refers to. Falls back to a plain copy (returns False) if the symbolic shape
+    pass cannot handle a graph."""
+    import shutil
+
+    with _quiet():
+        try:
+            quant_pre_process(str(fp32_onnx), str(out_path))
+            done = True
+        except Exception:  # noqa: BLE001 - optional step
+            shutil.copyfile(fp32_onnx, out_path)
+            done = False
+    _name_layers(out_path)
+    return done
+
+
+def _name_layers(path: str | os.PathLike) -> None:
+    """Give every unnamed node a unique name: ORT excludes nodes from quantization by name only."""
+    import onnx
+
+    model = onnx.load(str(path))
+    taken = {node.name for node in model.graph.node if node.name}
+    unnamed = [node for node in model.graph.node if not node.name]
+    for i, node in enumerate(unnamed):
+        name = f"{node.op_type}_{i}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+    if unnamed:
+        onnx.save(model, str(path))
+
+
+# Op types ORT's QDQ quantizer puts Q/DQ around that carry weights: the layers one can keep in float.
+LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def quantizable_layers(prepared_onnx: str | os.PathLike) -> list:
+    """Names of the weighted layers (Conv/Gemm/MatMul) of a pre-processed model, in graph order."""
+    import onnx
+
+    model = onnx.load(str(prepared_onnx))
+    return [node.name for node in model.graph.node if node.op_type in LAYER_OP_TYPES]
 
 
 def stamp_provenance(path: str | os.PathLike, provenance: dict) -> None:

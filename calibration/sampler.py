@@ -73,3 +73,22 @@ def stratified_sample(groups: np.ndarray, group_names: Sequence[str], size: int,
     per_group = {name: {"available": available[g], "requested": requested[g], "drawn": int(drawn[g])}
                  for g, name in enumerate(names)}
     return CalibrationSample(indices=indices, per_group=per_group, notes=notes)
+
+
+def random_sample(groups: np.ndarray, group_names: Sequence[str], size: int, *, seed: int = 0) -> CalibrationSample:
+    """``size`` indices drawn uniformly from the whole split (groups in their data proportions): the usual
+    calibration set, kept for comparison with the stratified one (benchmarks/calibration_study.py)."""
+    groups = np.asarray(groups, dtype=np.int64).reshape(-1)
+    if size < 1:
+        raise DataError(f"--calib-size must be >= 1, got {size}")
+    if len(groups) == 0:
+        raise DataError("the training split is empty: cannot draw a calibration set")
+    rng = np.random.default_rng(seed)
+    indices = np.sort(rng.permutation(len(groups))[:size]).astype(np.int64)
+    drawn = np.bincount(groups[indices], minlength=len(group_names))
+    available = np.bincount(groups, minlength=len(group_names))
+    notes = [f"the training split has {len(groups)} samples, fewer than --calib-size {size}: all used"] \
+        if len(indices) < size else []
+    per_group = {name: {"available": int(available[g]), "requested": None, "drawn": int(drawn[g])}
+                 for g, name in enumerate(group_names)}
+    return CalibrationSample(indices=indices, per_group=per_group, notes=notes)

@@ -37,7 +37,8 @@ def check_target(target: str) -> None:
 
 def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int = 512, calib_method: str = "minmax",
                   seed: int = 0, console=None, recalibrate: bool = False, calib_shares: dict | None = None,
-                  int8_full_range: bool = False) -> dict:
+                  int8_full_range: bool = False, protect_groups: bool = False,
+                  max_float_layers: int | None = None) -> dict:
     """Make ``target``'s artifacts in ``run_dir`` and record them in its report.json. Returns
     ``{"target", "precision", "artifact", "verify", "engine", "artifacts"}`` where ``verify`` is the file
     `pwdeploy verify` checks for this target (the engine if built here, else the ONNX it is built from)."""
@@ -46,6 +47,7 @@ def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int = 
     check_target(target)
     if calib_method not in METHODS:
         raise PwdeployError(f"unknown --calib-method {calib_method!r}: use one of {', '.join(METHODS)}")
+    max_float_layers = _check_protection(target, protect_groups, max_float_layers)
     run = Path(run_dir)
     console = console or _default_console()
     config = _read(run, rundir.CONFIG)
@@ -75,7 +77,8 @@ def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int = 
     elif precision == "int8":
         artifacts[onnx_name] = _export_int8(run, config, model_onnx, model_sha, input_name, calib_size=calib_size,
                                             method=calib_method, seed=seed, recalibrate=recalibrate,
-                                            shares=calib_shares, full_range=int8_full_range, console=console)
+                                            shares=calib_shares, full_range=int8_full_range, console=console,
+                                            protect=protect_groups, max_float_layers=max_float_layers)
     artifacts[onnx_name]["target"] = f"onnx-{precision}"
 
     engine = None
@@ -121,11 +124,24 @@ def _export_fp16(run: Path, model_onnx: Path, model_sha: str, console) -> dict:
 
 # --- INT8 ------------------------------------------------------------------------------------------------------
 
+def _check_protection(target: str, protect: bool, max_float_layers: int | None) -> int:
+    """--protect-groups applies to INT8 targets only; the float-layer budget is >= 0."""
+    from calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
+
+    if protect and target_precision(target) != "int8":
+        raise PwdeployError(f"--protect-groups keeps INT8 layers in float: use it with --target onnx-int8 or "
+                            f"trt-int8, not {target}")
+    budget = DEFAULT_MAX_FLOAT_LAYERS if max_float_layers is None else int(max_float_layers)
+    if budget < 0:
+        raise PwdeployError(f"--max-float-layers must be >= 0, got {budget}")
+    return budget
+
+
 def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, *, calib_size: int,
                  method: str, seed: int, recalibrate: bool, shares: dict | None, full_range: bool,
-                 console) -> dict:
+                 console, protect: bool = False, max_float_layers: int = 0) -> dict:
     from calibration import check_fresh
-    from calibration.quantize import quantize_int8, stamp_provenance
+    from calibration.quantize import RecordedRangesOnly, quantize_int8, stamp_provenance
 
     calib_json, ranges = run / CALIBRATION_JSON, run / CALIBRATION_RANGES
     previous = read_json(calib_json) if calib_json.is_file() else None
@@ -139,7 +155,7 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
     with atomic_path(run / rundir.INT8_ONNX) as out:
         if reuse:
             provenance = previous
-            settings = quantize_int8(model_onnx, out, _EmptyReader(), method=method, ranges_cache=ranges,
+            settings = quantize_int8(model_onnx, out, RecordedRangesOnly(), method=method, ranges_cache=ranges,
                                      full_range_weights=full_range)
             what = f"reusing this model's recorded {method} calibration ({provenance['n']} images)"
         else:
@@ -148,21 +164,26 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
                                               full_range=full_range, console=console)
             counts = ", ".join(f"{g} {e['drawn']}" for g, e in provenance["per_group"].items())
             what = f"{method} calibration on {provenance['n']} training images stratified by group: {counts}"
+        protection = None
+        if protect:  # replaces the plain INT8 model with the group-aware mixed one
+            from .int8_analysis import protect_int8
+
+            protection = protect_int8(run, config, out, method=method, weight_bits=settings["weight_bits"],
+                                      budget=max_float_layers, console=console)
+            settings["float_nodes"] = protection["float_layers"]
         stamp_provenance(out, provenance)  # the provenance travels inside the file too
+        from .qdq_check import check_qdq_for_tensorrt
+
+        trt_check = check_qdq_for_tensorrt(out)  # what TensorRT's parser would refuse, caught here
+    floats = f"; {len(settings['float_nodes'])} layers kept in float" if settings.get("float_nodes") else ""
     console.print(f"wrote {rundir.INT8_ONNX} (INT8 Q/DQ, symmetric, per-channel {settings['weight_bits']}-bit "
-                  f"weights; {what})")
-    return {"sha256": sha256_file(run / rundir.INT8_ONNX), "precision": "int8", "runtime": "onnxruntime",
-            "source_sha256": model_sha, "quantization": settings, "calibration": provenance}
-
-
-class _EmptyReader:
-    """Stands in for the calibration reader when the cached ranges are reused."""
-
-    def __len__(self) -> int:
-        return 0
-
-    def get_next(self):
-        return None
+                  f"weights{floats}; {what})")
+    record = {"sha256": sha256_file(run / rundir.INT8_ONNX), "precision": "int8", "runtime": "onnxruntime",
+              "source_sha256": model_sha, "quantization": settings, "calibration": provenance,
+              "tensorrt_check": trt_check}
+    if protection is not None:
+        record["group_protection"] = protection
+    return record
 
 
 def _calibrate(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, out: Path, *,

@@ -252,7 +252,8 @@ def _export_target(run_dir: Path, config: RunConfig) -> None:
             raise PwdeployError(f"--target {config.target} is not available in this build: use onnx-fp32")
         return
     export_target(run_dir, config.target, seed=config.seed, calib_size=config.calib_size,
-                  calib_method=config.calib_method)
+                  calib_method=config.calib_method, protect_groups=config.protect_groups,
+                  max_float_layers=config.max_float_layers)
 
 
 def _check_model_input(model: torch.nn.Module, example: torch.Tensor) -> None:

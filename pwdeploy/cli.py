@@ -33,6 +33,18 @@ def _root(
     _state["debug"] = debug
 
 
+# --- INT8 group protection options (issue 14), shared by compress and export ---
+ProtectHelp = ("INT8: keep the layers whose quantization hurts the worst group in float, greedily, until every "
+               "group is within the INT8 tolerance of fp32 on the validation split (or the budget is reached).")
+def _max_float_help() -> str:
+    from calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
+
+    return f"INT8 with --protect-groups: at most this many layers kept in float (default {DEFAULT_MAX_FLOAT_LAYERS})."
+
+
+MaxFloatHelp = _max_float_help()
+
+
 # --- commands: train / compress / demo (issue 2) ---
 DataOpt = typer.Option(None, "--data", help=f"Dataset: {', '.join(list_datasets())}; "
                                             "default: the --config file's dataset, else synthetic.")
@@ -106,6 +118,8 @@ def compress(
     target: Optional[str] = typer.Option(None, "--target", help="onnx-fp32, onnx-fp16, onnx-int8, trt-fp32, trt-fp16, trt-int8."),
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help="INT8: calibration images, stratified by group (default 512)."),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help="INT8: minmax, entropy or percentile."),
+    protect_groups: Optional[bool] = typer.Option(None, "--protect-groups", help=ProtectHelp),
+    max_float_layers: Optional[int] = typer.Option(None, "--max-float-layers", help=MaxFloatHelp),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture of a state-dict MODEL."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Class count of a state-dict MODEL."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow MODEL to be a pickled nn.Module."),
@@ -127,7 +141,8 @@ def compress(
     _put(overrides, "retrain", "lr", lr)
     for key, value in (("loss", loss), ("target", target), ("group_balanced", group_balanced),
                        ("group_balance_strength", group_balance_strength), ("calib_size", calib_size),
-                       ("calib_method", calib_method)):
+                       ("calib_method", calib_method), ("protect_groups", protect_groups),
+                       ("max_float_layers", max_float_layers)):
         if value is not None:
             overrides[key] = value
     overrides.update(seed=seed, device=device)
@@ -164,6 +179,8 @@ def export(
                                      help="INT8: compute new scales even if a calibration is recorded."),
     int8_full_range: bool = typer.Option(False, "--int8-full-range",
                                          help="INT8: 8-bit weights (TensorRT only; x86 CPUs without VNNI saturate)."),
+    protect_groups: bool = typer.Option(False, "--protect-groups", help=ProtectHelp),
+    max_float_layers: Optional[int] = typer.Option(None, "--max-float-layers", help=MaxFloatHelp),
     seed: int = SeedOpt,
 ):
     """Make a precision target (fp16 / INT8 Q/DQ ONNX, TensorRT engine or its build script) for an existing run."""
@@ -175,7 +192,33 @@ def export(
     check("--calib-size", calib_size, COUNT, allow_none=False)
 
     export_target(RunDir.open(run_dir).path, target, calib_size=calib_size, calib_method=calib_method, seed=seed,
-                  recalibrate=recalibrate, int8_full_range=int8_full_range)
+                  recalibrate=recalibrate, int8_full_range=int8_full_range, protect_groups=protect_groups,
+                  max_float_layers=max_float_layers)
+
+
+# --- commands: analyze (issue 14) ---
+@app.command()
+def analyze(
+    run_dir: Path = typer.Argument(..., help="Run directory with an INT8 export ('pwdeploy export RUN --target "
+                                             "onnx-int8')."),
+    int8: bool = typer.Option(False, "--int8", help="Per-group INT8 sensitivity: each weighted layer left in float "
+                                                   "in turn, every group's accuracy on the validation split."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Points a group may lose against fp32 "
+                                                                         "(default: the INT8 gate's 2.0)."),
+    max_samples: int = typer.Option(2000, "--max-samples", help="Validation images used (a group-stratified subset "
+                                                                 "above this)."),
+    ort_provider: str = typer.Option("cpu", "--ort-provider", help="ONNX Runtime: cpu or cuda."),
+):
+    """Which layers' quantization costs which group: a table, int8_sensitivity.png and report.json."""
+    from exporters.int8_analysis import analyze_int8
+
+    if not int8:
+        raise PwdeployError("say what to analyze: 'pwdeploy analyze RUN --int8' (per-group INT8 sensitivity)")
+    if max_samples < 1:
+        raise PwdeployError(f"--max-samples must be >= 1, got {max_samples}")
+    if tolerance is not None and tolerance < 0:
+        raise PwdeployError(f"--tolerance must be >= 0, got {tolerance}")
+    analyze_int8(run_dir, tolerance=tolerance, max_samples=max_samples, provider=ort_provider)
 
 
 @app.command("verify")

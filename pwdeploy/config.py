@@ -87,6 +87,9 @@ class RunConfig:
     # INT8 calibration: images drawn stratified by group from the training split, and the range method
     calib_size: int = 512
     calib_method: str = "minmax"
+    # INT8 group protection: keep the layers that hurt the worst group in float (None: calibration.protect's default)
+    protect_groups: bool = False
+    max_float_layers: int | None = None
     seed: int = 0
     device: str = "auto"
 
@@ -203,6 +206,9 @@ def build_config(overrides: dict | None = None, *, config_file: str | Path | Non
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(obj, leaf)!r}")
     if not 0.0 < config.group_balance_strength <= 1.0:
         raise ConfigError(f"--group-balance-strength must be in (0, 1], got {config.group_balance_strength}")
+    if config.protect_groups and not config.target.endswith("-int8"):
+        raise ConfigError(f"--protect-groups keeps INT8 layers in float: use it with --target onnx-int8 or trt-int8, "
+                          f"not {config.target}")
     if not 0.0 <= config.prune.flops_reduction < 1.0:
         raise ConfigError(f"--flops-reduction must be in [0, 1), got {config.prune.flops_reduction}")
     from .validate import check_config, check_data_options

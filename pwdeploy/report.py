@@ -99,7 +99,32 @@ def markdown(report: dict) -> str:
                      + f" | {_fmt(delta, True)} |")
     drop = report["changes"]["pruned"]["worst_group_drop"]
     lines += ["", f"Largest group drop: **{drop['group']}**, {drop['points']:.2f} points.", ""]
+    lines += _int8_protection_lines(report)
     return "\n".join(lines)
+
+
+def _int8_protection_lines(report: dict) -> list:
+    """The group-aware INT8 model (--protect-groups): float layers, worst groups, latency cost."""
+    record = report.get("artifacts", {}).get("model.int8.onnx", {}).get("group_protection")
+    if not record:
+        return []
+    val, lat = record["validation"], record["latency"]["models"]
+    lines = ["## INT8 group protection", "",
+             f"- Layers kept in float: {len(record['float_layers'])} of {record['layers_total']} "
+             f"({', '.join(record['float_layers']) or 'none'}; budget {record['budget']})",
+             f"- Validation, worst group vs fp32: plain INT8 {val['plain_int8']['worst_group']} "
+             f"{_fmt(val['plain_int8']['worst_change'], True)}, mixed {val['mixed']['worst_group']} "
+             f"{_fmt(val['mixed']['worst_change'], True)} points "
+             f"({'every group within tolerance' if record['passed_on_validation'] else 'NOT within tolerance'})"]
+    if record.get("test"):
+        test = record["test"]
+        lines.append(f"- Test (verification set), worst group vs the PyTorch reference: plain INT8 "
+                     f"{_fmt(test['plain_int8']['worst_change'], True)}, "
+                     f"mixed {_fmt(test['mixed']['worst_change'], True)}")
+    lines += [f"- ONNX Runtime latency ({record['latency']['provider']}, batch {record['latency']['batch']}): fp32 "
+              f"{lat['fp32']['median_ms']:.3f} ms, plain INT8 {lat['plain_int8']['median_ms']:.3f} ms, mixed "
+              f"{lat['mixed']['median_ms']:.3f} ms", ""]
+    return lines
 
 
 def write_reports(run_dir: Path, report: dict) -> None:
