@@ -74,6 +74,7 @@ CONFIG_RANGES = {
     "prune.max_layer_reduction": Range(0.0, 1.0, low_open=True, high_open=True),
     "group_balance_strength": Range(0.0, 1.0, low_open=True),
     "calib_size": COUNT,
+    "max_float_layers": NON_NEGATIVE_INT,
     "seed": SEED,
     "model.num_classes": COUNT,
 }

@@ -352,3 +352,28 @@ def test_an_internal_error_is_one_line_exit_3_and_debug_shows_the_traceback(tmp_
     with pytest.raises(RuntimeError):
         main(["--debug", "package", str(tmp_path), "-o", str(tmp_path / "b.tar.gz")])
     assert main(["package", str(tmp_path), "-o", str(tmp_path / "b.tar.gz")]) == 3  # --debug does not stick
+
+
+def test_every_numeric_config_key_has_a_range():
+    """A numeric key added to RunConfig without a range would take NaN, infinity or -5 silently: each one must be
+    listed in validate.CONFIG_RANGES (pw.* and flops_reductions have their own checks)."""
+    import dataclasses
+    import typing
+
+    from pwdeploy.config import RunConfig
+    from pwdeploy.validate import CONFIG_RANGES
+
+    def numeric_keys(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if typing.get_origin(tp) in (dict, list):  # pw.* and flops_reductions: checked item by item
+                continue
+            args = set(typing.get_args(tp)) - {type(None)} or {tp}
+            if any(dataclasses.is_dataclass(a) for a in args):
+                yield from numeric_keys(next(a for a in args if dataclasses.is_dataclass(a)), f"{prefix}{f.name}.")
+            elif args & {int, float}:
+                yield prefix + f.name
+
+    missing = [k for k in numeric_keys(RunConfig) if k not in CONFIG_RANGES]
+    assert not missing, f"add a Range to validate.CONFIG_RANGES for: {missing}"
