@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="calib-study-run-") as tmp:
         run = args.run or build_run(Path(tmp), settings)
         console.print(f"model ready in {time.time() - started:.0f} s: {run}")
-        report = read_json(run / "report.json")
+        report, config = read_json(run / "report.json"), read_json(run / "config.json")
         cells = study(run, settings, provider=args.ort_provider, methods=methods, console=console)
     test_n = report["metrics"]["original"]["groups"]
     names = sorted(report["group_names"], key=lambda g: test_n[g]["n"])
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     meta = {"mode": "quick" if args.quick else "full", "provider": args.ort_provider,
             "onnxruntime": onnxruntime.__version__, "seconds": round(time.time() - started, 1),
             "model": f"SmallCNN, {report['method']} {loss_tag(report)}, {100 * report['flops_reduction']:.0f}% MACs "
-                     f"removed, data {report['data']}", "model_built_here": args.run is None,
+                     f"removed, data {config['data']}", "model_built_here": args.run is None,
             "test": ", ".join(f"{g} {v['n']}" for g, v in test_n.items()), "settings": settings,
             "strategies": STRATEGIES, "oversample": OVERSAMPLE}
     write_outputs(stem, meta, series, cells, names)

@@ -114,8 +114,8 @@ def build_synthetic(folder: Path, *, quick: bool, existing: Path | None = None) 
                              quiet=True)
     for target in ("onnx-int8", "onnx-fp16"):
         export_target(run, target)
-    report = read_json(run / "report.json")
-    return run, {"shape": tuple(report["input_shape"]), "macs": report["macs"]}
+    report, config = read_json(run / "report.json"), read_json(run / "config.json")
+    return run, {"shape": tuple(config["input_shape"]), "macs": report["macs"]}
 
 
 def group_accuracy(run: Path) -> dict:

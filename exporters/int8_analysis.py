@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pwdeploy import rundir
 from pwdeploy.errors import PwdeployError
-from pwdeploy.fsutil import read_json, sha256_file, write_json
+from pwdeploy.fsutil import read_json, sha256_file
 from pwdeploy.gate import tolerance_for
 
 SENSITIVITY_PNG = "int8_sensitivity.png"
@@ -41,17 +41,15 @@ def analyze_int8(run_dir, *, tolerance: float | None = None, max_samples: int = 
     from pwdeploy.progress import console as default_console, task
 
     console = console or default_console
-    run = rundir.RunDir.open(run_dir).path
-    config, report = read_json(run / rundir.CONFIG), read_json(run / rundir.REPORT)
+    run_dir = rundir.RunDir.open(run_dir)
+    run, config, report = run_dir.path, run_dir.config, run_dir.report
     method, bits = _recorded_int8(run, report)
     with open_probe(run, config, method=method, weight_bits=bits, tolerance=tolerance, max_samples=max_samples,
                     provider=provider) as probe, task("INT8 sensitivity", total=len(probe.layers)) as bar:
         table = sensitivity(probe, on_layer=lambda _layer: bar.advance())
     plot_heatmap(table, run / SENSITIVITY_PNG)
     table["png"] = SENSITIVITY_PNG
-    report = read_json(run / rundir.REPORT)  # re-read: keep others' keys current
-    report["int8_sensitivity"] = table
-    write_json(run / rundir.REPORT, report)
+    run_dir.update_report(lambda r: r.update(int8_sensitivity=table))
     console.print(rich_table(table))
     console.print(f"wrote {SENSITIVITY_PNG} and report.json int8_sensitivity ({len(table['layers'])} layers, "
                   f"{table['data']['n']} validation images)")

@@ -1,8 +1,8 @@
 """Precision targets for a run directory: fp32 / fp16 / INT8 Q/DQ ONNX and, where possible, a TensorRT engine.
 
-``export_target(run_dir, target)`` reads what it needs from the run's files (compress calls it before the
-run is marked complete), writes every artifact atomically, records each in report.json ``"artifacts"``
-(sha256, precision, provenance) and returns what it did. It also writes ``verification_set.npz`` (the test
+``make_target`` writes every artifact of a target atomically and returns its records (sha256, precision,
+provenance); compress puts them into the report it writes once, ``export_target`` (`pwdeploy export`) into the
+run's report.json through RunDir. It also writes ``verification_set.npz`` (the test
 images with the PyTorch models' logits) so `pwdeploy verify` can check the artifacts without torch.
 """
 
@@ -10,99 +10,129 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pwdeploy import rundir
 from pwdeploy.errors import PwdeployError
 from pwdeploy.fsutil import atomic_path, read_json, sha256_file, write_json
+from pwdeploy.rundir import ArtifactRecord, RunDir
+from pwdeploy.targets import DEFAULT_CALIB_SIZE, Target, get_target
 from pwdeploy.verification_set import FILENAME as VERIFICATION_SET
 
-TARGETS = ("onnx-fp32", "onnx-fp16", "onnx-int8", "trt-fp32", "trt-fp16", "trt-int8")
-ONNX_FOR_PRECISION = {"fp32": rundir.MODEL_ONNX, "fp16": rundir.FP16_ONNX, "int8": rundir.INT8_ONNX}
 CALIBRATION_JSON = "calibration.json"  # provenance of the INT8 scales
 CALIBRATION_RANGES = "calibration_ranges.json"  # ONNX Runtime's calibrated tensor ranges (reusable cache)
 
 
+@dataclass
+class InMemoryResults:
+    """What compress already holds: the test split and both models' logits on all of it, so the verification
+    set is cut from them instead of reloading the checkpoints and running the test set again."""
+    test_set: Any  # pwdeploy.data.GroupedDataset
+    logits: dict  # {"pruned": N×K array, "original": N×K array}
+
+
 def target_precision(target: str) -> str:
-    check_target(target)
-    return target.split("-", 1)[1]
+    return get_target(target).precision
 
 
 def check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise PwdeployError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+    get_target(target)
 
 
-def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int = 512, calib_method: str = "minmax",
-                  seed: int = 0, console=None, recalibrate: bool = False, calib_shares: dict | None = None,
-                  int8_full_range: bool = False, protect_groups: bool = False,
+def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int = DEFAULT_CALIB_SIZE,
+                  calib_method: str = "minmax", seed: int = 0, console=None, recalibrate: bool = False,
+                  calib_shares: dict | None = None, int8_full_range: bool = False, protect_groups: bool = False,
                   max_float_layers: int | None = None) -> dict:
-    """Make ``target``'s artifacts in ``run_dir`` and record them in its report.json. Returns
-    ``{"target", "precision", "artifact", "verify", "engine", "artifacts"}`` where ``verify`` is the file
-    `pwdeploy verify` checks for this target (the engine if built here, else the ONNX it is built from)."""
+    """`pwdeploy export`: make ``target``'s artifacts in an existing run and record them in its report.json
+    (written once, through RunDir). Returns what ``make_target`` returns."""
+    run = RunDir(Path(run_dir))
+    if not (run.file(rundir.CONFIG).is_file() and run.file(rundir.REPORT).is_file()):
+        raise PwdeployError(f"{run.path} is not a pwdeploy run directory (no {rundir.CONFIG}/{rundir.REPORT}): "
+                            "pass the --out folder of 'pwdeploy compress'")
+    report = run.report
+    info = make_target(run.path, run.config, report, target, calib_size=calib_size, calib_method=calib_method,
+                       seed=seed, console=console, recalibrate=recalibrate, calib_shares=calib_shares,
+                       int8_full_range=int8_full_range, protect_groups=protect_groups,
+                       max_float_layers=max_float_layers)
+    run.update_report(lambda r: record_target(r, info))
+    return info
+
+
+def record_target(report: dict, info: dict) -> None:
+    """Put ``make_target``'s records into ``report`` (in memory; the caller writes it once)."""
+    report["artifacts"] = info["all_artifacts"]
+    report["targets"] = sorted(set(report.get("targets", [])) | {info["target"]})
+    if info["engine"] is not None:
+        report["engine"] = info["engine"]
+
+
+def make_target(run: Path, config: dict, report: dict, target: str, *, calib_size: int = DEFAULT_CALIB_SIZE,
+                calib_method: str = "minmax", seed: int = 0, console=None, recalibrate: bool = False,
+                calib_shares: dict | None = None, int8_full_range: bool = False, protect_groups: bool = False,
+                max_float_layers: int | None = None, results: InMemoryResults | None = None) -> dict:
+    """Write ``target``'s artifacts into ``run`` (atomically) and return their records, without touching
+    report.json: ``{"target", "precision", "artifact", "verify", "engine", "artifacts", "all_artifacts"}`` where
+    ``verify`` is the file `pwdeploy verify` checks (the engine if built here, else the ONNX it is built from)."""
     from calibration import METHODS
 
-    check_target(target)
+    spec = get_target(target)
     if calib_method not in METHODS:
         raise PwdeployError(f"unknown --calib-method {calib_method!r}: use one of {', '.join(METHODS)}")
-    max_float_layers = _check_protection(target, protect_groups, max_float_layers)
-    run = Path(run_dir)
+    max_float_layers = _check_protection(spec, protect_groups, max_float_layers)
     console = console or _default_console()
-    config = _read(run, rundir.CONFIG)
-    report_path = run / rundir.REPORT
-    report = read_json(report_path) if report_path.is_file() else {}
     model_onnx = run / rundir.MODEL_ONNX
     if not model_onnx.is_file():
         raise PwdeployError(f"{run} has no {rundir.MODEL_ONNX}: re-run 'pwdeploy compress' to recreate the run")
-    precision = target_precision(target)
-    input_shape = tuple(config.get("input_shape") or report.get("input_shape"))
-    input_name = report.get("input_name", "input")
+    input_shape, input_name = tuple(config["input_shape"]), report["input_name"]
     model_sha = sha256_file(model_onnx)
 
     artifacts = dict(report.get("artifacts", {}))
-    artifacts[rundir.MODEL_ONNX] = {"sha256": model_sha, "precision": "fp32", "role": "pruned",
-                                    "runtime": "onnxruntime", "target": "onnx-fp32"}
+    artifacts[rundir.MODEL_ONNX] = ArtifactRecord(model_sha, "fp32", "onnxruntime", "onnx-fp32", "pruned").to_dict()
     if (run / rundir.ORIGINAL_ONNX).is_file():
-        artifacts[rundir.ORIGINAL_ONNX] = {"sha256": sha256_file(run / rundir.ORIGINAL_ONNX), "precision": "fp32",
-                                           "role": "original", "runtime": "onnxruntime"}
-    vs_record = ensure_verification_set(run, config, seed=seed, console=console)
+        artifacts[rundir.ORIGINAL_ONNX] = ArtifactRecord(sha256_file(run / rundir.ORIGINAL_ONNX), "fp32",
+                                                         "onnxruntime", role="original").to_dict()
+    vs_record = ensure_verification_set(run, config, seed=seed, console=console, results=results)
     if vs_record is not None:
         artifacts[VERIFICATION_SET] = vs_record
 
-    onnx_name = ONNX_FOR_PRECISION[precision]
-    if precision == "fp16":
+    onnx_name = spec.onnx_file
+    if spec.precision == "fp16":
         artifacts[onnx_name] = _export_fp16(run, model_onnx, model_sha, console)
-    elif precision == "int8":
+    elif spec.precision == "int8":
         artifacts[onnx_name] = _export_int8(run, config, model_onnx, model_sha, input_name, calib_size=calib_size,
                                             method=calib_method, seed=seed, recalibrate=recalibrate,
                                             shares=calib_shares, full_range=int8_full_range, console=console,
                                             protect=protect_groups, max_float_layers=max_float_layers)
-    artifacts[onnx_name]["target"] = f"onnx-{precision}"
+    artifacts[onnx_name]["target"] = f"onnx-{spec.precision}"
 
-    engine = None
+    engine, verify_name = None, onnx_name
+    if spec.builds_engine:
+        engine, verify_name = _record_engine(run, spec, artifacts, input_name, input_shape, console)
+    return {"target": target, "precision": spec.precision, "artifact": onnx_name, "verify": verify_name,
+            "engine": engine, "artifacts": {k: artifacts[k] for k in (onnx_name, verify_name)},
+            "all_artifacts": artifacts}
+
+
+def _record_engine(run: Path, spec: Target, artifacts: dict, input_name: str, input_shape: tuple,
+                   console) -> tuple:
+    """Build (or script) the TensorRT engine and record it; returns (engine record, file verify checks)."""
+    onnx_name = spec.onnx_file
+    engine = _engine(run, onnx_name, spec.precision, input_name, input_shape, console)
     verify_name = onnx_name
-    if target.startswith("trt-"):
-        engine = _engine(run, onnx_name, precision, input_name, input_shape, console)
-        if engine["built"]:
-            artifacts[rundir.ENGINE] = {"sha256": sha256_file(run / rundir.ENGINE), "precision": precision,
-                                        "runtime": "tensorrt", "target": target, "engine": engine}
-            verify_name = rundir.ENGINE
-        else:
-            artifacts[onnx_name]["engine"] = engine
-            artifacts.pop(rundir.ENGINE, None)
-        artifacts["build_engine.sh"] = {"sha256": sha256_file(run / "build_engine.sh"), "role": "engine build "
-                                        "script for the target device", "from": onnx_name, "precision": precision}
-
-    report = read_json(report_path) if report_path.is_file() else {}  # re-read: keep others' keys current
-    report["artifacts"] = artifacts
-    report["targets"] = sorted(set(report.get("targets", [])) | {target})
-    if engine is not None:
-        report["engine"] = engine
-    write_json(report_path, report)
-    return {"target": target, "precision": precision, "artifact": onnx_name, "verify": verify_name,
-            "engine": engine, "artifacts": {k: artifacts[k] for k in (onnx_name, verify_name)}}
+    if engine["built"]:
+        artifacts[rundir.ENGINE] = ArtifactRecord(sha256_file(run / rundir.ENGINE), spec.precision, "tensorrt",
+                                                  spec.name, details={"engine": engine}).to_dict()
+        verify_name = rundir.ENGINE
+    else:
+        artifacts[onnx_name]["engine"] = engine
+        artifacts.pop(rundir.ENGINE, None)
+    artifacts["build_engine.sh"] = {"sha256": sha256_file(run / "build_engine.sh"), "role": "engine build "
+                                    "script for the target device", "from": onnx_name, "precision": spec.precision}
+    return engine, verify_name
 
 
 # --- fp16 -----------------------------------------------------------------------------------------------------
@@ -124,13 +154,13 @@ def _export_fp16(run: Path, model_onnx: Path, model_sha: str, console) -> dict:
 
 # --- INT8 ------------------------------------------------------------------------------------------------------
 
-def _check_protection(target: str, protect: bool, max_float_layers: int | None) -> int:
+def _check_protection(target: Target, protect: bool, max_float_layers: int | None) -> int:
     """--protect-groups applies to INT8 targets only; the float-layer budget is >= 0."""
     from calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
 
-    if protect and target_precision(target) != "int8":
+    if protect and target.precision != "int8":
         raise PwdeployError(f"--protect-groups keeps INT8 layers in float: use it with --target onnx-int8 or "
-                            f"trt-int8, not {target}")
+                            f"trt-int8, not {target.name}")
     budget = DEFAULT_MAX_FLOAT_LAYERS if max_float_layers is None else int(max_float_layers)
     if budget < 0:
         raise PwdeployError(f"--max-float-layers must be >= 0, got {budget}")
@@ -242,9 +272,11 @@ def _engine(run: Path, onnx_name: str, precision: str, input_name: str, input_sh
 
 # --- verification set ------------------------------------------------------------------------------------------
 
-def ensure_verification_set(run: Path, config: dict, *, seed: int = 0, console=None) -> dict | None:
+def ensure_verification_set(run: Path, config: dict, *, seed: int = 0, console=None,
+                            results: InMemoryResults | None = None) -> dict | None:
     """Write ``verification_set.npz`` (test images + PyTorch logits of pruned.pt and original.pt) unless one for
-    these exact checkpoints exists. Returns its artifact record, or None when the run has no pruned.pt."""
+    these exact checkpoints exists. Returns its artifact record, or None when the run has no pruned.pt.
+    With ``results`` (compress) the logits are the ones compress computed; else the checkpoints are run."""
     from pwdeploy.verification_set import load_verification_set
 
     console = console or _default_console()
@@ -260,11 +292,11 @@ def ensure_verification_set(run: Path, config: dict, *, seed: int = 0, console=N
     if path.is_file():
         try:
             existing = load_verification_set(path)
-            if existing.meta.get("models") == models and existing.meta.get("data") == config.get("data"):
+            if existing.meta.get("models") == models and existing.meta.get("data") == config["data"]:
                 return _vs_record(path, existing)
         except PwdeployError:
             pass  # unreadable or old: rewrite it
-    vs = build_verification_set(run, config, models, seed=seed)
+    vs = build_verification_set(run, config, models, seed=seed, results=results)
     from pwdeploy.verification_set import write_verification_set
 
     write_verification_set(path, vs)
@@ -274,32 +306,28 @@ def ensure_verification_set(run: Path, config: dict, *, seed: int = 0, console=N
     return _vs_record(path, vs)
 
 
-def build_verification_set(run: Path, config: dict, models: dict, *, seed: int = 0):
+def build_verification_set(run: Path, config: dict, models: dict, *, seed: int = 0,
+                           results: InMemoryResults | None = None):
     from pwdeploy.data import DataSpec, create_dataset
     from pwdeploy.progress import task
-    from pwdeploy.runners import run_batches
-    from pwdeploy.runners.torch_runner import TorchRunner
     from pwdeploy.verification_set import VerificationSet, choose_indices
 
-    spec = DataSpec.from_dict(config["data"])
-    test = create_dataset(spec, "test")
+    test = results.test_set if results is not None else create_dataset(DataSpec.from_dict(config["data"]), "test")
     if len(test) == 0:
         raise PwdeployError(f"the test split of {test.name} is empty: check --data-root")
-    shape = tuple(config.get("input_shape") or test.preprocessing.input_shape)
+    shape = tuple(config["input_shape"])
     indices = choose_indices(test.groups, len(test.group_names), 4 * int(np.prod(shape)), seed=seed)
     with task("verification set", total=len(indices)) as bar:
         images = np.empty((len(indices), *shape), dtype=np.float32)
         for row, i in enumerate(indices):
             images[row] = test.load_image(int(i))
             bar.advance()
-    device = config.get("device", "auto")
-    logits = {}
-    for name, file in (("pruned", rundir.PRUNED_PT), ("original", rundir.ORIGINAL_PT)):
-        if name in models:
-            with TorchRunner(run / file, device=device if device in ("auto", "cpu") else "auto") as runner:
-                logits[name] = run_batches(runner, images, batch_size=256)
+    if results is not None:
+        logits = {name: np.asarray(results.logits[name])[indices] for name in models}
+    else:
+        logits = _checkpoint_logits(run, models, images, config["device"])
     meta = {"split": "test", "subset": bool(len(indices) < len(test)), "source_n": int(len(test)),
-            "dataset": test.name, "data": config.get("data"), "models": models, "seed": int(seed),
+            "dataset": test.name, "data": config["data"], "models": models, "seed": int(seed),
             "preprocessing": test.preprocessing.to_dict(), "input_shape": list(shape),
             "logits_from": "PyTorch checkpoints of this run (pruned.pt, original.pt)"}
     return VerificationSet(images=images, labels=test.labels[indices], groups=test.groups[indices],
@@ -307,18 +335,23 @@ def build_verification_set(run: Path, config: dict, models: dict, *, seed: int =
                            indices=indices, logits=logits, meta=meta)
 
 
+def _checkpoint_logits(run: Path, models: dict, images: np.ndarray, device: str) -> dict:
+    """Logits of the run's checkpoints on ``images`` (`pwdeploy export` on a run made by an older pwdeploy)."""
+    from pwdeploy.runners import run_batches
+    from pwdeploy.runners.torch_runner import TorchRunner
+
+    logits = {}
+    for name, file in (("pruned", rundir.PRUNED_PT), ("original", rundir.ORIGINAL_PT)):
+        if name in models:
+            with TorchRunner(run / file, device=device if device in ("auto", "cpu") else "auto") as runner:
+                logits[name] = run_batches(runner, images, batch_size=256)
+    return logits
+
+
 def _vs_record(path: Path, vs) -> dict:
     return {"sha256": sha256_file(path), "role": "verification data (test split, preprocessed)",
             "n": len(vs), "groups": vs.group_counts(), "subset": bool(vs.meta.get("subset")),
             "source_n": vs.meta.get("source_n"), "logits": sorted(vs.logits)}
-
-
-def _read(run: Path, name: str) -> dict:
-    path = run / name
-    if not path.is_file():
-        raise PwdeployError(f"{run} is not a pwdeploy run directory (no {name}): pass the --out folder of "
-                            "'pwdeploy compress'")
-    return read_json(path)
 
 
 def _default_console():

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from pwdeploy.fsutil import atomic_path, write_text
 from pwdeploy.runners.gpu import gpu_info
+from pwdeploy.targets import ENGINE_BATCHES
 
 BUILD_SCRIPT = "build_engine.sh"
 # Batch optimisation profile: min / opt / max batch of the engine's input.
-PROFILE_BATCHES = (1, 8, 32)
+PROFILE_BATCHES = ENGINE_BATCHES  # owned by the targets registry
 
 
 def tensorrt_status() -> dict:

@@ -1,18 +1,20 @@
-"""The Python API behind the CLI: ``train_baseline`` and ``compress_model``.
+"""The Python API behind the CLI: ``train_baseline``, ``compress`` and ``compress_model``.
 
-compress: original metrics -> PW targets from the frozen original -> importance + channel removal to the
-MACs target -> retraining with the same loss -> checkpoints, ONNX, per-group report, in one run directory
-that is built under a temporary name and renamed only when complete.
+compress (pure, in memory): original metrics -> PW targets from the frozen original -> importance + channel
+removal to the MACs target -> retraining with the same loss; it returns the models, their test-split logits and
+metrics. ``write_run`` saves them: checkpoints, ONNX, the precision target (from those logits), config.json and
+report.json, each written once, in one run directory built under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
-import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,14 +23,14 @@ from . import __version__
 from .config import PWSettings, RunConfig, build_config
 from .data import DataSpec, GroupedDataset, create_dataset
 from .errors import DataError, PwdeployError
-from .fsutil import write_json, write_text
+from .fsutil import write_text
 from .loss import LossFn, pw_targets_and_weights
 from .metrics import group_metrics, predict
 from .models import create_model
 from .models.checkpoint import load_model, save_checkpoint
 from .outputs import begin_run, check_out, publish
 from .progress import console
-from .report import comparison_table, summarize, write_reports
+from .report import comparison_table, summarize
 from . import rundir
 from .train import OriginalOutputs, batch_stream, fit, make_loader, predict_logits, resolve_device, seed_everything
 
@@ -67,6 +69,10 @@ def check_labels(dataset: GroupedDataset, num_classes: int) -> None:
 
 def evaluate(model: torch.nn.Module, dataset: GroupedDataset, device: torch.device, name: str = "") -> dict:
     logits = predict_logits(model, dataset, device, description=f"evaluating {name}".strip())
+    return _group_metrics(logits, dataset)
+
+
+def _group_metrics(logits: np.ndarray, dataset: GroupedDataset) -> dict:
     return group_metrics(predict(logits), dataset.labels, dataset.groups, dataset.group_names)
 
 
@@ -128,13 +134,69 @@ def _losses(config: RunConfig, group_totals) -> tuple[LossFn, LossFn]:
             pw if config.pw_applies_to in ("both", "retraining") else ce)
 
 
+@dataclass
+class CompressResult:
+    """What ``compress`` computed, in memory: both models, their logits and metrics on the test split."""
+    config: RunConfig
+    original: torch.nn.Module
+    pruned: torch.nn.Module
+    train_set: GroupedDataset
+    test_set: GroupedDataset
+    logits: dict  # model name -> test-split logits (N×K numpy array)
+    metrics: dict  # model name -> per-group metrics (report schema)
+    prune: Any  # pwdeploy.prune.PruneResult: MACs, params, reduction
+    history: list  # retraining loss per epoch
+    timings_s: dict
+    device: torch.device
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.train_set.preprocessing.input_shape)
+
+
+def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDataset, test_set: GroupedDataset,
+             device: torch.device) -> CompressResult:
+    """Prune ``original`` (left unchanged) to the configured MACs reduction under the configured loss and
+    retrain it. Pure: reads and writes no files; every number a report needs is in the result."""
+    from .prune import prune_to_flops
+
+    example = torch.randn(1, *train_set.preprocessing.input_shape, device=device)
+    original.to(device).eval()
+    logits, metrics = {}, {}
+
+    def evaluate_as(name: str, model: torch.nn.Module, what: str) -> None:
+        logits[name] = predict_logits(model, test_set, device, description=f"evaluating {what}")
+        metrics[name] = _group_metrics(logits[name], test_set)
+
+    evaluate_as("original", original, "original")
+    original_outputs = OriginalOutputs(original, train_set, device) if config.loss == "pw" else None
+    group_totals = _group_weight_totals(config, train_set, original_outputs) \
+        if config.loss == "pw" and config.group_balanced else None
+    importance_loss, retrain_loss = _losses(config, group_totals)
+
+    pruned = copy.deepcopy(original).to(device)
+    loader = make_loader(train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True)
+    stream = batch_stream(loader, device, original_outputs)
+    t0 = time.time()
+    result = prune_to_flops(pruned, example, method=config.prune.method,
+                            flops_reduction=config.prune.flops_reduction, batches=stream,
+                            loss_fn=importance_loss, settings=config.prune)
+    prune_seconds = time.time() - t0
+    evaluate_as("pruned-before-retraining", pruned, "pruned (before retraining)")
+    t0 = time.time()
+    history = fit(pruned, train_set, retrain_loss, config.retrain, device, original=original_outputs,
+                  seed=config.seed, description=f"retraining ({config.loss})")
+    retrain_seconds = time.time() - t0
+    evaluate_as("pruned", pruned, "pruned")
+    return CompressResult(config, original, pruned, train_set, test_set, logits, metrics, result, history,
+                          {"prune": prune_seconds, "retrain": retrain_seconds}, device)
+
+
 def compress_model(model_path: str | Path, overrides: dict, out: str | Path, config_file=None, *,
                    trust_pickle: bool = False, overwrite: bool = False, pw_gamma: float | None = None,
                    pw_min_weight: float | None = None, quiet: bool = False) -> Path:
-    """Prune ``model_path`` to the configured MACs reduction, retrain, export, report. Returns the run dir."""
-    from exporters.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_parity
-    from .prune import prune_to_flops
-
+    """Prune ``model_path`` to the configured MACs reduction, retrain, export, report. Returns the run dir,
+    built under a temporary name and renamed only when complete."""
     started = time.time()
     config = make_config(overrides, config_file, pw_gamma=pw_gamma, pw_min_weight=pw_min_weight)
     out = Path(out)
@@ -150,83 +212,13 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
     train_set, test_set = create_dataset(spec, "train"), create_dataset(spec, "test")
     for split in (train_set, test_set):
         check_labels(split, config.model.num_classes)
-    input_shape = tuple(train_set.preprocessing.input_shape)
-    example = torch.randn(1, *input_shape, device=device)
-    _check_model_input(original, example.cpu())
+    _check_model_input(original, torch.randn(1, *train_set.preprocessing.input_shape))
 
     tmp, release = begin_run(out, overwrite, log=console.print)
     try:
-        meta = {"data": spec.to_dict(), "class_names": train_set.class_names, "group_names": train_set.group_names,
-                "preprocessing": train_set.preprocessing.to_dict()}
-        save_checkpoint(original, tmp / rundir.ORIGINAL_PT, arch=config.model.arch,
-                        num_classes=config.model.num_classes, meta=meta)
-        original.to(device).eval()
-        metrics = {"original": evaluate(original, test_set, device, "original")}
-
-        original_outputs = OriginalOutputs(original, train_set, device) if config.loss == "pw" else None
-        group_totals = _group_weight_totals(config, train_set, original_outputs) \
-            if config.loss == "pw" and config.group_balanced else None
-        importance_loss, retrain_loss = _losses(config, group_totals)
-
-        pruned = copy.deepcopy(original).to(device)
-        loader = make_loader(train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True)
-        stream = batch_stream(loader, device, original_outputs)
-        t0 = time.time()
-        result = prune_to_flops(pruned, example, method=config.prune.method,
-                                flops_reduction=config.prune.flops_reduction, batches=stream,
-                                loss_fn=importance_loss, settings=config.prune)
-        prune_seconds = time.time() - t0
-        metrics["pruned-before-retraining"] = evaluate(pruned, test_set, device, "pruned (before retraining)")
-        t0 = time.time()
-        history = fit(pruned, train_set, retrain_loss, config.retrain, device, original=original_outputs,
-                      seed=config.seed, description=f"retraining ({config.loss})")
-        retrain_seconds = time.time() - t0
-        metrics["pruned"] = evaluate(pruned, test_set, device, "pruned")
-
-        save_checkpoint(pruned.cpu(), tmp / rundir.PRUNED_PT, arch=config.model.arch,
-                        num_classes=config.model.num_classes, meta=meta)
-        export_onnx(pruned, tmp / rundir.MODEL_ONNX, input_shape)
-        export_onnx(original, tmp / rundir.ORIGINAL_ONNX, input_shape)
-        parity = onnx_parity(pruned, tmp / rundir.MODEL_ONNX, input_shape)
-
-        config_dict = {"schema": rundir.CONFIG_SCHEMA, **config.to_dict(), "versions": versions(),
-                       "class_names": train_set.class_names, "group_names": train_set.group_names,
-                       "preprocessing": train_set.preprocessing.to_dict(), "input_shape": list(input_shape),
-                       "model_source": {"path": str(model_path), "kind": info["kind"]}}
-        write_json(tmp / rundir.CONFIG, config_dict)
-        report = {
-            "schema": rundir.REPORT_SCHEMA,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "pwdeploy_version": __version__,
-            "method": config.prune.method,
-            "loss": config.loss,
-            "pw": config.to_dict()["pw"].get(config.prune.method) or config.to_dict()["pw"]["default"],
-            "pw_applies_to": config.pw_applies_to,
-            "group_balanced": config.group_balanced,
-            "group_balance_strength": config.group_balance_strength,
-            "flops_reduction_target": config.prune.flops_reduction,
-            "flops_reduction": result.reduction,
-            "macs": {"original": result.macs_before, "pruned": result.macs_after},
-            "params": {"original": result.params_before, "pruned": result.params_after},
-            "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_shape": list(input_shape),
-            "num_classes": config.model.num_classes, "class_names": train_set.class_names,
-            "group_names": train_set.group_names, "preprocessing": train_set.preprocessing.to_dict(),
-            "data": spec.to_dict(), "data_notes": list(dict.fromkeys(train_set.notes + test_set.notes)),
-            "seed": config.seed, "device": str(device),
-            "metrics": {"original": metrics["original"], "pruned": metrics["pruned"]},
-            "metrics_before_retraining": metrics["pruned-before-retraining"],
-            "onnx_parity_max_abs": parity,
-            "retrain_loss_history": history,
-            "timings_s": {"prune": prune_seconds, "retrain": retrain_seconds},
-            "artifacts": {},
-        }
-        report.update(summarize(report["metrics"]))
-        write_reports(tmp, report)
-        _export_target(tmp, config)
-        report = _read_report(tmp)
-        report["timings_s"]["total"] = time.time() - started
-        write_reports(tmp, report)
-        write_text(tmp / rundir.COMPLETE, report["created"] + "\n")
+        result = compress(original, config, train_set, test_set, device)
+        report = write_run(rundir.RunDir(tmp), result, model_source={"path": str(model_path), "kind": info["kind"]},
+                           started=started)
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -237,23 +229,75 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
     return out
 
 
-def _read_report(run_dir: Path) -> dict:
-    from .fsutil import read_json
+def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict, started: float) -> dict:
+    """Save ``result`` into the (temporary) run directory: checkpoints, ONNX, the precision target, config.json
+    and report.json (each written once), then the completion marker. Returns the report."""
+    from exporters.onnx_export import export_onnx, onnx_parity
 
-    return read_json(run_dir / rundir.REPORT)
+    config, shape = result.config, result.input_shape
+    meta = {"data": data_spec(config).to_dict(), "class_names": result.train_set.class_names,
+            "group_names": result.train_set.group_names, "preprocessing": result.train_set.preprocessing.to_dict()}
+    for name, model in ((rundir.ORIGINAL_PT, result.original), (rundir.PRUNED_PT, result.pruned)):
+        save_checkpoint(model.cpu(), run.file(name), arch=config.model.arch, num_classes=config.model.num_classes,
+                        meta=meta)
+    export_onnx(result.pruned, run.file(rundir.MODEL_ONNX), shape)
+    export_onnx(result.original, run.file(rundir.ORIGINAL_ONNX), shape)
+    config_record = {**config.to_dict(), "versions": versions(), "input_shape": list(shape),
+                     "model_source": model_source}
+    run.write_config(config_record)
+    report = _report(result, onnx_parity(result.pruned, run.file(rundir.MODEL_ONNX), shape))
+    _export_target(run, config_record, report, result)
+    report["timings_s"]["total"] = time.time() - started
+    run.write_report(report)
+    write_text(run.file(rundir.COMPLETE), report["created"] + "\n")
+    return report
 
 
-def _export_target(run_dir: Path, config: RunConfig) -> None:
-    """Precision targets (fp16, INT8, TensorRT) come from exporters.targets where that module exists."""
-    try:
-        from exporters.targets import export_target
-    except ImportError:
-        if config.target != "onnx-fp32":
-            raise PwdeployError(f"--target {config.target} is not available in this build: use onnx-fp32")
-        return
-    export_target(run_dir, config.target, seed=config.seed, calib_size=config.calib_size,
-                  calib_method=config.calib_method, protect_groups=config.protect_groups,
-                  max_float_layers=config.max_float_layers)
+def _report(result: CompressResult, parity: float) -> dict:
+    """report.json's content for a fresh run (artifacts are added by the target export)."""
+    from exporters.onnx_export import INPUT_NAME, OUTPUT_NAME
+
+    config, prune, train_set = result.config, result.prune, result.train_set
+    report = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "pwdeploy_version": __version__,
+        "method": config.prune.method,
+        "loss": config.loss,
+        "pw": config.to_dict()["pw"].get(config.prune.method) or config.to_dict()["pw"]["default"],
+        "pw_applies_to": config.pw_applies_to,
+        "group_balanced": config.group_balanced,
+        "group_balance_strength": config.group_balance_strength,
+        "flops_reduction_target": config.prune.flops_reduction,
+        "flops_reduction": prune.reduction,
+        "macs": {"original": prune.macs_before, "pruned": prune.macs_after},
+        "params": {"original": prune.params_before, "pruned": prune.params_after},
+        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+        "num_classes": config.model.num_classes, "class_names": train_set.class_names,
+        "group_names": train_set.group_names, "preprocessing": train_set.preprocessing.to_dict(),
+        "dataset": train_set.name,
+        "data_notes": list(dict.fromkeys(train_set.notes + result.test_set.notes)),
+        "seed": config.seed, "device": str(result.device),
+        "metrics": {"original": result.metrics["original"], "pruned": result.metrics["pruned"]},
+        "metrics_before_retraining": result.metrics["pruned-before-retraining"],
+        "onnx_parity_max_abs": parity,
+        "retrain_loss_history": result.history,
+        "timings_s": dict(result.timings_s),
+        "artifacts": {},
+    }
+    report.update(summarize(report["metrics"]))
+    return report
+
+
+def _export_target(run: rundir.RunDir, config: dict, report: dict, result: CompressResult) -> None:
+    """The configured precision target, from the logits compress computed; its records go into ``report``."""
+    from exporters.targets import InMemoryResults, make_target, record_target
+
+    c = result.config
+    info = make_target(run.path, config, report, c.target, seed=c.seed, calib_size=c.calib_size,
+                       calib_method=c.calib_method, protect_groups=c.protect_groups,
+                       max_float_layers=c.max_float_layers,
+                       results=InMemoryResults(result.test_set, result.logits))
+    record_target(report, info)
 
 
 def _check_model_input(model: torch.nn.Module, example: torch.Tensor) -> None:

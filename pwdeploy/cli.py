@@ -13,6 +13,7 @@ from .data import list_datasets
 from .device.install import DEFAULT_KEEP
 from .errors import EXIT_INTERNAL, PwdeployError
 from .models import list_models
+from .targets import DEFAULT_CALIB_SIZE, help_text as targets_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fairness-preserving structured pruning (PW loss) and edge deployment.")
@@ -46,6 +47,7 @@ MaxFloatHelp = _max_float_help()
 
 
 # --- commands: train / compress / demo (issue 2) ---
+TargetHelp = targets_help()  # the targets registry (pwdeploy.targets) is the one list
 DataOpt = typer.Option(None, "--data", help=f"Dataset: {', '.join(list_datasets())}; "
                                             "default: the --config file's dataset, else synthetic.")
 RootOpt = typer.Option(None, "--data-root", help="Folder holding the dataset files (or its parent).")
@@ -115,8 +117,8 @@ def compress(
     group_balance_strength: Optional[float] = typer.Option(
         None, "--group-balance-strength", help="With --group-balanced: 1 equal group totals, 0.5 halfway (in log "
                                                "scale), any value in (0, 1]."),
-    target: Optional[str] = typer.Option(None, "--target", help="onnx-fp32, onnx-fp16, onnx-int8, trt-fp32, trt-fp16, trt-int8."),
-    calib_size: Optional[int] = typer.Option(None, "--calib-size", help="INT8: calibration images, stratified by group (default 512)."),
+    target: Optional[str] = typer.Option(None, "--target", help=TargetHelp),
+    calib_size: Optional[int] = typer.Option(None, "--calib-size", help=f"INT8: calibration images, stratified by group (default {DEFAULT_CALIB_SIZE})."),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help="INT8: minmax, entropy or percentile."),
     protect_groups: Optional[bool] = typer.Option(None, "--protect-groups", help=ProtectHelp),
     max_float_layers: Optional[int] = typer.Option(None, "--max-float-layers", help=MaxFloatHelp),
@@ -166,14 +168,13 @@ def demo(
 AllowEmptyOpt = typer.Option(False, "--allow-empty-groups",
                              help="Let a group with no verification samples pass (default: it FAILS, since "
                                   "nothing shows it is unharmed).")
-TargetHelp = "onnx-fp32, onnx-fp16, onnx-int8, trt-fp32, trt-fp16 or trt-int8."
 
 
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory written by 'pwdeploy compress'."),
     target: str = typer.Option(..., "--target", help=TargetHelp),
-    calib_size: int = typer.Option(512, "--calib-size", help="INT8: calibration images, stratified by group."),
+    calib_size: int = typer.Option(DEFAULT_CALIB_SIZE, "--calib-size", help="INT8: calibration images, stratified by group."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="INT8: minmax, entropy or percentile."),
     recalibrate: bool = typer.Option(False, "--recalibrate",
                                      help="INT8: compute new scales even if a calibration is recorded."),
@@ -259,8 +260,7 @@ def verify_command(
 def package(
     run_dir: Path = typer.Argument(..., help="Run directory written by 'pwdeploy compress' (and 'pwdeploy export')."),
     output: Path = typer.Option(..., "-o", "--output", help="Bundle to write: NAME.tar.gz."),
-    target: Optional[str] = typer.Option(None, "--target", help="Default: the run's target. onnx-fp32, onnx-fp16, "
-                                                                 "onnx-int8, trt-fp32, trt-fp16 or trt-int8."),
+    target: Optional[str] = typer.Option(None, "--target", help="Default: the run's target. " + TargetHelp),
     verification_size: int = typer.Option(300, "--verification-size",
                                           help="Test images shipped for the on-device gate (equal shares per group)."),
     engine_for: Optional[str] = typer.Option(None, "--engine-for",

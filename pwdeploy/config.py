@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .targets import DEFAULT_CALIB_SIZE, DEFAULT_TARGET, list_targets
 
 # configs/ at the top of the source tree; pwdeploy/configs links to it, so the wheel ships the YAMLs as package data.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -83,9 +84,9 @@ class RunConfig:
     group_balanced: bool = False
     # how far the rebalance goes: 1 equal group totals, 0.5 the square root of the full factor (loss.group_balance)
     group_balance_strength: float = 1.0
-    target: str = "onnx-fp32"
+    target: str = DEFAULT_TARGET
     # INT8 calibration: images drawn stratified by group from the training split, and the range method
-    calib_size: int = 512
+    calib_size: int = DEFAULT_CALIB_SIZE
     calib_method: str = "minmax"
     # INT8 group protection: keep the layers that hurt the worst group in float (None: calibration.protect's default)
     protect_groups: bool = False
@@ -107,7 +108,7 @@ CHOICES = {
     "retrain.optimizer": ("adamw", "sgd"),
     "retrain.schedule": ("cosine", "constant"),
     "calib_method": ("minmax", "entropy", "percentile"),
-    "target": ("onnx-fp32", "onnx-fp16", "onnx-int8", "trt-fp32", "trt-fp16", "trt-int8"),
+    "target": tuple(list_targets()),
 }
 
 

@@ -16,25 +16,23 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 
 from . import __version__, rundir
 from .errors import DataError, PwdeployError
 from .fsutil import atomic_path, sha256_file, write_json, write_text
-from .gate import tolerance_for
 from .device import LAUNCHER
 from .manifest import MANIFEST, SCHEMA, SIGNATURE_FILE, validate_manifest
 from .metrics import group_metrics, predict
 from .safe_extract import check_archive, single_root
 from .signature import sign
+from .targets import ENGINE_BATCHES, Target, get_target
 from .verification_set import FILENAME as VSET_FILE, VerificationSet, equal_shares, load_verification_set, \
     write_verification_set
 
-TARGETS = tuple(f"{rt}-{p}" for rt in ("onnx", "trt") for p in ("fp32", "fp16", "int8"))
-MODEL_FOR_PRECISION = {"fp32": rundir.MODEL_ONNX, "fp16": rundir.FP16_ONNX, "int8": rundir.INT8_ONNX}
-ENGINE_BATCHES = (1, 8, 32)  # min / opt / max batch of the engine built on the device
 MAX_VERIFICATION_BYTES = 128 * 1024 * 1024  # keeps a 224 px bundle shippable (about 220 images)
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The torch-free slice of pwdeploy that runs on the device (paths relative to the package's parent).
@@ -61,11 +59,14 @@ manifest.json lists every file with its sha256, the preprocessing, the groups an
 """
 
 
-def parse_target(target: str) -> tuple[str, str]:
-    if target not in TARGETS:
-        raise PwdeployError(f"unknown --target {target!r}: use one of {', '.join(TARGETS)}")
-    runtime, precision = target.split("-")
-    return runtime, precision
+@dataclass
+class _Evidence:
+    """What the bundle proves: the shipped model's results here on the shipped verification set."""
+    vs: VerificationSet
+    source: dict
+    reference: dict  # metrics of the shipped model, computed here
+    runner: str
+    original: Optional[dict]  # metrics of original.onnx (with --max-group-drop)
 
 
 def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target: str | None = None,
@@ -76,6 +77,60 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
     With ``sign_key`` (an SSH private key) manifest.json is signed (manifest.json.sig, OpenSSH ``-Y sign``)."""
     run = rundir.RunDir.open(run_dir)
     output = Path(output)
+    _check_options(output, verification_size, tolerance, max_group_drop)
+    config, report = run.config, run.report
+    spec = get_target(target or config["target"])
+    model_path = run.file(spec.onnx_file)
+    if not model_path.is_file():
+        raise PwdeployError(f"{model_path} is missing: run `pwdeploy export {run.path} --target "
+                            f"onnx-{spec.precision}` first (or package another --target)")
+    _check_recorded_hash(report, spec.onnx_file, model_path)
+    io_info = onnx_io(model_path)
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    bundle_id = _bundle_id(run.path.name, spec.name, created)
+    evidence = _evidence(run, config, report, model_path, io_info, verification_size, seed, max_group_drop)
+    engine_file, engine_trt = _engine(run, report, spec, engine_for)
+
+    with tempfile.TemporaryDirectory(prefix=".pwdeploy-package-", dir=output.parent if output.parent.exists() else None) as tmp:
+        root = Path(tmp) / bundle_id
+        root.mkdir()
+        _stage_files(root, run, spec, model_path, io_info, engine_file, evidence, bundle_id, created)
+        manifest = {
+            "schema": SCHEMA,
+            "bundle_id": bundle_id,
+            "created": created.isoformat(),
+            "pwdeploy_version": __version__,
+            "target": spec.name,
+            "precision": spec.precision,
+            "model": _model_entry(run, config, report, spec, io_info),
+            "preprocessing": _preprocessing(report),
+            "groups": list(report["group_names"]),
+            "verification": {
+                "file": VSET_FILE, "n": len(evidence.vs), "per_group": evidence.vs.group_counts(),
+                "seed": int(seed), "batch_size": spec.engine_batches[-1], "source": evidence.source,
+                "drawn": "equal shares per group (groups smaller than their share give all they have)",
+            },
+            "reference": {
+                "metrics": evidence.reference,
+                "runner": evidence.runner,
+                "why": "the shipped model's results on the shipped verification set, computed while packaging: "
+                       "the device must reproduce them per group within the gate tolerance",
+                "test_split": _test_split_reference(report, spec.name, spec.precision),
+                "original": evidence.original,
+            },
+            "gate": {"tolerance": float(tolerance if tolerance is not None else spec.tolerance),
+                     "max_group_drop": max_group_drop, "allow_empty_groups": bool(allow_empty_groups)},
+            "calibration": _calibration(report, spec.onnx_file, spec.precision),
+            "engine": _engine_entry(spec, engine_file, engine_trt),
+            "files": _hash_tree(root),
+        }
+        _seal(root, manifest, sign_key, output, created)
+    if not quiet:
+        _print_summary(output, manifest, evidence.source)
+    return output
+
+
+def _check_options(output: Path, verification_size: int, tolerance, max_group_drop) -> None:
     if not (output.name.endswith(".tar.gz") or output.name.endswith(".tgz")):
         raise PwdeployError(f"-o {output}: a bundle is a .tar.gz file: name it e.g. {output.name}.tar.gz")
     if verification_size < 10:
@@ -85,26 +140,18 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
     check("--verification-size", verification_size, Range(10, 100_000, integer=True))
     check("--tolerance", tolerance, POINTS)
     check("--max-group-drop", max_group_drop, POINTS)
-    config, report = run.config, run.report
-    target = target or report.get("target") or config.get("target") or "onnx-fp32"
-    runtime, precision = parse_target(target)
-    model_file = MODEL_FOR_PRECISION[precision]
-    model_path = run.file(model_file)
-    if not model_path.is_file():
-        raise PwdeployError(f"{model_path} is missing: run `pwdeploy export {run.path} --target onnx-{precision}` "
-                            "first (or package another --target)")
-    _check_recorded_hash(report, model_file, model_path)
-    io_info = onnx_io(model_path)
-    group_names = list(report["group_names"])
-    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    bundle_id = _bundle_id(run.path.name, target, created)
 
-    vs, source = _verification_subset(run, report, verification_size, seed)
+
+def _evidence(run: rundir.RunDir, config: dict, report: dict, model_path: Path, io_info: dict,
+              verification_size: int, seed: int, max_group_drop) -> _Evidence:
+    """Cut the verification subset and run the shipped model (and, for --max-group-drop, the original) on it."""
+    group_names = list(report["group_names"])
+    vs, source = _verification_subset(run, config, verification_size, seed)
     if list(vs.group_names) != group_names:
         raise DataError(f"the verification set's groups {vs.group_names} differ from report.json's {group_names}: "
                         f"re-run `pwdeploy export {run.path}`")
     if tuple(vs.input_shape) != tuple(io_info["shape"][1:]):
-        raise DataError(f"verification images are {list(vs.input_shape)} but {model_file} takes "
+        raise DataError(f"verification images are {list(vs.input_shape)} but {model_path.name} takes "
                         f"{io_info['shape'][1:]}: re-run `pwdeploy export {run.path}`")
     reference_logits, runner_desc = _run_onnx(model_path, io_info, vs.images)
     vs.logits["reference"] = reference_logits
@@ -116,85 +163,68 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
         original_io = onnx_io(run.file(rundir.ORIGINAL_ONNX))
         original_logits, _ = _run_onnx(run.file(rundir.ORIGINAL_ONNX), original_io, vs.images)
         original = group_metrics(predict(original_logits), vs.labels, vs.groups, group_names)
-    test_split = _test_split_reference(report, target, precision)
-    engine_file, engine_trt = _engine(run, report, runtime, engine_for)
+    return _Evidence(vs, source, reference, runner_desc, original)
 
-    with tempfile.TemporaryDirectory(prefix=".pwdeploy-package-", dir=output.parent if output.parent.exists() else None) as tmp:
-        root = Path(tmp) / bundle_id
-        root.mkdir()
-        shutil.copy2(model_path, root / model_file)
-        for extra in io_info["external_data"]:
-            shutil.copy2(model_path.parent / extra, root / extra)
-        if engine_file:
-            shutil.copy2(run.file(engine_file), root / engine_file)
-        vs.meta.update(bundle_id=bundle_id, subset_of=source, reference_runner=runner_desc)
-        write_verification_set(root / VSET_FILE, vs)
-        from .device.build_engine import SCRIPT_NAME, render_script
 
-        lo, opt, hi = ENGINE_BATCHES
-        write_text(root / SCRIPT_NAME, render_script(
-            bundle_id=bundle_id, version=__version__, model_file=model_file, precision=precision,
-            input_name=io_info["name"], input_shape=io_info["shape"], min_batch=lo, opt_batch=opt, max_batch=hi))
-        (root / SCRIPT_NAME).chmod(0o755)
-        for rel in DEVICE_CODE:
-            dest = root / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(PACKAGE_DIR.parent / rel, dest)
-        write_text(root / "README.txt", DEVICE_README.format(
-            bundle_id=bundle_id, target=target, model_file=model_file, created=created.isoformat(), version=__version__))
+def _stage_files(root: Path, run: rundir.RunDir, spec: Target, model_path: Path, io_info: dict,
+                 engine_file: Optional[str], evidence: _Evidence, bundle_id: str, created: dt.datetime) -> None:
+    """Everything but the manifest: model (+ external data), engine, verification set, build script, device code."""
+    from .device.build_engine import SCRIPT_NAME, render_script
 
-        manifest = {
-            "schema": SCHEMA,
-            "bundle_id": bundle_id,
-            "created": created.isoformat(),
-            "pwdeploy_version": __version__,
-            "target": target,
-            "precision": precision,
-            "model": {
-                "name": run.path.name,
-                "arch": str(config.get("model", {}).get("arch", "unknown")),
-                "file": model_file,
-                "format": "onnx-qdq" if precision == "int8" else "onnx",
-                "class_names": list(report.get("class_names") or config.get("class_names") or []),
-                "input": {"name": io_info["name"], "shape": io_info["shape"], "dtype": io_info["dtype"]},
-                "output": {"name": io_info["output"]},
-                "flops_reduction": report.get("flops_reduction"),
-                "loss": report.get("loss"),
-                "method": report.get("method"),
-            },
-            "preprocessing": _preprocessing(report, config),
-            "groups": group_names,
-            "verification": {
-                "file": VSET_FILE, "n": len(vs), "per_group": vs.group_counts(), "seed": int(seed),
-                "batch_size": hi, "source": source,
-                "drawn": "equal shares per group (groups smaller than their share give all they have)",
-            },
-            "reference": {
-                "metrics": reference,
-                "runner": runner_desc,
-                "why": "the shipped model's results on the shipped verification set, computed while packaging: "
-                       "the device must reproduce them per group within the gate tolerance",
-                "test_split": test_split,
-                "original": original,
-            },
-            "gate": {"tolerance": float(tolerance if tolerance is not None else tolerance_for(precision)),
-                     "max_group_drop": max_group_drop, "allow_empty_groups": bool(allow_empty_groups)},
-            "calibration": _calibration(report, model_file, precision),
-            "engine": {"build_script": SCRIPT_NAME, "file": engine_file, "tensorrt": engine_trt,
-                       "min_batch": lo, "opt_batch": opt, "max_batch": hi,
-                       "note": "engines are built on the device: they do not move between GPUs or TensorRT versions"},
-            "files": _hash_tree(root),
-        }
-        validate_manifest(manifest)  # never ship a manifest the device would refuse
-        write_json(root / MANIFEST, manifest)
-        if sign_key:
-            (root / SIGNATURE_FILE).write_bytes(sign((root / MANIFEST).read_bytes(), sign_key))
-        with atomic_path(output) as partial:
-            _write_tar(root, partial, created)
-            single_root(check_archive(str(partial), output.name), output.name)  # the device will accept it
-    if not quiet:
-        _print_summary(output, manifest, source)
-    return output
+    shutil.copy2(model_path, root / spec.onnx_file)
+    for extra in io_info["external_data"]:
+        shutil.copy2(model_path.parent / extra, root / extra)
+    if engine_file:
+        shutil.copy2(run.file(engine_file), root / engine_file)
+    evidence.vs.meta.update(bundle_id=bundle_id, subset_of=evidence.source, reference_runner=evidence.runner)
+    write_verification_set(root / VSET_FILE, evidence.vs)
+    lo, opt, hi = spec.engine_batches
+    write_text(root / SCRIPT_NAME, render_script(
+        bundle_id=bundle_id, version=__version__, model_file=spec.onnx_file, precision=spec.precision,
+        input_name=io_info["name"], input_shape=io_info["shape"], min_batch=lo, opt_batch=opt, max_batch=hi))
+    (root / SCRIPT_NAME).chmod(0o755)
+    for rel in DEVICE_CODE:
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PACKAGE_DIR.parent / rel, dest)
+    write_text(root / "README.txt", DEVICE_README.format(
+        bundle_id=bundle_id, target=spec.name, model_file=spec.onnx_file, created=created.isoformat(),
+        version=__version__))
+
+
+def _model_entry(run: rundir.RunDir, config: dict, report: dict, spec: Target, io_info: dict) -> dict:
+    return {
+        "name": run.path.name,
+        "arch": str(config["model"]["arch"]),
+        "file": spec.onnx_file,
+        "format": "onnx-qdq" if spec.precision == "int8" else "onnx",
+        "class_names": list(report["class_names"]),
+        "input": {"name": io_info["name"], "shape": io_info["shape"], "dtype": io_info["dtype"]},
+        "output": {"name": io_info["output"]},
+        "flops_reduction": report["flops_reduction"],
+        "loss": report["loss"],
+        "method": report["method"],
+    }
+
+
+def _engine_entry(spec: Target, engine_file: Optional[str], engine_trt: Optional[str]) -> dict:
+    from .device.build_engine import SCRIPT_NAME
+
+    lo, opt, hi = spec.engine_batches
+    return {"build_script": SCRIPT_NAME, "file": engine_file, "tensorrt": engine_trt,
+            "min_batch": lo, "opt_batch": opt, "max_batch": hi,
+            "note": "engines are built on the device: they do not move between GPUs or TensorRT versions"}
+
+
+def _seal(root: Path, manifest: dict, sign_key: Optional[str], output: Path, created: dt.datetime) -> None:
+    """Validate, write (and sign) the manifest, then the archive, atomically."""
+    validate_manifest(manifest)  # never ship a manifest the device would refuse
+    write_json(root / MANIFEST, manifest)
+    if sign_key:
+        (root / SIGNATURE_FILE).write_bytes(sign((root / MANIFEST).read_bytes(), sign_key))
+    with atomic_path(output) as partial:
+        _write_tar(root, partial, created)
+        single_root(check_archive(str(partial), output.name), output.name)  # the device will accept it
 
 
 def verify_locally(bundle: str | os.PathLike, workdir: str | os.PathLike, *, runner: str = "auto",
@@ -272,7 +302,7 @@ def _bundle_id(run_name: str, target: str, created: dt.datetime) -> str:
     return f"{base[:80]}-{target}-{created.strftime('%Y%m%dT%H%M%SZ')}"
 
 
-def _verification_subset(run: rundir.RunDir, report: dict, size: int, seed: int) -> tuple[VerificationSet, str]:
+def _verification_subset(run: rundir.RunDir, config: dict, size: int, seed: int) -> tuple[VerificationSet, str]:
     """A group-stratified subset of the test split: from the run's verification_set.npz (written by
     `pwdeploy export`), else straight from the dataset (needs the data where you package)."""
     path = run.file(VSET_FILE)
@@ -280,8 +310,8 @@ def _verification_subset(run: rundir.RunDir, report: dict, size: int, seed: int)
         full = load_verification_set(path)
         source = f"{VSET_FILE} of the run ({full.meta.get('split', 'test')} split, {len(full)} images)"
     else:
-        full = _from_dataset(report, size, seed)
-        source = f"test split of dataset {report['data']['name']!r} ({full.meta['source_n']} images)"
+        full = _from_dataset(config, size, seed)
+        source = f"test split of dataset {config['data']['name']!r} ({full.meta['source_n']} images)"
     size = _fit_size(size, full.images.shape[1:])
     pick = _stratified(full.groups, len(full.group_names), size, seed)
     subset = VerificationSet(
@@ -311,11 +341,11 @@ def _stratified(groups: np.ndarray, num_groups: int, size: int, seed: int) -> np
     return np.sort(np.concatenate([m[:q] for m, q in zip(members, quota)])).astype(np.int64)
 
 
-def _from_dataset(report: dict, size: int, seed: int) -> VerificationSet:
+def _from_dataset(config: dict, size: int, seed: int) -> VerificationSet:
     from .data import DataSpec, create_dataset
 
     try:
-        ds = create_dataset(DataSpec.from_dict(report["data"]), "test")
+        ds = create_dataset(DataSpec.from_dict(config["data"]), "test")
     except PwdeployError as exc:
         raise DataError(f"cannot build the verification set: the run has no {VSET_FILE} and the test split "
                         f"does not load ({exc}); run `pwdeploy export RUN_DIR` first") from exc
@@ -333,7 +363,7 @@ def _run_onnx(path: Path, io_info: dict, images: np.ndarray) -> tuple[np.ndarray
 
     runner = OnnxRuntimeRunner(str(path), io_info["name"], io_info["output"], prefer_gpu=False)
     try:
-        batch = io_info["shape"][0] if io_info["shape"][0] > 0 else ENGINE_BATCHES[-1]
+        batch = io_info["shape"][0] if io_info["shape"][0] > 0 else ENGINE_BATCHES[-1]  # the engine profile's max
         if io_info["shape"][0] > 0 and len(images) % batch:
             raise PwdeployError(f"{path.name} has a fixed batch of {batch}: re-export it with a dynamic batch "
                                 "(`pwdeploy export`)")
@@ -357,18 +387,17 @@ def _test_split_reference(report: dict, target: str, precision: str) -> dict | N
 def _calibration(report: dict, model_file: str, precision: str) -> dict | None:
     if precision != "int8":
         return None
-    artifact = (report.get("artifacts") or {}).get(model_file, {})
-    provenance = artifact.get("calibration") or report.get("calibration")
+    provenance = (report.get("artifacts") or {}).get(model_file, {}).get("calibration")
     if isinstance(provenance, dict):
         return provenance
     return {"note": "report.json records no calibration provenance for this INT8 model"}
 
 
-def _engine(run: rundir.RunDir, report: dict, runtime: str, engine_for: str | None) -> tuple[str | None, str | None]:
+def _engine(run: rundir.RunDir, report: dict, spec: Target, engine_for: str | None) -> tuple[str | None, str | None]:
     """Ship the run's engine only when asked and only when it was built on the named device."""
     if engine_for is None:
         return None, None
-    if runtime != "trt":
+    if not spec.builds_engine:
         raise PwdeployError("--engine-for applies to trt-* targets only: drop it or use --target trt-fp16 (say)")
     record = (report.get("artifacts") or {}).get(rundir.ENGINE)
     if not run.file(rundir.ENGINE).is_file() or not isinstance(record, dict):
@@ -388,10 +417,8 @@ def _engine(run: rundir.RunDir, report: dict, runtime: str, engine_for: str | No
     return rundir.ENGINE, str(trt_version)
 
 
-def _preprocessing(report: dict, config: dict) -> dict:
-    pre = dict(report.get("preprocessing") or config.get("preprocessing") or {})
-    if not pre:
-        raise PwdeployError("report.json records no preprocessing: re-run compress with this pwdeploy version")
+def _preprocessing(report: dict) -> dict:
+    pre = dict(report["preprocessing"])
     pre.setdefault("channel_order", "RGB")
     pre.setdefault("layout", "NCHW")
     pre.setdefault("resize", "bilinear")

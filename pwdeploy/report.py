@@ -86,7 +86,7 @@ def markdown(report: dict) -> str:
              f"- MACs: {report['macs']['original']:,} -> {report['macs']['pruned']:,} "
              f"({100 * report['flops_reduction']:.2f}% removed, target {100 * report['flops_reduction_target']:.2f}%)",
              f"- Parameters: {report['params']['original']:,} -> {report['params']['pruned']:,}",
-             f"- Data: {report['data']['name']} (test split), groups: {', '.join(report['group_names'])}", "",
+             f"- Data: {report['dataset']} (test split), groups: {', '.join(report['group_names'])}", "",
              "| group | n | " + " | ".join(f"{n} acc %" for n in names) + " | Δ pruned vs original |",
              "|---|---:|" + "---:|" * len(names) + "---:|"]
     for group in list(metrics["original"]["groups"]) + ["overall"]:
@@ -127,10 +127,8 @@ def _int8_protection_lines(report: dict) -> list:
     return lines
 
 
-def write_reports(run_dir: Path, report: dict) -> None:
-    from .fsutil import write_json
-
-    write_json(run_dir / "report.json", report)
+def render_reports(run_dir: Path, report: dict) -> None:
+    """report.md and report.png from report.json's content (written by pwdeploy.rundir.RunDir only)."""
     write_text(run_dir / "report.md", markdown(report))
     plot_groups(report, run_dir / "report.png")
 

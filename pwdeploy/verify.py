@@ -597,15 +597,16 @@ def _update_report(run: Path, artifacts: list, results: dict, evald: EvalData) -
            and not a.target.startswith("torch")]
     if not own:
         return
-    report = read_json(run / rundir.REPORT)
-    for art in own:
-        r = results[art.name]
-        report.setdefault("metrics", {})[art.target] = r["metrics"]
-        report.setdefault("verification", {})[art.target] = {
-            "artifact": art.name, "passed": r["passed"], "failed_groups": r["failed_groups"],
-            "tolerance": r["tolerance"], "max_group_drop": r["max_group_drop"], "runner": r.get("runner"),
-            "data": evald.source, "verify_json": VERIFY_JSON}
-    from .report import summarize, write_reports
+    from .report import summarize
 
-    report.update(summarize(report["metrics"]))  # worst group and changes for the new artifacts too
-    write_reports(run, report)  # report.md and report.png show the exported artifacts as well
+    def record(report: dict) -> None:
+        for art in own:
+            r = results[art.name]
+            report.setdefault("metrics", {})[art.target] = r["metrics"]
+            report.setdefault("verification", {})[art.target] = rundir.VerificationRecord(
+                artifact=art.name, passed=r["passed"], failed_groups=r["failed_groups"], tolerance=r["tolerance"],
+                max_group_drop=r["max_group_drop"], runner=r.get("runner"), data=evald.source,
+                verify_json=VERIFY_JSON).to_dict()
+        report.update(summarize(report["metrics"]))  # worst group and changes for the new artifacts too
+
+    rundir.RunDir(run).update_report(record)  # report.md and report.png show the exported artifacts as well

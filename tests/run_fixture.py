@@ -81,14 +81,15 @@ def _build(run: Path) -> Path:
         images=test.images, labels=test.labels, groups=test.groups, group_names=list(test.group_names),
         class_names=list(test.class_names), indices=np.arange(len(test), dtype=np.int64),
         logits={"pruned": logits}, meta={"split": "test", "subset": False, "source_n": len(test)}))
-    common = {"class_names": list(test.class_names), "group_names": list(test.group_names),
-              "preprocessing": test.preprocessing.to_dict(), "input_shape": list(shape)}
+    # the layout RunDir gives a run: settings and input_shape in config.json, what the data is in report.json
     write_json(run / rundir.CONFIG, {"schema": rundir.CONFIG_SCHEMA, "data": DATA,
                                      "model": {"arch": "smallcnn", "num_classes": 2}, "target": "onnx-fp32",
-                                     **common})
+                                     "device": "cpu", "input_shape": list(shape)})
     write_json(run / rundir.REPORT, {
         "schema": rundir.REPORT_SCHEMA, "method": "magnitude", "loss": "pw", "flops_reduction": 0.0,
-        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "data": DATA, **common,
+        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "dataset": test.name,
+        "class_names": list(test.class_names), "group_names": list(test.group_names),
+        "preprocessing": test.preprocessing.to_dict(),
         "metrics": {"original": metrics, "pruned": metrics},
         "artifacts": {
             rundir.MODEL_ONNX: {"sha256": sha256_file(run / rundir.MODEL_ONNX), "precision": "fp32"},
