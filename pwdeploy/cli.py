@@ -246,13 +246,16 @@ def verify_command(
                                                       "hash says it was exported from another run."),
 ):
     """Run the exported artifact per group; PASSED/FAILED per group, verify.json; exit 1 when the gate fails."""
+    from .errors import GateFailed
     from .verify import verify as run_verify
 
     options = _data_overrides(data or "", None, data_option)["data"].get("options")
-    run_verify(artifact, reference=reference, target=target, data=data, data_root=data_root, data_options=options,
+    summary = run_verify(artifact, reference=reference, target=target, data=data, data_root=data_root, data_options=options,
                tolerance=tolerance, max_group_drop=max_group_drop, runner=runner, ort_provider=ort_provider,
                bootstrap=bootstrap, seed=seed, batch_size=batch_size, allow_empty_groups=allow_empty_groups,
                force=force)
+    if summary["failure"]:
+        raise GateFailed(summary["failure"])
 
 
 # --- commands: package / ship (issue 5) ---

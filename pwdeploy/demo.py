@@ -50,7 +50,9 @@ def run_demo(out: str | Path, *, seed: int = 0, device: str = "auto") -> dict:
     console.rule(f"3/4 verify the exported {shipped.upper()} model (ONNX Runtime) per group")
     from .verify import verify
 
-    verify(runs[shipped])
+    verified = verify(runs[shipped])
+    if verified["failure"]:
+        raise GateFailed(verified["failure"])
     console.rule("4/4 package a device bundle and run its self-check (as the device would: no torch)")
     summary["bundle"] = {"path": str(out / f"{shipped.replace('+', '-')}-bundle.tar.gz"), "device_check_passed": False}
     try:
@@ -76,9 +78,9 @@ def package_and_check(run_dir: Path, bundle: Path) -> None:
 
 
 def _report(run_dir: Path) -> dict:
-    from .fsutil import read_json
+    from .rundir import RunDir
 
-    return read_json(run_dir / "report.json")
+    return RunDir.open(run_dir).report
 
 
 def compare_runs(reports: dict[str, dict]) -> dict:

@@ -19,18 +19,16 @@ from typing import Any, Optional
 import numpy as np
 
 from . import __version__, rundir
-from .errors import GateFailed, PwdeployError
+from .errors import PwdeployError
 from .fsutil import read_json, sha256_file, write_json
 from .gate import check_groups, tolerance_for
 from .metrics import accuracy_change, group_metrics, predict
 from .runners import RUNNER_KINDS
+from .targets import ONNX_FOR_PRECISION, get_target, target_for_file
 from .verification_set import FILENAME as VERIFICATION_SET
 
 SCHEMA = "pwdeploy.verify/1"
 VERIFY_JSON = "verify.json"
-TARGET_BY_FILE = {rundir.MODEL_ONNX: "onnx-fp32", rundir.FP16_ONNX: "onnx-fp16", rundir.INT8_ONNX: "onnx-int8"}
-ONNX_BY_PRECISION = {"fp32": rundir.MODEL_ONNX, "fp16": rundir.FP16_ONNX, "int8": rundir.INT8_ONNX}
-TARGETS = ("onnx-fp32", "onnx-fp16", "onnx-int8", "trt-fp32", "trt-fp16", "trt-int8")
 ORT_PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 
 
@@ -67,8 +65,9 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
            ort_provider: str = "auto", bootstrap: int = 1000, seed: int = 0, batch_size: int = 64,
            console=None, update_report: bool = True, allow_empty_groups: bool = False, force: bool = False) -> dict:
     """Verify ``artifact`` (a run directory, .onnx, .plan/.engine or .pt). Writes verify.json next to it and,
-    for a run's own artifacts, ``metrics[<target>]`` into its report.json. Raises GateFailed (exit 1) naming
-    the failed groups; bad input raises PwdeployError (exit 2). Returns the verify.json content."""
+    for a run's own artifacts, ``metrics[<target>]`` into its report.json. Returns the verify.json content: a
+    failed gate is ``failure`` (text naming the failed groups, None when every artifact verified here passed),
+    raised as GateFailed (exit 1) only by the CLI; bad input raises PwdeployError (exit 2)."""
     from .progress import console as default_console
 
     console = console or default_console
@@ -78,18 +77,47 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
         raise PwdeployError(f"artifact not found: {path}: pass a run directory, .onnx, .plan/.engine or .pt")
     run = _reference_run(path, reference)
     foreign = _foreign_home(path, run, force)
-    config, report = read_json(run / rundir.CONFIG), read_json(run / rundir.REPORT)
+    config, report = rundir.RunDir(run).config, rundir.RunDir(run).report
     artifacts = _artifacts(path, run, report, target, runner)
     _check_not_stale(artifacts, run, report)
-    runnable = [a for a in artifacts if not a.skip_reason]
-    if not runnable:
+    if not any(not a.skip_reason for a in artifacts):
         reasons = "; ".join(f"{a.name}: {a.skip_reason}" for a in artifacts)
         raise PwdeployError(f"nothing can be verified here ({reasons})")
 
     evald = _eval_data(run, config, report, data=data, data_root=data_root, data_options=data_options,
                        batch_size=batch_size)
     recorded = report.get("metrics", {})
-    names = evald.group_names
+    ref_metrics, orig_metrics = _comparison_metrics(evald, recorded, max_group_drop)
+    logits, described = _run_artifacts_once(artifacts, evald, run, runner, ort_provider, batch_size)
+    results = {}
+    for art in artifacts:
+        if art.skip_reason:
+            results[art.name] = {"target": art.target, "precision": art.precision, "verified": False,
+                                 "skipped": art.skip_reason, "notes": art.notes}
+            console.print(f"[yellow]not verified:[/] {art.name}: {art.skip_reason}")
+            continue
+        results[art.name] = _evaluate(art, logits[art.name], evald, ref_metrics, orig_metrics, recorded,
+                                      tolerance=tolerance, max_group_drop=max_group_drop, n_boot=bootstrap,
+                                      seed=seed, allow_empty_groups=allow_empty_groups)
+        _describe_result(art, results[art.name], described[art.name], evald, console)
+
+    out_dir = path if path.is_dir() else path.parent
+    # in another run's folder, results go beside the artifact under its own name, never into that run's verify.json
+    out_name = f"{path.name}.{VERIFY_JSON}" if foreign else VERIFY_JSON
+    failed = {name: r for name, r in results.items() if r.get("verified") and not r["passed"]}
+    failure = ("gate FAILED: " + "; ".join(_failure_text(name, r) for name, r in failed.items())) if failed else None
+    summary = _write_verify_json(out_dir, results, run, evald, out_name, failure)
+    if update_report:
+        _update_report(run, artifacts, results, evald)
+    if failure is None:
+        verified = [n for n, r in results.items() if r.get("verified")]
+        console.print(f"[bold green]PASSED[/]: {', '.join(verified)} (verify.json in {out_dir})")
+    return summary
+
+
+def _comparison_metrics(evald: "EvalData", recorded: dict, max_group_drop) -> tuple:
+    """(reference, original) metrics on the verification data: from their logits (paired), else from report.json
+    when the data is the full test split it was computed on."""
     ref_metrics = _metrics_of(evald.reference_logits, evald) if evald.reference_logits is not None else None
     orig_metrics = _metrics_of(evald.original_logits, evald) if evald.original_logits is not None else None
     if ref_metrics is None:
@@ -102,50 +130,36 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
     if max_group_drop is not None and orig_metrics is None:
         raise PwdeployError("--max-group-drop needs the original model's results: the run has neither "
                             "original.pt logits nor report.json metrics.original")
+    return ref_metrics, orig_metrics
 
-    results, runners, described = {}, {}, {}
+
+def _run_artifacts_once(artifacts: list, evald: "EvalData", run: Path, runner: str, ort_provider: str,
+                        batch_size: int) -> tuple:
+    """Every runnable artifact on the verification data in one pass: (logits by name, runner descriptions)."""
+    runners, described = {}, {}
     try:
-        for art in runnable:
+        for art in artifacts:
+            if art.skip_reason:
+                continue
             runners[art.name] = _make_runner(art, runner, ort_provider)
             _check_input_shape(art, runners[art.name], evald)
             described[art.name] = runners[art.name].describe()
             _check_embedded_calibration(art, runners[art.name], run)
-        logits = _run_all(runners, evald, batch_size)
+        return _run_all(runners, evald, batch_size), described
     finally:
         for r in runners.values():
             r.close()
 
-    for art in artifacts:
-        if art.skip_reason:
-            results[art.name] = {"target": art.target, "precision": art.precision, "verified": False,
-                                 "skipped": art.skip_reason, "notes": art.notes}
-            console.print(f"[yellow]not verified:[/] {art.name}: {art.skip_reason}")
-            continue
-        result = _evaluate(art, logits[art.name], evald, ref_metrics, orig_metrics, recorded,
-                           tolerance=tolerance, max_group_drop=max_group_drop, n_boot=bootstrap, seed=seed,
-                           allow_empty_groups=allow_empty_groups)
-        result["runner"] = described[art.name]
-        result["data"] = evald.source
-        if art.precision == "fp16" and result["runner"].get("providers") == ["CPUExecutionProvider"]:
-            result["notes"].append("ONNX Runtime's CPU provider runs fp16 ops it has no fp16 kernel for in fp32 "
-                                   "(with casts); on a GPU they run in fp16: verify on the target runtime too")
-        results[art.name] = result
-        console.print(_table(art, result, names))
-        for note in art.notes + result["notes"]:
-            console.print(f"  [yellow]note:[/] {note}")
 
-    out_dir = path if path.is_dir() else path.parent
-    # in another run's folder, results go beside the artifact under its own name, never into that run's verify.json
-    out_name = f"{path.name}.{VERIFY_JSON}" if foreign else VERIFY_JSON
-    summary = _write_verify_json(out_dir, results, run, evald, out_name)
-    if update_report:
-        _update_report(run, artifacts, results, evald)
-    failed = {name: r for name, r in results.items() if r.get("verified") and not r["passed"]}
-    if failed:
-        raise GateFailed("gate FAILED: " + "; ".join(_failure_text(name, r) for name, r in failed.items()))
-    verified = [n for n, r in results.items() if r.get("verified")]
-    console.print(f"[bold green]PASSED[/]: {', '.join(verified)} (verify.json in {out_dir})")
-    return summary
+def _describe_result(art: Artifact, result: dict, runner: dict, evald: "EvalData", console) -> None:
+    result["runner"] = runner
+    result["data"] = evald.source
+    if art.precision == "fp16" and runner.get("providers") == ["CPUExecutionProvider"]:
+        result["notes"].append("ONNX Runtime's CPU provider runs fp16 ops it has no fp16 kernel for in fp32 "
+                               "(with casts); on a GPU they run in fp16: verify on the target runtime too")
+    console.print(_table(art, result, evald.group_names))
+    for note in art.notes + result["notes"]:
+        console.print(f"  [yellow]note:[/] {note}")
 
 
 def _check_options(tolerance, max_group_drop, bootstrap, runner, ort_provider, batch_size) -> None:
@@ -172,7 +186,7 @@ def _reference_run(path: Path, reference) -> Path:
     if reference is not None:
         return rundir.RunDir.open(reference).path
     parent = path.parent
-    if (parent / rundir.CONFIG).is_file() and (parent / rundir.REPORT).is_file():
+    if rundir.RunDir.looks_like_run(parent):
         return rundir.RunDir.open(parent).path
     raise PwdeployError(f"{path.name} is a bare artifact: pass --reference RUN_DIR (the run it was exported from) "
                         "for its reference metrics, data and preprocessing")
@@ -183,13 +197,12 @@ def _foreign_home(path: Path, run: Path, force: bool) -> Optional[Path]:
     An artifact that other run records (same sha256) came from that run's model: comparing it with another
     run's reference is refused unless ``force`` (a copy the reference run records too is fine)."""
     home = path.resolve().parent
-    if path.is_dir() or home == run.resolve() or not ((home / rundir.CONFIG).is_file()
-                                                      and (home / rundir.REPORT).is_file()):
+    if path.is_dir() or home == run.resolve() or not rundir.RunDir.looks_like_run(home):
         return None
     digest = sha256_file(path)
-    recorded_there = ((read_json(home / rundir.REPORT).get("artifacts") or {}).get(path.name) or {}).get("sha256")
-    recorded_here = {r.get("sha256") for r in (read_json(run / rundir.REPORT).get("artifacts") or {}).values()
-                     if isinstance(r, dict)}
+    there = rundir.RunDir(home).artifacts().get(path.name)
+    recorded_there = there.sha256 if there else None
+    recorded_here = {r.sha256 for r in rundir.RunDir(run).artifacts().values()}
     if recorded_there == digest and digest not in recorded_here and not force:
         raise PwdeployError(f"{path} was exported from the model of run {home} (its sha256 is recorded there), not "
                             f"from --reference {run}: verify it against its own run, or pass --force to compare "
@@ -215,17 +228,16 @@ def _artifacts(path: Path, run: Path, report: dict, target: Optional[str], runne
 
 
 def _run_artifacts(run: Path, recorded: dict, target: Optional[str]) -> list:
-    if target is not None and target not in TARGETS:
-        raise PwdeployError(f"unknown --target {target!r}: use one of {', '.join(TARGETS)}")
     engine = run / rundir.ENGINE
     engine_precision = recorded.get(rundir.ENGINE, {}).get("precision")
     if target is None:
-        found = [_file_artifact(run / name, run, recorded, True) for name in TARGET_BY_FILE if (run / name).is_file()]
+        found = [_file_artifact(run / name, run, recorded, True) for name in ONNX_FOR_PRECISION.values()
+                 if (run / name).is_file()]
         if engine.is_file():
             found.append(_file_artifact(engine, run, recorded, True))
         return found
-    precision = target.split("-", 1)[1]
-    onnx = run / ONNX_BY_PRECISION[precision]
+    precision = get_target(target).precision
+    onnx = run / ONNX_FOR_PRECISION[precision]
     engine_note = "the TensorRT engine was not built here"
     if target.startswith("trt-") and engine.is_file() and engine_precision == precision:
         art = _file_artifact(engine, run, recorded, True)
@@ -263,7 +275,7 @@ def _file_artifact(path: Path, run: Path, recorded: dict, in_run: bool) -> Artif
     if path.name == rundir.ORIGINAL_ONNX and in_run:
         return Artifact(path, "original-onnx", "fp32", in_run)
     precision = (record or {}).get("precision") or _precision_from_name(path.name)
-    target = (record or {}).get("target") or TARGET_BY_FILE.get(path.name) or f"onnx-{precision}"
+    target = (record or {}).get("target") or target_for_file(path.name) or f"onnx-{precision}"
     art = Artifact(path, target, precision, in_run)
     if record is None:
         art.notes.append(f"{path.name} is not recorded in the reference run: precision {precision} was taken from "
@@ -576,7 +588,8 @@ def _table(art: Artifact, result: dict, group_names: list):
     return table
 
 
-def _write_verify_json(out_dir: Path, results: dict, run: Path, evald: EvalData, name: str = VERIFY_JSON) -> dict:
+def _write_verify_json(out_dir: Path, results: dict, run: Path, evald: EvalData, name: str = VERIFY_JSON,
+                       failure: Optional[str] = None) -> dict:
     path = out_dir / name
     summary = read_json(path) if path.is_file() else {}
     if summary.get("schema") != SCHEMA:
@@ -587,6 +600,7 @@ def _write_verify_json(out_dir: Path, results: dict, run: Path, evald: EvalData,
     summary.setdefault("artifacts", {}).update(results)
     verified = [r for r in summary["artifacts"].values() if r.get("verified")]
     summary["passed"] = bool(verified) and all(r["passed"] for r in verified)
+    summary["failure"] = failure  # of the artifacts verified by this command
     write_json(path, summary)
     return summary
 
