@@ -12,20 +12,26 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from .config import TrainSettings
+from .config import LoaderSettings, TrainSettings
 from .data.base import GroupedDataset
+from .data.loading import loader_options
+from .precision import Precision
 from .progress import task
 
 
 def resolve_device(name: str) -> torch.device:
+    from . import distributed
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         from .errors import PwdeployError
 
         raise PwdeployError(f"--device {name} asked for CUDA but no CUDA GPU is available: use --device cpu or auto")
+    if name == "cuda" and distributed.is_active():
+        return torch.device("cuda", distributed.local_rank())  # one GPU per process under torchrun
     return torch.device(name)
 
 
@@ -47,23 +53,39 @@ class _Indexed(Dataset):
 
 
 def make_loader(dataset: GroupedDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
-                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+                drop_last: bool = False, loader: LoaderSettings | None = None,
+                device: torch.device | None = None) -> DataLoader:
+    """Training batches (``shuffle``) are the single-process global batches, split across torchrun ranks;
+    workers and pinned memory follow ``loader`` (data/loading.py)."""
+    from . import distributed
+
     generator = torch.Generator().manual_seed(seed)
+    options = loader_options(dataset, loader, device)
+    drop_last = drop_last and len(dataset) > batch_size
+    if shuffle and distributed.world_size() > 1:
+        sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, generator, drop_last=drop_last)
+        return DataLoader(_Indexed(dataset), batch_sampler=sampler, generator=generator, **options)
     return DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=num_workers, drop_last=drop_last and len(dataset) > batch_size)
+                      drop_last=drop_last, **options)
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, dataset: GroupedDataset, device: torch.device, batch_size: int = 256,
-                   description: str | None = None) -> np.ndarray:
+                   description: str | None = None, loader: LoaderSettings | None = None) -> np.ndarray:
+    """Logits for every sample in order (fp32). Under torchrun each rank runs a contiguous shard and the
+    shards are gathered in order, so every rank returns the whole array."""
+    from . import distributed
+
     model.eval().to(device)
     outputs = []
-    loader = make_loader(dataset, batch_size, shuffle=False)
-    with task(description or "evaluating", total=len(loader)) as bar:
-        for x, _, _, _ in loader:
-            outputs.append(model(x.to(device)).float().cpu())
-            bar.advance()
-    return torch.cat(outputs).numpy()
+    part = Subset(dataset, distributed.shard(len(dataset))) if distributed.world_size() > 1 else dataset
+    batches = make_loader(part, batch_size, shuffle=False, loader=loader, device=device)
+    with task(description or "evaluating", total=len(batches)) as bar:
+        for x, _, _, _ in batches:
+            outputs.append(model(x.to(device, non_blocking=True)).float().cpu())
+            bar.advance(images=len(x) * distributed.world_size())
+    logits = torch.cat(outputs).numpy() if outputs else np.zeros((0,), np.float32)
+    return distributed.gather_in_order(logits)
 
 
 class OriginalOutputs:
@@ -107,30 +129,36 @@ def make_optimizer(model: nn.Module, settings: TrainSettings, total_steps: int):
 
 
 def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSettings, device: torch.device, *,
-        original: OriginalOutputs | None = None, seed: int = 0, description: str = "training") -> list[float]:
-    """Train ``model`` for ``settings.epochs`` epochs; returns the mean loss per epoch."""
+        original: OriginalOutputs | None = None, seed: int = 0, description: str = "training",
+        precision: str = "fp32", loader: LoaderSettings | None = None) -> list[float]:
+    """Train ``model`` for ``settings.epochs`` epochs (DDP under torchrun, autocast per ``precision``);
+    returns the mean loss per epoch over all processes."""
+    from . import distributed
+
     model.to(device)
     if settings.epochs <= 0:
         return []
-    loader = make_loader(dataset, settings.batch_size, shuffle=True, seed=seed,
-                         num_workers=settings.num_workers, drop_last=True)
-    total = settings.epochs * len(loader)
+    batches = make_loader(dataset, settings.batch_size, shuffle=True, seed=seed, drop_last=True, loader=loader,
+                          device=device)
+    total = settings.epochs * len(batches)
     optimizer, scheduler = make_optimizer(model, settings, total)
-    stream = batch_stream(loader, device, original)
+    amp = Precision(precision, device)
+    trained = distributed.wrap_ddp(model, device)
+    stream = batch_stream(batches, device, original)
     history = []
     with task(description, total=total) as bar:
         for epoch in range(settings.epochs):
-            model.train()
-            running = 0.0
-            for _ in range(len(loader)):
+            trained.train()
+            running = torch.zeros((), dtype=torch.float64, device=device)
+            for _ in range(len(batches)):
                 x, y, g, orig = next(stream)
-                loss = loss_fn(model(x), y, orig, g)
+                with amp.autocast():
+                    loss = loss_fn(trained(x), y, orig, g)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                amp.step(loss, optimizer)
                 scheduler.step()
-                running += loss.item()
-                bar.advance()
-            history.append(running / len(loader))
+                running += loss.detach()
+                bar.advance(images=len(x) * distributed.world_size())
+            history.append(distributed.mean_over_ranks(float(running)) / len(batches))
             bar.describe(f"epoch {epoch + 1}/{settings.epochs} loss {history[-1]:.4f}")
     return history
