@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
+import re
 import signal
 from typing import Callable, Iterator, Sequence
 
@@ -117,8 +119,8 @@ def _is_collective_failure(exc: BaseException) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp):\d+\]\s*", "", str(exc).strip())  # gloo's source location
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def _quiet_unless_main() -> None:
@@ -160,31 +162,34 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
         raise PwdeployError("--nproc cannot be used inside torchrun: drop --nproc (torchrun sets the processes)")
     args = parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "pwdeploy",
                        *strip_nproc(argv)])
+    # torchrun would pin every process to 1 thread; on a CPU-only run share the cores out instead
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # the launcher's own log lines repeat what the ranks and the one-line summary below say
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    logging.getLogger("torch.distributed.run").setLevel(logging.CRITICAL)
     try:
         run(args)
     except ChildFailedError as exc:
-        failed = sorted(exc.failures.items())
-        first_rank, failure = failed[0]
-        raise DistributedError(f"rank {first_rank} of {nproc} failed (exit code {failure.exitcode}); "
-                               f"{len(failed)} rank(s) failed, no run directory was written") from None
+        first_rank, failure = exc.get_first_failure()  # the root cause; the others were stopped after it
+        raise DistributedError(f"rank {first_rank} of {nproc} failed first (exit code {failure.exitcode}; its "
+                               "error is above): no run directory was written") from None
 
 
 # ------------------------------------------------------------------ data
 class ShardedBatchSampler(torch.utils.data.Sampler):
-    """This rank's share of every global batch, in the single-process order.
+    """This rank's share of every global batch; with one process, simply the shuffled batches.
 
-    One process with ``DataLoader(shuffle=True, generator=g, batch_size=B, drop_last=True)`` draws
-    ``randperm(n, generator=g)`` per epoch and cuts it into batches of B; here every rank draws the same
-    permutation from the same generator and takes its contiguous B/N slice of each batch.
+    Every rank draws the same permutation per epoch (``randperm(n, generator)``, the generator seeded by
+    ``--seed``), cuts it into global batches of ``--batch-size`` and takes its contiguous slice of each, so
+    N processes train on exactly the batches one process would.
     """
 
     def __init__(self, n: int, global_batch: int, generator: torch.Generator, *, drop_last: bool = True):
-        size = world_size()
-        if global_batch % size:
-            raise PwdeployError(f"--batch-size {global_batch} must be divisible by the {size} processes: "
-                                f"use a multiple of {size}")
+        self.size, self.rank = world_size(), rank()
+        if global_batch % self.size:
+            raise DistributedError(f"--batch-size {global_batch} must be divisible by the {self.size} processes: "
+                                   f"use a multiple of {self.size}")
         self.n, self.global_batch, self.generator, self.drop_last = n, global_batch, generator, drop_last
-        self.per_rank, self.offset = global_batch // size, rank() * (global_batch // size)
 
     def __len__(self) -> int:
         full = self.n // self.global_batch
@@ -194,7 +199,7 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
         order = torch.randperm(self.n, generator=self.generator).tolist()
         for b in range(len(self)):
             batch = order[b * self.global_batch:(b + 1) * self.global_batch]
-            yield batch[self.offset:self.offset + self.per_rank]
+            yield batch[len(batch) * self.rank // self.size:len(batch) * (self.rank + 1) // self.size]
 
 
 def shard(n: int) -> range:

@@ -62,11 +62,10 @@ def make_loader(dataset: GroupedDataset, batch_size: int, *, shuffle: bool, seed
     generator = torch.Generator().manual_seed(seed)
     options = loader_options(dataset, loader, device)
     drop_last = drop_last and len(dataset) > batch_size
-    if shuffle and distributed.world_size() > 1:
+    if shuffle:
         sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, generator, drop_last=drop_last)
         return DataLoader(_Indexed(dataset), batch_sampler=sampler, generator=generator, **options)
-    return DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      drop_last=drop_last, **options)
+    return DataLoader(_Indexed(dataset), batch_size=batch_size, generator=generator, **options)
 
 
 @torch.no_grad()

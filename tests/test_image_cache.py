@@ -1,0 +1,113 @@
+"""Decoded-image cache (pwdeploy/data/cache.py): miss, hit, stale refusal, rebuild, identical tensors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures_data import save_image, tinted_image, write_celeba
+from pwdeploy.data import DataSpec, create_dataset
+from pwdeploy.data.cache import IMAGES, META, ImageCache, use_cache
+from pwdeploy.errors import DataError
+
+
+@pytest.fixture()
+def celeba_root(tmp_path):
+    return write_celeba(tmp_path / "data", counts=(12, 4, 6), size=(24, 20))
+
+
+def load(root, split="train", **options):
+    return create_dataset(DataSpec("celeba", str(root), {"size": [20, 16], **options}), split)
+
+
+def test_miss_builds_then_hit_reads_the_same_tensors(celeba_root, tmp_path):
+    cache_dir = tmp_path / "cache"
+    plain = load(celeba_root)
+    cached = load(celeba_root)
+    assert ImageCache(cached, cache_dir).status() == "miss"
+    assert use_cache(cached, "on", cache_dir) == "built"
+    assert cached.cache_file is not None and cached.cache_file.is_file()
+    for i in range(len(plain)):
+        x, y, g = cached[i]
+        assert torch.equal(x, plain[i][0]) and (y, g) == plain[i][1:]
+
+    again = load(celeba_root)  # a later run: no decoding, the same tensors
+    assert use_cache(again, "auto", cache_dir) == "hit"
+    assert np.array_equal(again.load_image(3), plain.load_image(3))
+    meta = json.loads((ImageCache(again, cache_dir).folder / META).read_text())
+    assert meta["n"] == len(plain) and meta["preprocessing"]["size"] == [20, 16]
+    assert not list(cache_dir.glob(".*partial*"))
+
+
+def test_augmented_images_match_under_the_same_random_state(celeba_root, tmp_path):
+    plain, cached = load(celeba_root, augment=True), load(celeba_root, augment=True)
+    use_cache(cached, "on", tmp_path / "cache")
+    torch.manual_seed(5)
+    a = [plain.load_image(i) for i in range(len(plain))]
+    torch.manual_seed(5)
+    b = [cached.load_image(i) for i in range(len(cached))]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_other_preprocessing_or_split_is_another_cache(celeba_root, tmp_path):
+    cache_dir = tmp_path / "cache"
+    use_cache(load(celeba_root), "on", cache_dir)
+    assert use_cache(load(celeba_root, size=[12, 12]), "on", cache_dir) == "built"
+    assert use_cache(load(celeba_root, "test"), "on", cache_dir) == "built"
+    assert len([p for p in cache_dir.iterdir() if (p / IMAGES).is_file()]) == 3
+
+
+def test_stale_cache_is_refused_then_rebuilt(celeba_root, tmp_path):
+    cache_dir = tmp_path / "cache"
+    use_cache(load(celeba_root), "on", cache_dir)
+    ds = load(celeba_root)
+    edited = ds.paths[2]
+    save_image(tinted_image(np.random.default_rng(9), 1, 24, 20), edited)
+    os.utime(edited, ns=(1, 1))  # the edit must show even on a coarse-mtime filesystem
+    with pytest.raises(DataError, match=r"stale.*--image-cache rebuild"):
+        use_cache(load(celeba_root), "auto", cache_dir)
+    rebuilt = load(celeba_root)
+    assert use_cache(rebuilt, "rebuild", cache_dir) == "built"
+    assert np.array_equal(rebuilt.load_image(2), load(celeba_root).load_image(2))
+    assert use_cache(load(celeba_root), "on", cache_dir) == "hit"
+
+
+def test_off_and_in_memory_datasets_are_left_alone(celeba_root, tmp_path):
+    ds = load(celeba_root)
+    assert use_cache(ds, "off", tmp_path / "cache") == "off" and ds.cache_file is None
+    synthetic = create_dataset(DataSpec("synthetic", None, {"size": 12, "n": 40}), "train")
+    assert use_cache(synthetic, "on", tmp_path / "cache") == "not applicable"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cached_dataset_pickles_without_its_memory_map(celeba_root, tmp_path):
+    """DataLoader workers (spawned or forked) re-open the cache instead of copying it."""
+    import pickle
+
+    ds = load(celeba_root)
+    use_cache(ds, "on", tmp_path / "cache")
+    ds.load_image(0)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._cache is None and np.array_equal(clone.load_image(1), ds.load_image(1))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1)
+    assert torch.equal(next(iter(loader))[0], torch.stack([ds[i][0] for i in range(4)]))
+
+
+def test_cli_stale_cache_is_one_line_exit_2(celeba_root, tmp_path, capsys):
+    from pwdeploy.cli import main
+
+    cache_dir = tmp_path / "cache"
+    for split in ("train", "test"):
+        use_cache(load(celeba_root, split, size=16), "on", cache_dir)
+    path = load(celeba_root).paths[0]
+    save_image(tinted_image(np.random.default_rng(3), 0, 24, 20), path)
+    os.utime(path, ns=(1, 1))
+    code = main(["train", "--out", str(tmp_path / "m.pt"), "--data", "celeba", "--data-root", str(celeba_root),
+                 "-D", "size=16", "--epochs", "1", "--device", "cpu", "--cache-dir", str(cache_dir)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "stale" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m.pt").exists()
