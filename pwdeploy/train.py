@@ -7,16 +7,16 @@ once per sample and cached; with augmentation they are recomputed per batch on t
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from .config import LoaderSettings, TrainSettings
 from .data.base import GroupedDataset
-from .data.loading import loader_options
+from .data.loading import DeviceNormalize, loader_options, yields_uint8
 from .precision import Precision
 from .progress import task
 
@@ -41,31 +41,48 @@ def seed_everything(seed: int) -> None:
 
 
 class _Indexed(Dataset):
-    def __init__(self, dataset: GroupedDataset):
+    """(image, label, group, index) over ``indices`` of ``dataset`` (all by default). Image-file datasets
+    give uint8 HWC images here; ``model_input`` normalises the batch on the device."""
+
+    def __init__(self, dataset: GroupedDataset, indices: Sequence[int] | None = None):
         self.dataset = dataset
+        self.indices = range(len(dataset)) if indices is None else indices
+        self.uint8 = yields_uint8(dataset)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.indices)
 
     def __getitem__(self, i):
-        x, y, g = self.dataset[i]
-        return x, y, g, i
+        i = self.indices[i]
+        image = self.dataset.load_resized(i) if self.uint8 else self.dataset.load_image(i)
+        return image, int(self.dataset.labels[i]), int(self.dataset.groups[i]), i
+
+
+def model_input(loader: DataLoader, device: torch.device):
+    """The function turning this loader's image batches into model input on ``device``."""
+    indexed = loader.dataset
+    if not indexed.uint8:
+        return lambda x: x.to(device, non_blocking=True)
+    normalize = DeviceNormalize(indexed.dataset.preprocessing, device)
+    return lambda x: normalize(x.to(device, non_blocking=True))
 
 
 def make_loader(dataset: GroupedDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                 drop_last: bool = False, loader: LoaderSettings | None = None,
-                device: torch.device | None = None) -> DataLoader:
+                device: torch.device | None = None, indices: Sequence[int] | None = None) -> DataLoader:
     """Training batches (``shuffle``) are the single-process global batches, split across torchrun ranks;
-    workers and pinned memory follow ``loader`` (data/loading.py)."""
+    workers and pinned memory follow ``loader`` (data/loading.py). Pass image batches through
+    ``model_input(loader, device)``."""
     from . import distributed
 
     generator = torch.Generator().manual_seed(seed)
     options = loader_options(dataset, loader, device)
-    drop_last = drop_last and len(dataset) > batch_size
+    indexed = _Indexed(dataset, indices)
+    drop_last = drop_last and len(indexed) > batch_size
     if shuffle:
-        sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, generator, drop_last=drop_last)
-        return DataLoader(_Indexed(dataset), batch_sampler=sampler, generator=generator, **options)
-    return DataLoader(_Indexed(dataset), batch_size=batch_size, generator=generator, **options)
+        sampler = distributed.ShardedBatchSampler(len(indexed), batch_size, generator, drop_last=drop_last)
+        return DataLoader(indexed, batch_sampler=sampler, generator=generator, **options)
+    return DataLoader(indexed, batch_size=batch_size, generator=generator, **options)
 
 
 @torch.no_grad()
@@ -77,11 +94,12 @@ def predict_logits(model: nn.Module, dataset: GroupedDataset, device: torch.devi
 
     model.eval().to(device)
     outputs = []
-    part = Subset(dataset, distributed.shard(len(dataset))) if distributed.world_size() > 1 else dataset
-    batches = make_loader(part, batch_size, shuffle=False, loader=loader, device=device)
+    batches = make_loader(dataset, batch_size, shuffle=False, loader=loader, device=device,
+                          indices=distributed.shard(len(dataset)))
+    to_input = model_input(batches, device)
     with task(description or "evaluating", total=len(batches)) as bar:
         for x, _, _, _ in batches:
-            outputs.append(model(x.to(device, non_blocking=True)).float().cpu())
+            outputs.append(model(to_input(x)).float().cpu())
             bar.advance(images=len(x) * distributed.world_size())
     logits = torch.cat(outputs).numpy() if outputs else np.zeros((0,), np.float32)
     return distributed.gather_in_order(logits)
@@ -107,9 +125,10 @@ class OriginalOutputs:
 def batch_stream(loader: DataLoader, device: torch.device, original: OriginalOutputs | None
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Endless (x, y, group, original_logits) batches on ``device``, reshuffled every pass."""
+    to_input = model_input(loader, device)
     while True:
         for x, y, g, idx in loader:
-            x, y, g = x.to(device, non_blocking=True), y.to(device), g.to(device)
+            x, y, g = to_input(x), y.to(device), g.to(device)
             yield x, y, g, (original(x, idx) if original is not None else None)
 
 

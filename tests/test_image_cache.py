@@ -111,3 +111,21 @@ def test_cli_stale_cache_is_one_line_exit_2(celeba_root, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "stale" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_training_batches_are_the_same_tensors_with_and_without_the_cache(celeba_root, tmp_path):
+    """Loaders batch uint8 images and normalise them on the device: the values are load_image's."""
+    from pwdeploy.train import make_loader, model_input
+
+    plain, cached = load(celeba_root), load(celeba_root)
+    use_cache(cached, "on", tmp_path / "cache")
+    cpu = torch.device("cpu")
+    batches = []
+    for ds in (plain, cached):
+        loader = make_loader(ds, 4, shuffle=True, seed=1, drop_last=True)
+        x, y, g, idx = next(iter(loader))
+        assert loader.dataset.uint8 and x.dtype == torch.uint8
+        batches.append((model_input(loader, cpu)(x), idx))
+    (a, ia), (b, ib) = batches
+    assert torch.equal(ia, ib) and torch.equal(a, b)
+    assert torch.equal(a, torch.stack([plain[int(i)][0] for i in ia]))

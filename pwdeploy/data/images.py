@@ -182,7 +182,9 @@ class ImageFileDataset(GroupedDataset):
         state["_cache"] = None  # DataLoader workers re-open the memory map instead of pickling it
         return state
 
-    def load_image(self, index: int) -> np.ndarray:
+    def load_resized(self, index: int) -> np.ndarray:
+        """uint8 HWC image before normalisation (augmented): what training loaders batch, since uint8 is a
+        quarter of the bytes to collate and copy and the device normalises it (data/loading.py)."""
         if self.cache_file is not None:
             if self._cache is None:
                 self._cache = np.load(self.cache_file, mmap_mode="r")
@@ -195,7 +197,10 @@ class ImageFileDataset(GroupedDataset):
             # torch's RNG: DataLoader seeds it per worker, so workers do not repeat the same flips
             if torch.rand(()) < 0.5:
                 resized = resized[:, ::-1]
-        return self.preprocessing.normalize(resized)
+        return resized
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.preprocessing.normalize(self.load_resized(index))
 
 
 def preprocess_array(preprocessing: Preprocessing, hwc: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 from ..config import LoaderSettings
@@ -27,8 +28,6 @@ def cpus_per_process() -> int:
 
 
 def auto_workers(dataset: GroupedDataset) -> int:
-    if isinstance(dataset, torch.utils.data.Subset):  # a shard or subset: the workers of what it selects from
-        return auto_workers(dataset.dataset)
     if not isinstance(dataset, ImageFileDataset):
         return 0
     return max(1, min(MAX_AUTO_WORKERS, cpus_per_process() - 1))
@@ -44,7 +43,37 @@ def loader_options(dataset: GroupedDataset, settings: LoaderSettings | None, dev
     workers = auto_workers(dataset) if settings.workers is None else settings.workers
     on_cuda = device is not None and device.type == "cuda"
     pin = on_cuda if settings.pin_memory is None else bool(settings.pin_memory) and torch.cuda.is_available()
-    options = {"num_workers": workers, "pin_memory": pin}
+    options = {"num_workers": workers, "pin_memory": pin, "collate_fn": collate}
     if workers:
         options["persistent_workers"] = True  # the batch stream iterates the loader once per epoch
     return options
+
+
+class DeviceNormalize:
+    """Batches of uint8 NHWC images (image-file datasets) -> normalised float32 NCHW on the device.
+
+    The same float32 operations in the same order as ``Preprocessing.normalize`` (divide by 255, subtract
+    the mean, divide by the std), so the values are those the dataset's own ``load_image`` gives.
+    """
+
+    def __init__(self, preprocessing, device: torch.device):
+        self.mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(preprocessing.std, dtype=torch.float32, device=device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            return x
+        x = x.float().div_(255.0).sub_(self.mean).div_(self.std)
+        return x.permute(0, 3, 1, 2).contiguous()
+
+
+def collate(samples: list) -> tuple:
+    """(images, labels, groups, indices) batch from numpy images: ``np.stack`` instead of default_collate's
+    ``torch.stack``, which measured ~150x slower on 64 uint8 images of 218x178 with this torch on the CPU."""
+    images, labels, groups, indices = zip(*samples)
+    return (torch.from_numpy(np.stack(images)), torch.tensor(labels), torch.tensor(groups), torch.tensor(indices))
+
+
+def yields_uint8(dataset: GroupedDataset) -> bool:
+    """Image-file datasets hand the loader uint8 images, normalised later on the device."""
+    return isinstance(dataset, ImageFileDataset)
