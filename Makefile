@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/fairness.py --quick
+	$(PY) benchmarks/scale.py
 
 # The committed results (benchmarks/results/): the grid on three baselines (the 2nd and 3rd at 75% only), the
 # sweeps on Taylor/colour, label correction, retraining lr and group-balance strength (also at 90%) on every

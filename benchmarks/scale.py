@@ -8,8 +8,9 @@ On a generated dataset in CelebA's on-disk format (JPEGs at 218x178, like img_al
    default) vs decoding with workers vs the decoded-image cache without and with workers; the cache's
    one-time build rate. Loaders deliver uint8 batches and the device normalises them (on a GPU that is
    almost free); the normalising is also timed on this CPU, where it costs about as much as decoding;
-2. one training epoch of pwdeploy's SmallCNN at 218x178, decoding vs cache + workers (the model is small on
-   purpose: on a CPU a ResNet-18 epoch would measure the model, not the pipeline);
+2. one training epoch of pwdeploy's SmallCNN at 218x178 over the first ``--train-images`` (640) images,
+   decoding vs cache + workers (the model is small on purpose: on a CPU a ResNet-18 epoch would measure the
+   model, not the pipeline);
 3. DDP on the CPU (gloo): the same training epoch in 1 vs 2 processes under torchrun, on the same cores;
 4. on a CUDA GPU only: ResNet-18 at 218x178 training fp32 vs bf16 (the model alone, batches already on the
    GPU), the cached pipeline alone, and the projected wall time of the CelebA recipe (``compress --method
@@ -104,8 +105,17 @@ def pipeline_epoch(ds, workers: int | None, normalise: bool = False) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def head(ds, n: int):
+    """The first ``n`` images of ``ds`` as a dataset (an attached cache stays valid: its rows are indices)."""
+    import copy
+
+    part = copy.copy(ds)
+    part.paths, part.labels, part.groups = ds.paths[:n], ds.labels[:n], ds.groups[:n]
+    return part
+
+
 def training_epoch(ds, workers: int | None, device: str = "cpu") -> float:
-    """Images/s of one training epoch of SmallCNN (CE loss) through ``pwdeploy.train.fit``."""
+    """Images/s of one training epoch of SmallCNN (CE loss) over ``ds`` through ``pwdeploy.train.fit``."""
     import torch
 
     from pwdeploy.config import LoaderSettings, TrainSettings
@@ -130,47 +140,50 @@ def alternate(sides: dict, rounds: int) -> dict:
     return {name: {"images_per_s": statistics.median(v), "runs": [round(x, 1) for x in v]} for name, v in runs.items()}
 
 
-def measure_pipeline(root: Path, cache_dir: Path, rounds: int) -> dict:
-    from pwdeploy.data.loading import auto_workers
+def measure_pipeline(root: Path, cache_dir: Path, rounds: int, train_images: int) -> dict:
+    from pwdeploy.data.loading import auto_workers, cpus_per_process
 
     plain = open_train(root, None)
     start = time.perf_counter()
     cached = open_train(root, cache_dir)  # a miss: builds the cache
     build_s = time.perf_counter() - start
-    workers = auto_workers(plain)
+    cores = cpus_per_process()
+    decoders, readers = max(1, min(8, cores - 1)), max(1, min(4, cores - 1))  # as auto_workers, at least 1
+    auto = auto_workers(cached)  # the default with the cache (0 below 4 cores)
     pipeline = alternate({
         "decode every epoch, 0 workers": lambda: pipeline_epoch(plain, 0),
-        f"decode every epoch, {workers} workers": lambda: pipeline_epoch(plain, workers),
+        f"decode every epoch, {decoders} workers": lambda: pipeline_epoch(plain, decoders),
         "cache, 0 workers": lambda: pipeline_epoch(cached, 0),
-        f"cache, {workers} workers": lambda: pipeline_epoch(cached, workers),
+        f"cache, {readers} workers": lambda: pipeline_epoch(cached, readers),
     }, rounds)
     normalised = alternate({
         "decode every epoch, 0 workers": lambda: pipeline_epoch(plain, 0, normalise=True),
-        f"cache, {workers} workers": lambda: pipeline_epoch(cached, workers, normalise=True),
+        f"cache, {auto} workers (default)": lambda: pipeline_epoch(cached, auto, normalise=True),
     }, rounds)
     training = alternate({
-        "decode every epoch, 0 workers": lambda: training_epoch(plain, 0),
-        f"cache, {workers} workers": lambda: training_epoch(cached, workers),
+        "decode every epoch, 0 workers": lambda: training_epoch(head(plain, train_images), 0),
+        f"cache, {auto} workers (default)": lambda: training_epoch(head(cached, train_images), auto),
     }, rounds)
-    return {"images": len(plain), "workers_auto": workers, "cache_build_s": build_s,
+    return {"images": len(plain), "workers_auto_with_cache": auto, "cache_build_s": build_s,
             "cache_build_images_per_s": len(plain) / build_s, "pipeline": pipeline,
-            "pipeline_normalised_on_cpu": normalised, "training_smallcnn": training}
+            "pipeline_normalised_on_cpu": normalised, "training_smallcnn": training,
+            "training_images": min(train_images, len(plain))}
 
 
 # ------------------------------------------------------------------ 3: DDP on the CPU
-def ddp_worker(root: Path, cache_dir: Path, out: Path) -> None:
+def ddp_worker(root: Path, cache_dir: Path, out: Path, train_images: int) -> None:
     """Run under torchrun: one training epoch; rank 0 writes its images/s."""
     from pwdeploy import distributed
 
     with distributed.session("cpu"):
         ds = open_train(root, cache_dir)
-        training_epoch(ds, 0)  # warm-up: allocations, DDP buckets
-        rate = training_epoch(ds, 0)
+        training_epoch(head(ds, 2 * BATCH), 0)  # warm-up: allocations, DDP buckets
+        rate = training_epoch(head(ds, train_images), 0)
         if distributed.is_main():
             out.write_text(json.dumps({"images_per_s": rate, "world_size": distributed.world_size()}))
 
 
-def measure_ddp(root: Path, cache_dir: Path, rounds: int) -> dict:
+def measure_ddp(root: Path, cache_dir: Path, rounds: int, train_images: int) -> dict:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def run(nproc: int) -> float:
@@ -178,7 +191,8 @@ def measure_ddp(root: Path, cache_dir: Path, rounds: int) -> dict:
             out = Path(tmp) / "rate.json"
             env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(max(1, cpus // nproc)))
             subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                            str(nproc), __file__, "--ddp-worker", str(root), str(cache_dir), str(out)],
+                            str(nproc), __file__, "--ddp-worker", str(root), str(cache_dir), str(out),
+                            "--train-images", str(train_images)],
                            check=True, env=env, capture_output=True, text=True, timeout=1800)
             return json.loads(out.read_text())["images_per_s"]
 
@@ -266,7 +280,8 @@ def show(results: dict) -> None:
     from pwdeploy.progress import console
 
     p = results["pipeline"]
-    table = Table(title=f"one epoch, {p['images']} JPEGs at 218x178 ({results['cpus']} CPU cores)")
+    table = Table(title=f"{p['images']} JPEGs at 218x178 (training: the first {p['training_images']}), "
+                        f"{results['cpus']} CPU cores")
     table.add_column("measurement")
     table.add_column("side")
     table.add_column("images/s", justify="right")
@@ -299,13 +314,15 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=None, help="generated JPEGs (default 3000, quick 1000)")
     parser.add_argument("--rounds", type=int, default=None, help="alternations per comparison (default 2, quick 1)")
     parser.add_argument("--data", type=Path, default=None, help="folder for the generated dataset (kept)")
+    parser.add_argument("--train-images", type=int, default=640,
+                        help="images in the timed training epochs (SmallCNN on the CPU is slow at 218x178)")
     parser.add_argument("--gpu-steps", type=int, default=30, help="timed ResNet-18 steps per precision (GPU)")
     parser.add_argument("--skip-ddp", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--ddp-worker", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ddp_worker:
-        ddp_worker(*args.ddp_worker)
+        ddp_worker(*args.ddp_worker, args.train_images)
         return 0
     n = args.images or (1000 if args.quick else 3000)
     rounds = args.rounds or (1 if args.quick else 2)
@@ -317,8 +334,9 @@ def main(argv=None) -> int:
                    "machine": platform.processor() or platform.machine(), "rounds": rounds,
                    "mean_jpeg_kb": float(np.mean([p.stat().st_size for p in
                                                   (root / "celeba" / "img_align_celeba").glob("*.jpg")]) / 1024)}
-        results["pipeline"] = measure_pipeline(root, cache_dir, rounds)
-        results["ddp"] = {"skipped": "--skip-ddp"} if args.skip_ddp else measure_ddp(root, cache_dir, rounds)
+        results["pipeline"] = measure_pipeline(root, cache_dir, rounds, args.train_images)
+        results["ddp"] = {"skipped": "--skip-ddp"} if args.skip_ddp else \
+            measure_ddp(root, cache_dir, rounds, args.train_images)
         results["gpu"] = measure_gpu(root, cache_dir, args.gpu_steps)
     results["wall_s"] = time.time() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -214,6 +214,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
                                 flops_reduction=config.prune.flops_reduction, batches=stream,
                                 loss_fn=importance_loss, settings=config.prune)
         prune_seconds = time.time() - t0
+        stream.close()  # ends the pruning loader's worker processes before retraining starts its own
         distributed.check_same(distributed.shapes(pruned), "the pruned architecture")
         metrics["pruned-before-retraining"] = evaluate(pruned, test_set, device, "pruned (before retraining)",
                                                        loader=config.loader)

@@ -129,3 +129,12 @@ def test_training_batches_are_the_same_tensors_with_and_without_the_cache(celeba
     (a, ia), (b, ib) = batches
     assert torch.equal(ia, ib) and torch.equal(a, b)
     assert torch.equal(a, torch.stack([plain[int(i)][0] for i in ia]))
+
+
+def test_unwritable_cache_dir_is_an_error_naming_the_fix_or_skipped_in_auto(celeba_root, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")  # the cache folder cannot be created below a file
+    with pytest.raises(DataError, match="--cache-dir"):
+        use_cache(load(celeba_root), "on", blocked / "cache")
+    ds = load(celeba_root)
+    assert use_cache(ds, "auto", blocked / "cache") == "off" and ds.cache_file is None

@@ -85,6 +85,10 @@ def test_loader_defaults_workers_for_image_files_only(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
     options = loader_options(files, None, cpu)
     assert (options["num_workers"], options["pin_memory"], options["persistent_workers"]) == (5, False, True)
+    files.attach_cache(tmp_path / "images.npy")  # reading a cache needs fewer workers than decoding
+    assert loader_options(files, None, cpu)["num_workers"] == 4
+    monkeypatch.setattr(loading, "cpus_per_process", lambda: 2)  # too few cores: workers only cost
+    assert loader_options(files, None, cpu)["num_workers"] == 0
     assert (loader_options(arrays, None, cpu)["num_workers"], loader_options(arrays, None, cpu)["pin_memory"]) == (0, False)
     assert loader_options(files, LoaderSettings(workers=0), cpu)["num_workers"] == 0
     with pytest.raises(ConfigError, match="--workers"):

@@ -127,9 +127,19 @@ def use_cache(dataset: GroupedDataset, mode: str = "auto", root: str | Path | No
         raise DataError(f"the decoded-image cache {cache.folder} is stale: {dataset.name} {dataset.split} images "
                         "changed since it was built; pass --image-cache rebuild (or off)")
     outcome = "hit" if status == "hit" and mode != "rebuild" else "built"
+    error = None
     if outcome == "built" and distributed.local_rank() == 0:
-        cache.build()
-    distributed.barrier()
+        try:
+            cache.build()
+        except OSError as exc:  # read-only or full disk
+            error = exc.strerror or str(exc)
+    distributed.barrier()  # every process of this machine now sees the cache, or its absence
+    if outcome == "built" and cache.status() != "hit":
+        if mode == "auto":  # a cache is an optimisation, except when asked for
+            return "off"
+        raise DataError(f"cannot write the decoded-image cache in {cache.folder.parent}"
+                        f"{f' ({error})' if error else ''}: pass --cache-dir DIR on a writable disk, "
+                        "or --image-cache off")
     cache.attach()
     return outcome
 

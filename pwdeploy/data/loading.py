@@ -1,9 +1,11 @@
 """DataLoader defaults: worker processes and pinned memory where they help.
 
-Image-file datasets (decoding, or reading the decoded-image cache and normalising) get worker processes,
-up to 8 per process and one core left for the training loop; in-memory arrays (synthetic, CIFAR-10) get
-none, since workers would only copy what is already decoded. Pinned memory speeds host-to-GPU copies and
-is on when training on CUDA. ``--workers`` / ``loader.pin_memory`` override both.
+Image-file datasets get worker processes when a process has at least 4 cores: up to 8 while JPEGs are
+decoded, up to 4 with the decoded-image cache (reading it is cheap, so more workers mostly add copies),
+always one core left for the training loop. With fewer cores, or for in-memory arrays (synthetic,
+CIFAR-10), the main process loads: on 2 cores, one worker was slower than none both decoding (390 vs 513
+images/s) and reading the cache (benchmarks/scale.py). Pinned memory speeds host-to-GPU copies and is on
+when training on CUDA. ``--workers`` / ``loader.pin_memory`` override both.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from ..config import LoaderSettings
 from .base import GroupedDataset
 from .images import ImageFileDataset
 
-MAX_AUTO_WORKERS = 8
+MAX_AUTO_WORKERS = {"decoding": 8, "cached": 4}
+MIN_CORES_FOR_WORKERS = 4
 
 
 def cpus_per_process() -> int:
@@ -28,9 +31,10 @@ def cpus_per_process() -> int:
 
 
 def auto_workers(dataset: GroupedDataset) -> int:
-    if not isinstance(dataset, ImageFileDataset):
+    cpus = cpus_per_process()
+    if not isinstance(dataset, ImageFileDataset) or cpus < MIN_CORES_FOR_WORKERS:
         return 0
-    return max(1, min(MAX_AUTO_WORKERS, cpus_per_process() - 1))
+    return min(MAX_AUTO_WORKERS["cached" if dataset.cache_file else "decoding"], cpus - 1)
 
 
 def loader_options(dataset: GroupedDataset, settings: LoaderSettings | None, device: torch.device | None) -> dict:
@@ -71,7 +75,10 @@ def collate(samples: list) -> tuple:
     """(images, labels, groups, indices) batch from numpy images: ``np.stack`` instead of default_collate's
     ``torch.stack``, which measured ~150x slower on 64 uint8 images of 218x178 with this torch on the CPU."""
     images, labels, groups, indices = zip(*samples)
-    return (torch.from_numpy(np.stack(images)), torch.tensor(labels), torch.tensor(groups), torch.tensor(indices))
+    batch = torch.from_numpy(np.stack(images))
+    if torch.utils.data.get_worker_info() is not None:
+        batch = batch.share_memory_()  # as default_collate: the main process maps it instead of unpickling a copy
+    return batch, torch.tensor(labels), torch.tensor(groups), torch.tensor(indices)
 
 
 def yields_uint8(dataset: GroupedDataset) -> bool:
