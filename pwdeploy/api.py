@@ -26,10 +26,10 @@ from .loss import LossFn, pw_targets_and_weights
 from .metrics import group_metrics, predict
 from .models import create_model
 from .models.checkpoint import load_model, save_checkpoint
-from .outputs import begin_run, check_out, publish
+from .outputs import begin_run, check_out, partial_path, publish
 from .progress import console
 from .report import comparison_table, summarize, write_reports
-from . import rundir
+from . import distributed, rundir
 from .train import OriginalOutputs, batch_stream, fit, make_loader, predict_logits, resolve_device, seed_everything
 
 
@@ -65,9 +65,30 @@ def check_labels(dataset: GroupedDataset, num_classes: int) -> None:
         raise DataError(f"the {dataset.split} split of {dataset.name} is empty: check --data-root")
 
 
-def evaluate(model: torch.nn.Module, dataset: GroupedDataset, device: torch.device, name: str = "") -> dict:
-    logits = predict_logits(model, dataset, device, description=f"evaluating {name}".strip())
+def evaluate(model: torch.nn.Module, dataset: GroupedDataset, device: torch.device, name: str = "",
+             loader=None) -> dict:
+    logits = predict_logits(model, dataset, device, description=f"evaluating {name}".strip(), loader=loader)
     return group_metrics(predict(logits), dataset.labels, dataset.groups, dataset.group_names)
+
+
+def open_splits(config: RunConfig, spec: DataSpec) -> tuple[GroupedDataset, GroupedDataset]:
+    """Train and test splits, with the decoded-image cache attached where it applies (data/cache.py)."""
+    from .data.cache import use_cache
+
+    splits = create_dataset(spec, "train"), create_dataset(spec, "test")
+    for split in splits:
+        outcome = use_cache(split, config.loader.image_cache, config.loader.cache_dir)
+        if outcome in ("hit", "built"):
+            console.print(f"decoded-image cache: {outcome} for the {split.split} split ({len(split)} images)")
+    return splits
+
+
+def resolve_run_precision(config: RunConfig, device: torch.device) -> str:
+    """Record the precision actually used (``auto`` resolved per device) in the config."""
+    from .precision import resolve_precision
+
+    config.precision = resolve_precision(config.precision, device)
+    return config.precision
 
 
 def versions() -> dict:
@@ -85,25 +106,35 @@ def train_baseline(overrides: dict, out: str | Path, config_file=None) -> Path:
     """Train ``arch`` on the dataset's train split with cross-entropy; write a pwdeploy checkpoint."""
     config = make_config(overrides, config_file)
     device = resolve_device(config.device)
+    precision = resolve_run_precision(config, device)
     seed_everything(config.seed)
     spec = data_spec(config)
-    train_set, test_set = create_dataset(spec, "train"), create_dataset(spec, "test")
+    train_set, test_set = open_splits(config, spec)
     num_classes = config.model.num_classes or train_set.num_classes
     check_labels(train_set, num_classes)
     model = create_model(config.model.arch, num_classes)
     console.print(f"training [bold]{config.model.arch}[/] on {train_set.name} ({len(train_set)} images, "
-                  f"groups {train_set.group_counts()}) on {device}")
-    fit(model, train_set, LossFn("ce"), config.baseline, device, seed=config.seed, description="training baseline")
-    metrics = evaluate(model, test_set, device, "baseline")
+                  f"groups {train_set.group_counts()}) on {device}, {precision}{_processes()}")
+    fit(model, train_set, LossFn("ce"), config.baseline, device, seed=config.seed, description="training baseline",
+        precision=precision, loader=config.loader)
+    metrics = evaluate(model, test_set, device, "baseline", loader=config.loader)
     meta = {"data": spec.to_dict(), "class_names": train_set.class_names, "group_names": train_set.group_names,
             "preprocessing": train_set.preprocessing.to_dict(), "metrics": {"test": metrics},
-            "seed": config.seed, "trained_by": f"pwdeploy {__version__}"}
+            "seed": config.seed, "trained_by": f"pwdeploy {__version__}", "precision": precision,
+            "distributed": distributed.describe()}
+    if not distributed.is_main():  # rank 0 writes
+        return Path(out)
     save_checkpoint(model.cpu(), out, arch=config.model.arch, num_classes=num_classes, meta=meta)
     from .report import _fmt
 
     groups = ", ".join(f"{g} {_fmt(m['accuracy'])}%" for g, m in metrics["groups"].items())
     console.print(f"wrote {out}: test accuracy {_fmt(metrics['overall']['accuracy'])}% ({groups})")
     return Path(out)
+
+
+def _processes() -> str:
+    n = distributed.world_size()
+    return f", {n} processes ({distributed.describe()['backend']})" if n > 1 else ""
 
 
 def _group_weight_totals(config: RunConfig, train_set: GroupedDataset, original: OriginalOutputs) -> torch.Tensor:
@@ -144,24 +175,27 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
                                 trust_pickle=trust_pickle)
     config.model.arch, config.model.num_classes = info["arch"], info["num_classes"]
     device = resolve_device(config.device)
+    precision = resolve_run_precision(config, device)
     seed_everything(config.seed)
 
     spec = data_spec(config)
-    train_set, test_set = create_dataset(spec, "train"), create_dataset(spec, "test")
+    train_set, test_set = open_splits(config, spec)
     for split in (train_set, test_set):
         check_labels(split, config.model.num_classes)
     input_shape = tuple(train_set.preprocessing.input_shape)
     example = torch.randn(1, *input_shape, device=device)
     _check_model_input(original, example.cpu())
 
-    tmp, release = begin_run(out, overwrite, log=console.print)
+    main = distributed.is_main()  # under torchrun every rank computes; rank 0 alone writes the run directory
+    tmp, release = begin_run(out, overwrite, log=console.print) if main else (partial_path(out), lambda: None)
     try:
         meta = {"data": spec.to_dict(), "class_names": train_set.class_names, "group_names": train_set.group_names,
                 "preprocessing": train_set.preprocessing.to_dict()}
-        save_checkpoint(original, tmp / rundir.ORIGINAL_PT, arch=config.model.arch,
-                        num_classes=config.model.num_classes, meta=meta)
+        if main:
+            save_checkpoint(original, tmp / rundir.ORIGINAL_PT, arch=config.model.arch,
+                            num_classes=config.model.num_classes, meta=meta)
         original.to(device).eval()
-        metrics = {"original": evaluate(original, test_set, device, "original")}
+        metrics = {"original": evaluate(original, test_set, device, "original", loader=config.loader)}
 
         original_outputs = OriginalOutputs(original, train_set, device) if config.loss == "pw" else None
         group_totals = _group_weight_totals(config, train_set, original_outputs) \
@@ -169,19 +203,26 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
         importance_loss, retrain_loss = _losses(config, group_totals)
 
         pruned = copy.deepcopy(original).to(device)
-        loader = make_loader(train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True)
+        loader = make_loader(train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True,
+                             loader=config.loader, device=device)
         stream = batch_stream(loader, device, original_outputs)
         t0 = time.time()
         result = prune_to_flops(pruned, example, method=config.prune.method,
                                 flops_reduction=config.prune.flops_reduction, batches=stream,
                                 loss_fn=importance_loss, settings=config.prune)
         prune_seconds = time.time() - t0
-        metrics["pruned-before-retraining"] = evaluate(pruned, test_set, device, "pruned (before retraining)")
+        stream.close()  # ends the pruning loader's worker processes before retraining starts its own
+        distributed.check_same(distributed.shapes(pruned), "the pruned architecture")
+        metrics["pruned-before-retraining"] = evaluate(pruned, test_set, device, "pruned (before retraining)",
+                                                       loader=config.loader)
         t0 = time.time()
         history = fit(pruned, train_set, retrain_loss, config.retrain, device, original=original_outputs,
-                      seed=config.seed, description=f"retraining ({config.loss})")
+                      seed=config.seed, description=f"retraining ({config.loss})", precision=precision,
+                      loader=config.loader)
         retrain_seconds = time.time() - t0
-        metrics["pruned"] = evaluate(pruned, test_set, device, "pruned")
+        metrics["pruned"] = evaluate(pruned, test_set, device, "pruned", loader=config.loader)
+        if not main:
+            return out
 
         save_checkpoint(pruned.cpu(), tmp / rundir.PRUNED_PT, arch=config.model.arch,
                         num_classes=config.model.num_classes, meta=meta)
@@ -192,7 +233,8 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
         config_dict = {"schema": rundir.CONFIG_SCHEMA, **config.to_dict(), "versions": versions(),
                        "class_names": train_set.class_names, "group_names": train_set.group_names,
                        "preprocessing": train_set.preprocessing.to_dict(), "input_shape": list(input_shape),
-                       "model_source": {"path": str(model_path), "kind": info["kind"]}}
+                       "model_source": {"path": str(model_path), "kind": info["kind"]},
+                       "distributed": distributed.describe()}
         write_json(tmp / rundir.CONFIG, config_dict)
         report = {
             "schema": rundir.REPORT_SCHEMA,
