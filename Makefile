@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/fairness.py --quick
 	$(PY) benchmarks/calibration_study.py --quick
+	$(PY) benchmarks/scale.py
 
 # The committed results (benchmarks/results/): the grid on three baselines (the 2nd and 3rd at 75% only), the
 # sweeps on Taylor/colour, label correction, retraining lr and group-balance strength (also at 90%) on every

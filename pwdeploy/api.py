@@ -28,10 +28,10 @@ from .loss import LossFn, pw_targets_and_weights
 from .metrics import group_metrics, predict
 from .models import create_model
 from .models.checkpoint import load_model, save_checkpoint
-from .outputs import begin_run, check_out, publish
+from .outputs import begin_run, check_out, partial_path, publish
 from .progress import console
 from .report import comparison_table, summarize
-from . import rundir
+from . import distributed, rundir
 from .train import OriginalOutputs, batch_stream, fit, make_loader, predict_logits, resolve_device, seed_everything
 
 
@@ -67,13 +67,34 @@ def check_labels(dataset: GroupedDataset, num_classes: int) -> None:
         raise DataError(f"the {dataset.split} split of {dataset.name} is empty: check --data-root")
 
 
-def evaluate(model: torch.nn.Module, dataset: GroupedDataset, device: torch.device, name: str = "") -> dict:
-    logits = predict_logits(model, dataset, device, description=f"evaluating {name}".strip())
+def evaluate(model: torch.nn.Module, dataset: GroupedDataset, device: torch.device, name: str = "",
+             loader=None) -> dict:
+    logits = predict_logits(model, dataset, device, description=f"evaluating {name}".strip(), loader=loader)
     return _group_metrics(logits, dataset)
 
 
 def _group_metrics(logits: np.ndarray, dataset: GroupedDataset) -> dict:
     return group_metrics(predict(logits), dataset.labels, dataset.groups, dataset.group_names)
+
+
+def open_splits(config: RunConfig, spec: DataSpec) -> tuple[GroupedDataset, GroupedDataset]:
+    """Train and test splits, with the decoded-image cache attached where it applies (data/cache.py)."""
+    from .data.cache import use_cache
+
+    splits = create_dataset(spec, "train"), create_dataset(spec, "test")
+    for split in splits:
+        outcome = use_cache(split, config.loader.image_cache, config.loader.cache_dir)
+        if outcome in ("hit", "built"):
+            console.print(f"decoded-image cache: {outcome} for the {split.split} split ({len(split)} images)")
+    return splits
+
+
+def resolve_run_precision(config: RunConfig, device: torch.device) -> str:
+    """Record the precision actually used (``auto`` resolved per device) in the config."""
+    from .precision import resolve_precision
+
+    config.precision = resolve_precision(config.precision, device)
+    return config.precision
 
 
 def versions() -> dict:
@@ -91,25 +112,35 @@ def train_baseline(overrides: dict, out: str | Path, config_file=None) -> Path:
     """Train ``arch`` on the dataset's train split with cross-entropy; write a pwdeploy checkpoint."""
     config = make_config(overrides, config_file)
     device = resolve_device(config.device)
+    precision = resolve_run_precision(config, device)
     seed_everything(config.seed)
     spec = data_spec(config)
-    train_set, test_set = create_dataset(spec, "train"), create_dataset(spec, "test")
+    train_set, test_set = open_splits(config, spec)
     num_classes = config.model.num_classes or train_set.num_classes
     check_labels(train_set, num_classes)
     model = create_model(config.model.arch, num_classes)
     console.print(f"training [bold]{config.model.arch}[/] on {train_set.name} ({len(train_set)} images, "
-                  f"groups {train_set.group_counts()}) on {device}")
-    fit(model, train_set, LossFn("ce"), config.baseline, device, seed=config.seed, description="training baseline")
-    metrics = evaluate(model, test_set, device, "baseline")
+                  f"groups {train_set.group_counts()}) on {device}, {precision}{_processes()}")
+    fit(model, train_set, LossFn("ce"), config.baseline, device, seed=config.seed, description="training baseline",
+        precision=precision, loader=config.loader)
+    metrics = evaluate(model, test_set, device, "baseline", loader=config.loader)
     meta = {"data": spec.to_dict(), "class_names": train_set.class_names, "group_names": train_set.group_names,
             "preprocessing": train_set.preprocessing.to_dict(), "metrics": {"test": metrics},
-            "seed": config.seed, "trained_by": f"pwdeploy {__version__}"}
+            "seed": config.seed, "trained_by": f"pwdeploy {__version__}", "precision": precision,
+            "distributed": distributed.describe()}
+    if not distributed.is_main():  # rank 0 writes
+        return Path(out)
     save_checkpoint(model.cpu(), out, arch=config.model.arch, num_classes=num_classes, meta=meta)
     from .report import _fmt
 
     groups = ", ".join(f"{g} {_fmt(m['accuracy'])}%" for g, m in metrics["groups"].items())
     console.print(f"wrote {out}: test accuracy {_fmt(metrics['overall']['accuracy'])}% ({groups})")
     return Path(out)
+
+
+def _processes() -> str:
+    n = distributed.world_size()
+    return f", {n} processes ({distributed.describe()['backend']})" if n > 1 else ""
 
 
 def _group_weight_totals(config: RunConfig, train_set: GroupedDataset, original: OriginalOutputs) -> torch.Tensor:
@@ -157,15 +188,18 @@ class CompressResult:
 def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDataset, test_set: GroupedDataset,
              device: torch.device) -> CompressResult:
     """Prune ``original`` (left unchanged) to the configured MACs reduction under the configured loss and
-    retrain it. Pure: reads and writes no files; every number a report needs is in the result."""
+    retrain it. Pure: reads and writes no files; every number a report needs is in the result. Under torchrun
+    every rank computes the same result (the pruned architecture is checked to agree)."""
     from .prune import prune_to_flops
 
+    precision = resolve_run_precision(config, device)
     example = torch.randn(1, *train_set.preprocessing.input_shape, device=device)
     original.to(device).eval()
     logits, metrics = {}, {}
 
     def evaluate_as(name: str, model: torch.nn.Module, what: str) -> None:
-        logits[name] = predict_logits(model, test_set, device, description=f"evaluating {what}")
+        logits[name] = predict_logits(model, test_set, device, description=f"evaluating {what}",
+                                      loader=config.loader)
         metrics[name] = _group_metrics(logits[name], test_set)
 
     evaluate_as("original", original, "original")
@@ -175,17 +209,21 @@ def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDat
     importance_loss, retrain_loss = _losses(config, group_totals)
 
     pruned = copy.deepcopy(original).to(device)
-    loader = make_loader(train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True)
+    loader = make_loader(train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True,
+                         loader=config.loader, device=device)
     stream = batch_stream(loader, device, original_outputs)
     t0 = time.time()
     result = prune_to_flops(pruned, example, method=config.prune.method,
                             flops_reduction=config.prune.flops_reduction, batches=stream,
                             loss_fn=importance_loss, settings=config.prune)
     prune_seconds = time.time() - t0
+    stream.close()  # ends the pruning loader's worker processes before retraining starts its own
+    distributed.check_same(distributed.shapes(pruned), "the pruned architecture")
     evaluate_as("pruned-before-retraining", pruned, "pruned (before retraining)")
     t0 = time.time()
     history = fit(pruned, train_set, retrain_loss, config.retrain, device, original=original_outputs,
-                  seed=config.seed, description=f"retraining ({config.loss})")
+                  seed=config.seed, description=f"retraining ({config.loss})", precision=precision,
+                  loader=config.loader)
     retrain_seconds = time.time() - t0
     evaluate_as("pruned", pruned, "pruned")
     return CompressResult(config, original, pruned, train_set, test_set, logits, metrics, result, history,
@@ -209,14 +247,17 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
     seed_everything(config.seed)
 
     spec = data_spec(config)
-    train_set, test_set = create_dataset(spec, "train"), create_dataset(spec, "test")
+    train_set, test_set = open_splits(config, spec)
     for split in (train_set, test_set):
         check_labels(split, config.model.num_classes)
     _check_model_input(original, torch.randn(1, *train_set.preprocessing.input_shape))
 
-    tmp, release = begin_run(out, overwrite, log=console.print)
+    main = distributed.is_main()  # under torchrun every rank computes; rank 0 alone writes the run directory
+    tmp, release = begin_run(out, overwrite, log=console.print) if main else (partial_path(out), lambda: None)
     try:
         result = compress(original, config, train_set, test_set, device)
+        if not main:
+            return out
         report = write_run(rundir.RunDir(tmp), result, model_source={"path": str(model_path), "kind": info["kind"]},
                            started=started)
         publish(tmp, out)
@@ -243,7 +284,7 @@ def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict,
     export_onnx(result.pruned, run.file(rundir.MODEL_ONNX), shape)
     export_onnx(result.original, run.file(rundir.ORIGINAL_ONNX), shape)
     config_record = {**config.to_dict(), "versions": versions(), "input_shape": list(shape),
-                     "model_source": model_source}
+                     "model_source": model_source, "distributed": distributed.describe()}
     run.write_config(config_record)
     report = _report(result, onnx_parity(result.pruned, run.file(rundir.MODEL_ONNX), shape))
     _export_target(run, config_record, report, result)

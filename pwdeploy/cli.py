@@ -17,7 +17,7 @@ from .targets import DEFAULT_CALIB_SIZE, help_text as targets_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fairness-preserving structured pruning (PW loss) and edge deployment.")
-_state = {"debug": False}
+_state = {"debug": False, "argv": []}
 
 
 def _version(value: bool):
@@ -60,6 +60,37 @@ TargetAttrOpt = typer.Option(None, "--target-attr", help="CelebA: attribute to p
 GroupAttrOpt = typer.Option(None, "--group-attr", help="CelebA: attribute that defines the groups (default Male).")
 SkipBadOpt = typer.Option(False, "--skip-bad-images",
                           help="Count, report and skip missing or unreadable image files instead of failing.")
+# --- scale options (issue 13): torchrun, mixed precision, data pipeline ---
+NprocOpt = typer.Option(None, "--nproc", help="Run in N processes on this machine through torchrun (DDP: gloo on "
+                                              "CPU, nccl on CUDA, one GPU each). Several machines: run torchrun "
+                                              "yourself, see the README.")
+PrecisionOpt = typer.Option(None, "--precision", help="Training precision: auto (bf16 on GPUs that have it, else "
+                                                      "fp16; fp32 on the CPU), bf16, fp16 or fp32.")
+ImageCacheOpt = typer.Option(None, "--image-cache", help="Decoded-image cache for image-file datasets: auto (when "
+                                                         "the disk has room), on, off, rebuild (replace a stale one).")
+CacheDirOpt = typer.Option(None, "--cache-dir", help="Where decoded images are cached (default $PWDEPLOY_CACHE_DIR "
+                                                     "or ~/.cache/pwdeploy/images).")
+WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes per process (default: auto, 0 for "
+                                                  "in-memory datasets).")
+
+
+def _scale_overrides(overrides: dict, precision, image_cache, cache_dir, workers) -> None:
+    if precision is not None:
+        overrides["precision"] = precision
+    for key, value in (("image_cache", image_cache), ("cache_dir", cache_dir), ("workers", workers)):
+        _put(overrides, "loader", key, value)
+
+
+def _launch_or_run(nproc: Optional[int], device: str, call) -> None:
+    """``--nproc N``: start N processes of this very command through torchrun; else run it here (joining the
+    torchrun job when this process is one of its ranks)."""
+    from . import distributed
+
+    if nproc is not None:
+        distributed.launch(nproc, _state["argv"])
+        return
+    with distributed.session(device):
+        call()
 
 
 @app.command()
@@ -79,6 +110,11 @@ def train(
     config: Optional[Path] = ConfigOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
+    nproc: Optional[int] = NprocOpt,
+    precision: Optional[str] = PrecisionOpt,
+    image_cache: Optional[str] = ImageCacheOpt,
+    cache_dir: Optional[str] = CacheDirOpt,
+    workers: Optional[int] = WorkersOpt,
 ):
     """Train a baseline model on a dataset (no pretrained weights can be downloaded)."""
     from .api import train_baseline
@@ -90,7 +126,8 @@ def train(
     for key, value in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)):
         _put(overrides, "baseline", key, value)
     overrides.update(seed=seed, device=device)
-    train_baseline(overrides, out=out, config_file=config)
+    _scale_overrides(overrides, precision, image_cache, cache_dir, workers)
+    _launch_or_run(nproc, device, lambda: train_baseline(overrides, out=out, config_file=config))
 
 
 @app.command()
@@ -129,6 +166,11 @@ def compress(
     config: Optional[Path] = ConfigOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
+    nproc: Optional[int] = NprocOpt,
+    precision: Optional[str] = PrecisionOpt,
+    image_cache: Optional[str] = ImageCacheOpt,
+    cache_dir: Optional[str] = CacheDirOpt,
+    workers: Optional[int] = WorkersOpt,
 ):
     """Prune with the PW loss to a FLOPs target, remove channels, retrain, export and report per group."""
     from .api import compress_model
@@ -148,8 +190,10 @@ def compress(
         if value is not None:
             overrides[key] = value
     overrides.update(seed=seed, device=device)
-    compress_model(model, overrides, out=out, config_file=config, trust_pickle=trust_pickle,
-                   overwrite=overwrite, pw_gamma=pw_gamma, pw_min_weight=pw_min_weight)
+    _scale_overrides(overrides, precision, image_cache, cache_dir, workers)
+    _launch_or_run(nproc, device, lambda: compress_model(model, overrides, out=out, config_file=config,
+                                                         trust_pickle=trust_pickle, overwrite=overwrite,
+                                                         pw_gamma=pw_gamma, pw_min_weight=pw_min_weight))
 
 
 @app.command()
@@ -353,6 +397,7 @@ def _data_overrides(name: Optional[str], root: Optional[str], options: Optional[
 
 def main(argv: Optional[list[str]] = None) -> int:
     _state["debug"] = False  # set again by --debug; a previous call in the same process must not leak it
+    _state["argv"] = list(sys.argv[1:] if argv is None else argv)
     try:
         # typer turns Ctrl-C (and typer.Exit) into a returned exit code in non-standalone mode
         result = app(args=argv, standalone_mode=False)

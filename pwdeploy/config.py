@@ -48,7 +48,16 @@ class TrainSettings:
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     schedule: str = "cosine"
-    num_workers: int = 0
+
+
+@dataclass
+class LoaderSettings:
+    # decoded-image cache (pwdeploy/data/cache.py): auto (image-file datasets, when the disk has room), on, off,
+    # rebuild (replace a stale cache)
+    image_cache: str = "auto"
+    cache_dir: str | None = None  # default $PWDEPLOY_CACHE_DIR or ~/.cache/pwdeploy/images
+    workers: int | None = None  # DataLoader worker processes per rank; None: auto (pwdeploy/data/loading.py)
+    pin_memory: bool | None = None  # None: on when training on CUDA
 
 
 @dataclass
@@ -93,6 +102,9 @@ class RunConfig:
     max_float_layers: int | None = None
     seed: int = 0
     device: str = "auto"
+    # training precision: auto (bf16 on GPUs that have it, else fp16; fp32 on the CPU), bf16, fp16, fp32
+    precision: str = "auto"
+    loader: LoaderSettings = field(default_factory=LoaderSettings)
 
     def pw_for(self, method: str | None = None) -> PWSettings:
         return self.pw.get(method or self.prune.method) or self.pw.get("default") or PWSettings()
@@ -109,6 +121,8 @@ CHOICES = {
     "retrain.schedule": ("cosine", "constant"),
     "calib_method": ("minmax", "entropy", "percentile"),
     "target": tuple(list_targets()),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+    "loader.image_cache": ("auto", "on", "off", "rebuild"),
 }
 
 

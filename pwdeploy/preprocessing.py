@@ -58,6 +58,11 @@ class Preprocessing:
 
     def apply_pil(self, image) -> np.ndarray:
         """A PIL image of any size -> float32 CHW array, exactly as training and the device see it."""
+        return self.normalize(self.resize_pil(image))
+
+    def resize_pil(self, image) -> np.ndarray:
+        """The geometric part of ``apply_pil``: a PIL image -> uint8 HWC array of ``size`` (what the decoded-image
+        cache stores; ``normalize`` of it is ``apply_pil``)."""
         from PIL import Image
 
         image = image.convert("RGB")
@@ -73,4 +78,4 @@ class Preprocessing:
             image = image.crop((left, top, left + w, top + h))
         elif image.size != (w, h):
             image = image.resize((w, h), Image.BILINEAR)
-        return self.normalize(np.asarray(image, dtype=np.uint8))
+        return np.asarray(image, dtype=np.uint8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Iterator
 
 from rich.console import Console
@@ -16,10 +17,18 @@ class Task:
     def __init__(self, progress: Progress | None, task_id=None):
         self._progress, self._id = progress, task_id
         self.postfix = ""
+        self.images, self.started = 0, time.perf_counter()
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, images: int = 0) -> None:
+        """``images``: how many images this advance covered (all processes together), shown as images/s."""
+        self.images += images
         if self._progress is not None:
             self._progress.advance(self._id, n)
+            if images:
+                self._progress.update(self._id, rate=f"{self.images_per_second():,.0f} img/s")
+
+    def images_per_second(self) -> float:
+        return self.images / max(1e-9, time.perf_counter() - self.started)
 
     def describe(self, text: str) -> None:
         if self._progress is not None:
@@ -32,6 +41,6 @@ def task(description: str, total: int | None) -> Iterator[Task]:
         yield Task(None)
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+               TimeElapsedColumn(), TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[info]}"))
     with Progress(*columns, console=console, transient=False) as progress:
-        yield Task(progress, progress.add_task(description, total=total, info=""))
+        yield Task(progress, progress.add_task(description, total=total, info="", rate=""))

@@ -7,25 +7,31 @@ once per sample and cached; with augmentation they are recomputed per batch on t
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .config import TrainSettings
+from .config import LoaderSettings, TrainSettings
 from .data.base import GroupedDataset
+from .data.loading import DeviceNormalize, loader_options, yields_uint8
+from .precision import Precision
 from .progress import task
 
 
 def resolve_device(name: str) -> torch.device:
+    from . import distributed
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         from .errors import PwdeployError
 
         raise PwdeployError(f"--device {name} asked for CUDA but no CUDA GPU is available: use --device cpu or auto")
+    if name == "cuda" and distributed.is_active():
+        return torch.device("cuda", distributed.local_rank())  # one GPU per process under torchrun
     return torch.device(name)
 
 
@@ -35,35 +41,68 @@ def seed_everything(seed: int) -> None:
 
 
 class _Indexed(Dataset):
-    def __init__(self, dataset: GroupedDataset):
+    """(image, label, group, index) over ``indices`` of ``dataset`` (all by default). Image-file datasets
+    give uint8 HWC images here; ``model_input`` normalises the batch on the device."""
+
+    def __init__(self, dataset: GroupedDataset, indices: Sequence[int] | None = None):
         self.dataset = dataset
+        self.indices = range(len(dataset)) if indices is None else indices
+        self.uint8 = yields_uint8(dataset)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.indices)
 
     def __getitem__(self, i):
-        x, y, g = self.dataset[i]
-        return x, y, g, i
+        i = self.indices[i]
+        image = self.dataset.load_resized(i) if self.uint8 else self.dataset.load_image(i)
+        return image, int(self.dataset.labels[i]), int(self.dataset.groups[i]), i
+
+
+def model_input(loader: DataLoader, device: torch.device):
+    """The function turning this loader's image batches into model input on ``device``."""
+    indexed = loader.dataset
+    if not indexed.uint8:
+        return lambda x: x.to(device, non_blocking=True)
+    normalize = DeviceNormalize(indexed.dataset.preprocessing, device)
+    return lambda x: normalize(x.to(device, non_blocking=True))
 
 
 def make_loader(dataset: GroupedDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
-                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+                drop_last: bool = False, loader: LoaderSettings | None = None,
+                device: torch.device | None = None, indices: Sequence[int] | None = None) -> DataLoader:
+    """Training batches (``shuffle``) are the single-process global batches, split across torchrun ranks;
+    workers and pinned memory follow ``loader`` (data/loading.py). Pass image batches through
+    ``model_input(loader, device)``."""
+    from . import distributed
+
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=num_workers, drop_last=drop_last and len(dataset) > batch_size)
+    options = loader_options(dataset, loader, device)
+    indexed = _Indexed(dataset, indices)
+    drop_last = drop_last and len(indexed) > batch_size
+    if shuffle:
+        sampler = distributed.ShardedBatchSampler(len(indexed), batch_size, generator, drop_last=drop_last)
+        return DataLoader(indexed, batch_sampler=sampler, generator=generator, **options)
+    return DataLoader(indexed, batch_size=batch_size, generator=generator, **options)
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, dataset: GroupedDataset, device: torch.device, batch_size: int = 256,
-                   description: str | None = None) -> np.ndarray:
+                   description: str | None = None, loader: LoaderSettings | None = None) -> np.ndarray:
+    """Logits for every sample in order (fp32). Under torchrun each rank runs a contiguous shard and the
+    shards are gathered in order, so every rank returns the whole array."""
+    from . import distributed
+
     model.eval().to(device)
     outputs = []
-    loader = make_loader(dataset, batch_size, shuffle=False)
-    with task(description or "evaluating", total=len(loader)) as bar:
-        for x, _, _, _ in loader:
-            outputs.append(model(x.to(device)).float().cpu())
-            bar.advance()
-    return torch.cat(outputs).numpy()
+    batches = make_loader(dataset, batch_size, shuffle=False, loader=loader, device=device,
+                          indices=distributed.shard(len(dataset)))
+    to_input = model_input(batches, device)
+    with task(description or "evaluating", total=len(batches)) as bar:
+        for x, _, _, _ in batches:
+            outputs.append(model(to_input(x)).float().cpu())
+            bar.advance(images=len(x) * distributed.world_size())
+    logits = torch.cat(outputs).numpy() if outputs else np.zeros((0,), np.float32)
+    return distributed.gather_in_order(logits)
 
 
 class OriginalOutputs:
@@ -86,9 +125,10 @@ class OriginalOutputs:
 def batch_stream(loader: DataLoader, device: torch.device, original: OriginalOutputs | None
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Endless (x, y, group, original_logits) batches on ``device``, reshuffled every pass."""
+    to_input = model_input(loader, device)
     while True:
         for x, y, g, idx in loader:
-            x, y, g = x.to(device, non_blocking=True), y.to(device), g.to(device)
+            x, y, g = to_input(x), y.to(device), g.to(device)
             yield x, y, g, (original(x, idx) if original is not None else None)
 
 
@@ -107,32 +147,38 @@ def make_optimizer(model: nn.Module, settings: TrainSettings, total_steps: int):
 
 
 def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSettings, device: torch.device, *,
-        original: OriginalOutputs | None = None, seed: int = 0, description: str = "training") -> list[float]:
-    """Train ``model`` for ``settings.epochs`` epochs; returns the mean loss per epoch."""
+        original: OriginalOutputs | None = None, seed: int = 0, description: str = "training",
+        precision: str = "fp32", loader: LoaderSettings | None = None) -> list[float]:
+    """Train ``model`` for ``settings.epochs`` epochs (DDP under torchrun, autocast per ``precision``);
+    returns the mean loss per epoch over all processes."""
+    from . import distributed
+
     model.to(device)
     if settings.epochs <= 0:
         return []
-    loader = make_loader(dataset, settings.batch_size, shuffle=True, seed=seed,
-                         num_workers=settings.num_workers, drop_last=True)
-    total = settings.epochs * len(loader)
+    batches = make_loader(dataset, settings.batch_size, shuffle=True, seed=seed, drop_last=True, loader=loader,
+                          device=device)
+    total = settings.epochs * len(batches)
     optimizer, scheduler = make_optimizer(model, settings, total)
-    stream = batch_stream(loader, device, original)
+    amp = Precision(precision, device)
+    trained = distributed.wrap_ddp(model, device)
+    stream = batch_stream(batches, device, original)
     history = []
     with task(description, total=total) as bar:
         for epoch in range(settings.epochs):
-            model.train()
-            running = 0.0
-            for _ in range(len(loader)):
+            trained.train()
+            running = torch.zeros((), dtype=torch.float64, device=device)
+            for _ in range(len(batches)):
                 x, y, g, orig = next(stream)
-                loss = loss_fn(model(x), y, orig, g)
+                with amp.autocast():
+                    loss = loss_fn(trained(x), y, orig, g)
                 _check_finite_loss(loss, epoch, description)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                amp.step(loss, optimizer)
                 scheduler.step()
-                running += loss.item()
-                bar.advance()
-            history.append(running / len(loader))
+                running += loss.detach()
+                bar.advance(images=len(x) * distributed.world_size())
+            history.append(distributed.mean_over_ranks(float(running)) / len(batches))
             bar.describe(f"epoch {epoch + 1}/{settings.epochs} loss {history[-1]:.4f}")
     return history
 

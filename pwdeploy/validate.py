@@ -75,13 +75,13 @@ CONFIG_RANGES = {
     "group_balance_strength": Range(0.0, 1.0, low_open=True),
     "calib_size": COUNT,
     "max_float_layers": NON_NEGATIVE_INT,
+    "loader.workers": NON_NEGATIVE_INT,
     "seed": SEED,
     "model.num_classes": COUNT,
 }
 for _section in ("retrain", "baseline"):
     CONFIG_RANGES.update({f"{_section}.epochs": NON_NEGATIVE_INT, f"{_section}.lr": LEARNING_RATE,
-                          f"{_section}.batch_size": COUNT, f"{_section}.weight_decay": NON_NEGATIVE,
-                          f"{_section}.num_workers": NON_NEGATIVE_INT})
+                          f"{_section}.batch_size": COUNT, f"{_section}.weight_decay": NON_NEGATIVE})
 PW_RANGES = {"gamma": Range(0.0, 100.0), "min_weight": FRACTION}
 
 # -D dataset options shared by several adapters; any other numeric option must still be finite.

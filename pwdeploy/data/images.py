@@ -169,7 +169,11 @@ def require_groups(group_names: Sequence[str], groups: np.ndarray, where: str, f
 
 class ImageFileDataset(GroupedDataset):
     """Images decoded lazily from files; labels and groups in arrays. Training augmentation (when on) is a
-    random horizontal flip, applied before the recorded preprocessing."""
+    random horizontal flip of the resized image, before normalisation.
+
+    With a decoded-image cache attached (``data/cache.py``) the resized uint8 images come from the cache's
+    memory-mapped array instead of the JPEG files; the rest of the path is the same, so the tensors are too.
+    """
 
     def __init__(self, paths: Sequence[Path], labels, groups, *, group_names: list[str], class_names: list[str],
                  preprocessing: Preprocessing, name: str, split: str, augment: bool = False,
@@ -177,17 +181,40 @@ class ImageFileDataset(GroupedDataset):
         self.paths = [Path(p) for p in paths]
         self._set_metadata(labels, groups, group_names=group_names, class_names=class_names,
                            preprocessing=preprocessing, name=name, split=split, augment=augment, notes=notes)
+        self.cache_file: Path | None = None
+        self._cache = None
 
-    def load_image(self, index: int) -> np.ndarray:
-        image = open_rgb(self.paths[index])
+    def decode_resized(self, index: int) -> np.ndarray:
+        """uint8 HWC image of the preprocessing's size, from the file."""
+        return self.preprocessing.resize_pil(open_rgb(self.paths[index]))
+
+    def attach_cache(self, cache_file: Path) -> None:
+        self.cache_file, self._cache = Path(cache_file), None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cache"] = None  # DataLoader workers re-open the memory map instead of pickling it
+        return state
+
+    def load_resized(self, index: int) -> np.ndarray:
+        """uint8 HWC image before normalisation (augmented): what training loaders batch, since uint8 is a
+        quarter of the bytes to collate and copy and the device normalises it (data/loading.py)."""
+        if self.cache_file is not None:
+            if self._cache is None:
+                self._cache = np.load(self.cache_file, mmap_mode="r")
+            resized = self._cache[index]
+        else:
+            resized = self.decode_resized(index)
         if self.augment:
             import torch
-            from PIL import Image
 
             # torch's RNG: DataLoader seeds it per worker, so workers do not repeat the same flips
             if torch.rand(()) < 0.5:
-                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return self.preprocessing.apply_pil(image)
+                resized = resized[:, ::-1]
+        return resized
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.preprocessing.normalize(self.load_resized(index))
 
 
 def preprocess_array(preprocessing: Preprocessing, hwc: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .. import distributed
 from ..config import PruneSettings
 from ..progress import task
 from .autobot import train_bottlenecks
@@ -69,6 +70,7 @@ def prune_to_flops(model: nn.Module, example_inputs: torch.Tensor, *, method: st
 def _remove_until(remover: ChannelRemover, score_fn, target: float, max_step: float, result: PruneResult, bar,
                   before_step=None, after_step=None) -> None:
     """Repeat pruning steps until the target is reached; hooks run before/after each step (Taylor)."""
+    score_fn = distributed.agreed(score_fn)  # under torchrun: every rank plans from rank 0's averaged scores
     while True:
         if before_step is not None:
             before_step()
@@ -97,6 +99,8 @@ def _taylor(remover: ChannelRemover, batches, loss_fn, target, settings, result,
         for _ in range(settings.taylor_batches):
             x, y, g, original = next(batches)
             loss_fn(model(x), y, original, g).backward()
+        distributed.all_reduce_grads(model.parameters())
+        distributed.sync_buffers(model)
 
     def adapt() -> None:
         model.zero_grad(set_to_none=True)
@@ -107,7 +111,9 @@ def _taylor(remover: ChannelRemover, batches, loss_fn, target, settings, result,
             x, y, g, original = next(batches)
             optimizer.zero_grad(set_to_none=True)
             loss_fn(model(x), y, original, g).backward()
+            distributed.all_reduce_grads(model.parameters())
             optimizer.step()
+        distributed.sync_buffers(model)
 
     # About 20 pruning steps whatever the target, so the adaptation budget scales with the work.
     _remove_until(remover, lambda group, _name: importance(group), target, max(0.02, target / 20), result, bar,

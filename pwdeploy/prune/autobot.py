@@ -13,6 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .. import distributed
 from .engine import ChannelRemover
 
 _BN_OUT = (tp.prune_batchnorm_out_channels,)
@@ -111,6 +112,7 @@ def train_bottlenecks(remover: ChannelRemover, batches: Iterator, loss_fn, *, ta
             loss = loss_fn(logits, y, original, g) + flops_weight * penalty
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.all_reduce_grads(params)  # under torchrun: the gates stay identical on every rank
             optimizer.step()
             if progress is not None:
                 progress.advance()
