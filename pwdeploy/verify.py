@@ -21,8 +21,9 @@ import numpy as np
 from . import __version__, rundir
 from .errors import PwdeployError
 from .fsutil import read_json, sha256_file, write_json
-from .gate import check_groups, tolerance_for
-from .metrics import accuracy_change, group_metrics, predict
+from .evaluate import evaluate_artifact
+from .gate import tolerance_for
+from .metrics import group_metrics, predict
 from .runners import RUNNER_KINDS
 from .targets import ONNX_FOR_PRECISION, get_target, target_for_file
 from .verification_set import FILENAME as VERIFICATION_SET
@@ -441,29 +442,18 @@ def _metrics_of(logits: np.ndarray, evald: EvalData) -> dict:
                          binary=bool(evald.labels.max(initial=0) <= 1))
 
 
-def _agreement(pred: np.ndarray, ref_pred: np.ndarray, evald: EvalData) -> dict:
-    same = pred == ref_pred
-    groups = {}
-    for g, name in enumerate(evald.group_names):
-        mask = evald.groups == g
-        groups[name] = float(100.0 * same[mask].mean()) if mask.any() else None
-    return {"overall": float(100.0 * same.mean()) if same.size else None, "groups": groups}
-
-
 def _evaluate(art: Artifact, logits: np.ndarray, evald: EvalData, ref_metrics: dict, orig_metrics: Optional[dict],
               recorded: dict, *, tolerance, max_group_drop, n_boot: int, seed: int,
               allow_empty_groups: bool = False) -> dict:
     from .bootstrap import group_change_ci
 
     tol = tolerance_for(art.precision) if tolerance is None else float(tolerance)
-    notes = []
-    if not np.all(np.isfinite(logits)):
-        notes.append(f"{int((~np.isfinite(logits)).sum())} non-finite logits: the artifact overflows")
-    pred = predict(logits)
-    metrics = _metrics_of(logits, evald)
-    gate = check_groups(metrics, ref_metrics, tolerance=tol, original=orig_metrics, max_group_drop=max_group_drop,
-                        allow_empty_groups=allow_empty_groups)
-    correct = (pred == evald.labels).astype(np.float64)
+    shared = evaluate_artifact(logits, evald.labels, evald.groups, evald.group_names, ref_metrics, tolerance=tol,
+                               original=orig_metrics, max_group_drop=max_group_drop,
+                               allow_empty_groups=allow_empty_groups, reference_logits=evald.reference_logits)
+    shared.pop("gate_result")
+    notes = shared["notes"]
+    correct = (predict(logits) == evald.labels).astype(np.float64)
 
     def ci(other_logits, other_metrics):
         if n_boot == 0 or other_metrics is None:
@@ -484,26 +474,13 @@ def _evaluate(art: Artifact, logits: np.ndarray, evald: EvalData, ref_metrics: d
         "precision": art.precision,
         "path": str(art.path),
         "sha256": sha256_file(art.path),
-        "passed": gate.passed,
-        "failed_groups": gate.failed_groups,
-        "tolerance": tol,
-        "max_group_drop": max_group_drop,
-        "metrics": metrics,
+        **shared,
         "reference_metrics": ref_metrics,
         "original_metrics": orig_metrics,
         "reference_from": evald.reference_from,
-        "changes": {"vs_reference": accuracy_change(metrics, ref_metrics),
-                    "vs_original": accuracy_change(metrics, orig_metrics) if orig_metrics else None},
-        "agreement": (_agreement(pred, predict(evald.reference_logits), evald)
-                      if evald.reference_logits is not None else None),
-        "max_abs_logit_diff": (float(np.abs(logits - evald.reference_logits).max())
-                               if evald.reference_logits is not None and logits.shape == evald.reference_logits.shape
-                               and logits.size else None),
         "bootstrap": {"n": n_boot, "level": 0.95, "paired": evald.reference_logits is not None,
                       "vs_reference": ci(evald.reference_logits, ref_metrics),
                       "vs_original": ci(evald.original_logits, orig_metrics)} if n_boot else None,
-        "gate": gate.to_dict(),
-        "notes": notes,
     }
     if evald.full_test_split and "pruned" in recorded and evald.reference_logits is not None:
         drift = _max_group_diff(ref_metrics, recorded["pruned"])

@@ -24,9 +24,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from .. import __version__
-from ..gate import check_groups
+from ..evaluate import agreement, evaluate_artifact
 from ..manifest import check_files, parse_manifest, read_manifest, read_signature, unlisted_entries
-from ..metrics import group_metrics, predict
+from ..metrics import predict
 from ..verification_set import load_verification_set
 from ..signature import signers_for, verify as verify_signature
 from .runners import describe, run_batches, select_runner
@@ -84,21 +84,21 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
         seconds = time.time() - t0
     finally:
         model_runner.close()
-    preds = predict(logits)
-    metrics = group_metrics(preds, vs.labels, vs.groups, vs.group_names)
     reference = manifest["reference"]
-    gate = check_groups(metrics, reference["metrics"], tolerance=float(manifest["gate"]["tolerance"]),
-                        original=reference.get("original"), max_group_drop=manifest["gate"]["max_group_drop"],
-                        allow_empty_groups=manifest["gate"].get("allow_empty_groups", False))
+    shared = evaluate_artifact(logits, vs.labels, vs.groups, vs.group_names, reference["metrics"],
+                               tolerance=float(manifest["gate"]["tolerance"]), original=reference.get("original"),
+                               max_group_drop=manifest["gate"]["max_group_drop"],
+                               allow_empty_groups=manifest["gate"].get("allow_empty_groups", False),
+                               reference_logits=vs.logits.get("reference"))
+    gate, metrics = shared.pop("gate_result"), shared["metrics"]
     result.update({
         "runner": dict(describe(model_runner), note=note),
         "n": len(vs),
         "seconds": round(seconds, 3),
-        "metrics": metrics,
         "reference_runner": reference["runner"],
-        "gate": gate.to_dict(),
-        "agreement": _agreement(preds, vs),
-        "passed": bool(gate.passed),
+        **shared,
+        # the shipped pruned PyTorch model too, where the bundle carries its logits
+        "agreement": _agreement(predict(logits), vs),
         "total_seconds": round(time.time() - started, 3),
     })
     _print_table(log, metrics, gate, result["agreement"], len(vs), model_runner)
@@ -128,11 +128,8 @@ def _agreement(preds: np.ndarray, vs) -> Dict[str, Any]:
     out = {}  # type: Dict[str, Any]
     for name in ("reference", "pruned"):
         ref = vs.predictions(name)
-        if ref is None:
-            continue
-        flips = preds != ref
-        out[name] = {"flipped": int(flips.sum()), "groups": {
-            g: int(flips[vs.groups == i].sum()) for i, g in enumerate(vs.group_names)}}
+        if ref is not None:
+            out[name] = agreement(preds, ref, vs.groups, list(vs.group_names))
     return out
 
 
@@ -143,7 +140,7 @@ def _fmt(value, signed: bool = False) -> str:
 
 
 def _print_table(log, metrics, gate, agreement, n, model_runner) -> None:
-    flips = agreement.get("reference", {}).get("groups", {})
+    flips = agreement.get("reference", {}).get("flipped_groups", {})
     log("runtime: {}".format(", ".join("{}={}".format(k, v) for k, v in describe(model_runner).items())))
     log("verification set: {} images; gate: every group within {} points of the reference{}".format(
         n, gate.tolerance, "" if gate.max_group_drop is None else
