@@ -147,7 +147,7 @@ def load_split(config: dict, split: str, *, max_samples: int = 2000, seed: int =
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {dataset.name} is empty: the per-group INT8 analysis needs it "
                         "(check --data-root)")
-    shape = tuple(config.get("input_shape") or dataset.preprocessing.input_shape)
+    shape = tuple(config["input_shape"])
     indices = choose_indices(dataset.groups, len(dataset.group_names), 4 * int(np.prod(shape)), seed=seed,
                              max_samples=max_samples)
     images = np.stack([dataset.load_image(int(i)) for i in indices]).astype(np.float32)

@@ -96,7 +96,7 @@ def protect_int8(run: Path, config: dict, out: Path, *, method: str, weight_bits
         record["validation"]["fp32_reference"] = "model.onnx on ONNX Runtime, same images"
         record["validation"]["data"] = probe.data.describe()
         record["test"] = _test_results(run, {"plain_int8": plain, "mixed": out})
-        shape = tuple(config.get("input_shape") or probe.data.images.shape[1:])
+        shape = tuple(config["input_shape"])
         record["latency"] = compare_latency({"fp32": run / rundir.MODEL_ONNX, "plain_int8": plain, "mixed": out},
                                             shape, provider=provider)
     _print_protection(record, console)

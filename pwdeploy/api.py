@@ -313,11 +313,11 @@ def _report(result: CompressResult, parity: float) -> dict:
         "macs": {"original": prune.macs_before, "pruned": prune.macs_after},
         "params": {"original": prune.params_before, "pruned": prune.params_after},
         "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-        "num_classes": config.model.num_classes, "class_names": train_set.class_names,
+        "class_names": train_set.class_names,
         "group_names": train_set.group_names, "preprocessing": train_set.preprocessing.to_dict(),
         "dataset": train_set.name,
         "data_notes": list(dict.fromkeys(train_set.notes + result.test_set.notes)),
-        "seed": config.seed, "device": str(result.device),
+        "device": str(result.device),  # as resolved (config.json has what was asked, e.g. auto)
         "metrics": {"original": result.metrics["original"], "pruned": result.metrics["pruned"]},
         "metrics_before_retraining": result.metrics["pruned-before-retraining"],
         "onnx_parity_max_abs": parity,
