@@ -42,6 +42,7 @@ DEVICE_CODE = (
     "pwdeploy/device/__init__.py", "pwdeploy/device/__main__.py", "pwdeploy/device/verify.py",
     "pwdeploy/device/runners.py", "pwdeploy/device/build_engine.py", "pwdeploy/device/install.py",
     "pwdeploy/signature.py", "pwdeploy/device/launch.py",
+    "pwdeploy/runners/__init__.py", "pwdeploy/runners/base.py", "pwdeploy/runners/onnxruntime_runner.py",
 )
 _ONNX_DTYPES = {1: "float32", 10: "float16"}
 
@@ -359,15 +360,16 @@ def _from_dataset(config: dict, size: int, seed: int) -> VerificationSet:
 
 def _run_onnx(path: Path, io_info: dict, images: np.ndarray) -> tuple[np.ndarray, str]:
     """The shipped model's logits here, with the device verifier's own ONNX Runtime runner (CPU)."""
-    from .device.runners import OnnxRuntimeRunner, run_batches
+    from .runners import run_batches
+    from .runners.onnxruntime_runner import OnnxRuntimeRunner
 
-    runner = OnnxRuntimeRunner(str(path), io_info["name"], io_info["output"], prefer_gpu=False)
+    runner = OnnxRuntimeRunner(path, provider="cpu", input_name=io_info["name"])
     try:
         batch = io_info["shape"][0] if io_info["shape"][0] > 0 else ENGINE_BATCHES[-1]  # the engine profile's max
         if io_info["shape"][0] > 0 and len(images) % batch:
             raise PwdeployError(f"{path.name} has a fixed batch of {batch}: re-export it with a dynamic batch "
                                 "(`pwdeploy export`)")
-        logits = run_batches(runner, images, batch)
+        logits = run_batches(runner, images, batch_size=batch)
     finally:
         runner.close()
     d = runner.description

@@ -237,7 +237,7 @@ def fake_tensorrt(monkeypatch, tmp_path):
             if Path(engine_path).read_text() != "fake engine\n":
                 raise runners.EngineIncompatible("built for another GPU")
             model = Path(engine_path).parent / read_json(Path(engine_path).parent / "manifest.json")["model"]["file"]
-            self._ort = runners.OnnxRuntimeRunner(str(model), input_name, output_name, prefer_gpu=False)
+            self._ort = runners.OnnxRuntimeRunner(str(model), provider="cpu", input_name=input_name)
             self.description = {"runtime": "tensorrt", "version": "10.3.0", "via": "fake", "engine": engine_path}
 
         def run(self, batch):

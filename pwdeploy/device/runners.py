@@ -1,4 +1,5 @@
-"""Runtimes the device verifier can use: TensorRT (Polygraphy, or TensorRT's own bindings) or ONNX Runtime.
+"""Runtimes the device verifier can use: TensorRT (Polygraphy, or TensorRT's own bindings) or ONNX Runtime
+(pwdeploy.runners' OnnxRuntimeRunner, the same one `pwdeploy verify` and `pwdeploy package` use).
 
 numpy only at import time; each runtime is imported when chosen. Python 3.8 compatible.
 """
@@ -12,16 +13,9 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..errors import PwdeployError
+from ..runners.base import EngineIncompatible, RunnerError, run_batches  # noqa: F401 - the device's names
+from ..runners.onnxruntime_runner import OnnxRuntimeRunner
 from .build_engine import ENGINE_NAME, build_engine
-
-
-class RunnerError(PwdeployError):
-    """The requested runtime is missing or cannot load the model."""
-
-
-class EngineIncompatible(RunnerError):
-    """A TensorRT engine was built for another GPU or TensorRT version."""
 
 
 def tensorrt_version() -> Optional[str]:
@@ -30,47 +24,6 @@ def tensorrt_version() -> Optional[str]:
     except Exception:  # ImportError, or a broken install raising OSError on a missing library
         return None
     return str(getattr(tensorrt, "__version__", "unknown"))
-
-
-class OnnxRuntimeRunner:
-    """ONNX Runtime on the shipped ONNX; CUDA when onnxruntime-gpu offers it, else the CPU."""
-
-    def __init__(self, model_path: str, input_name: str, output_name: str, *, prefer_gpu: bool = True,
-                 threads: int = 0):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise RunnerError("onnxruntime is not installed: `pip3 install onnxruntime` (or onnxruntime-gpu from "
-                              "the Jetson AI Lab index), or install TensorRT") from None
-        available = ort.get_available_providers()
-        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if prefer_gpu else ["CPUExecutionProvider"]
-        providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: fp16 Cast-insertion notes are not for the user
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise RunnerError("ONNX Runtime cannot load {}: {}".format(os.path.basename(model_path),
-                                                                        str(exc).splitlines()[0])) from None
-        names = [i.name for i in self.session.get_inputs()]
-        if input_name not in names:
-            raise RunnerError("{} has inputs {} but the manifest says {!r}: re-create the bundle".format(
-                os.path.basename(model_path), names, input_name))
-        self.input_name, self.output_name = input_name, output_name
-        self.input_type = {"tensor(float16)": np.float16}.get(self.session.get_inputs()[0].type, np.float32)
-        used = self.session.get_providers()[0]
-        self.description = {"runtime": "onnxruntime", "version": ort.__version__, "provider": used,
-                            "model": os.path.basename(model_path)}
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output_name], {self.input_name: batch.astype(self.input_type, copy=False)})
-        return np.asarray(out[0], dtype=np.float32)
-
-    def close(self) -> None:
-        self.session = None
 
 
 class TensorRTRunner:
@@ -221,7 +174,7 @@ def select_runner(bundle_dir: str, manifest: Dict[str, Any], runner: str = "auto
         note = "onnxruntime requested" if runner == "onnxruntime" else \
             "TensorRT is not installed here: running the shipped ONNX with ONNX Runtime instead"
         log(note)
-        return OnnxRuntimeRunner(model_path, model["input"]["name"], model["output"]["name"]), note
+        return OnnxRuntimeRunner(model_path, provider="auto", input_name=model["input"]["name"]), note
     if trt_version is None:
         raise RunnerError("--runner tensorrt: the tensorrt Python package is not importable here: install "
                           "TensorRT (JetPack ships it) or use --runner onnxruntime")
@@ -247,13 +200,6 @@ def select_runner(bundle_dir: str, manifest: Dict[str, Any], runner: str = "auto
     note = "engine built on this device with TensorRT {}".format(trt_version)
     log(note)
     return TensorRTRunner(path, model["input"]["name"], model["output"]["name"]), note
-
-
-def run_batches(runner, images: np.ndarray, batch_size: int) -> np.ndarray:
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        outputs.append(runner.run(images[start:start + batch_size]))
-    return np.concatenate(outputs, axis=0) if outputs else np.zeros((0, 1), np.float32)
 
 
 def describe(runner) -> Dict[str, Any]:

@@ -80,7 +80,7 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
     model_runner, note = select_runner(bundle_dir, manifest, runner, log=log, build_timeout=build_timeout)
     try:
         t0 = time.time()
-        logits = run_batches(model_runner, vs.images, manifest["verification"]["batch_size"])
+        logits = run_batches(model_runner, vs.images, batch_size=manifest["verification"]["batch_size"])
         seconds = time.time() - t0
     finally:
         model_runner.close()

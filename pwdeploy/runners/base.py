@@ -1,10 +1,20 @@
-"""The runner interface and the batching loop every backend shares."""
+"""The runner interface and the batching loop every backend shares (host and device: numpy only, Python 3.8)."""
 
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 import numpy as np
+
+from ..errors import PwdeployError
+
+
+class RunnerError(PwdeployError):
+    """The requested runtime is missing or cannot load the model."""
+
+
+class EngineIncompatible(RunnerError):
+    """A TensorRT engine was built for another GPU or TensorRT version."""
 
 
 class Runner:
@@ -29,11 +39,12 @@ class Runner:
         self.close()
 
 
-def run_batches(runner: Runner, images: np.ndarray, *, batch_size: int = 64,
+def run_batches(runner, images: np.ndarray, *, batch_size: int = 64,
                 on_batch: Optional[Callable[[int], None]] = None) -> np.ndarray:
     """Logits for all ``images`` (N×C×H×W), in batches no larger than the runner accepts."""
-    if runner.max_batch is not None:
-        batch_size = min(batch_size, runner.max_batch)
+    max_batch = getattr(runner, "max_batch", None)
+    if max_batch is not None:
+        batch_size = min(batch_size, max_batch)
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
