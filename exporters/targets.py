@@ -19,7 +19,7 @@ import numpy as np
 from pwdeploy import rundir
 from pwdeploy.errors import PwdeployError
 from pwdeploy.fsutil import atomic_path, read_json, sha256_file, write_json
-from pwdeploy.rundir import ArtifactRecord, RunDir
+from pwdeploy.rundir import ArtifactRecord, EngineRecord, RunDir
 from pwdeploy.targets import DEFAULT_CALIB_SIZE, Target, get_target
 from pwdeploy.verification_set import FILENAME as VERIFICATION_SET
 
@@ -261,13 +261,14 @@ def _engine(run: Path, onnx_name: str, precision: str, input_name: str, input_sh
                       f"{gpu.get('name')} (compute capability {gpu.get('compute_capability')}); for another device "
                       f"run {BUILD_SCRIPT} there")
         info["build_script"] = BUILD_SCRIPT
-        return info
+        return EngineRecord.from_dict(info).to_dict()
     (run / rundir.ENGINE).unlink(missing_ok=True)  # never leave an engine that does not match this export
     console.print(f"[bold yellow]TensorRT engine NOT built here:[/] {status['reason']}. The artifact verified "
                   f"instead is [bold]{onnx_name}[/]; build the engine on the target with [bold]bash {BUILD_SCRIPT}"
                   "[/] (TensorRT 10 and 11).")
-    return {"built": False, "reason": status["reason"], "verified_instead": onnx_name, "build_script": BUILD_SCRIPT,
-            "precision": precision, "tensorrt_version": status.get("tensorrt_version")}
+    return EngineRecord(built=False, precision=precision, build_script=BUILD_SCRIPT, reason=status["reason"],
+                        verified_instead=onnx_name,
+                        details={"tensorrt_version": status.get("tensorrt_version")}).to_dict()
 
 
 # --- verification set ------------------------------------------------------------------------------------------

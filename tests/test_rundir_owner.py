@@ -85,3 +85,17 @@ def test_compress_writes_each_file_once_and_reloads_nothing(tiny_baseline, tmp_p
     assert "verification_set.npz" in report["artifacts"]
     assert "input_shape" not in report and "data" not in report  # config.json holds them
     assert rundir.RunDir.open(run).input_shape == (3, 16, 16)
+
+
+def test_records_keep_the_file_format():
+    """Typed records round-trip report.json entries, extra fields included."""
+    from pwdeploy.rundir import ArtifactRecord, EngineRecord
+
+    entry = {"sha256": "ab" * 32, "precision": "int8", "runtime": "onnxruntime", "target": "onnx-int8",
+             "calibration": {"n": 64}, "quantization": {"weight_bits": 7}}
+    record = ArtifactRecord.from_dict(entry)
+    assert record.precision == "int8" and record.details == {"calibration": {"n": 64}, "quantization": {"weight_bits": 7}}
+    assert record.to_dict() == entry
+    engine = EngineRecord(built=False, precision="fp16", build_script="build_engine.sh", reason="no TensorRT",
+                          verified_instead="model.fp16.onnx", details={"tensorrt_version": None})
+    assert EngineRecord.from_dict(engine.to_dict()) == engine
