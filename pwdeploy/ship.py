@@ -195,22 +195,7 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
     bundle_id = manifest["bundle_id"]
     digest = sha256_file(bundle)
     py = remote_python
-
-    # 1. the folder and python3 on the device
-    probe = (f"mkdir -p -- {dest.path}/.incoming && cd -- {dest.path} && pwd -P && "
-             f"{py} -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 3)'")
-    out = _run(settings.ssh(dest, probe), dest, settings, timeout=settings.connect_timeout + 60)
-    if out.returncode == 127:
-        raise PwdeployError(f"{py} not found on {dest.target}: install Python 3.8+ there (sudo apt install python3) "
-                            "or pass --remote-python PATH")
-    if out.returncode == 3:
-        raise PwdeployError(f"{py} on {dest.target} is older than Python 3.8: install a newer python3 or pass "
-                            "--remote-python PATH")
-    _raise_for(out, dest, settings, "could not prepare the remote folder")
-    remote_dir = out.stdout.strip().splitlines()[-1].strip()
-    if not _SAFE_PATH.match(remote_dir):
-        raise PwdeployError(f"{dest}: the remote folder resolves to {remote_dir!r}, which has characters pwdeploy "
-                            "does not quote: choose a plain path")
+    remote_dir = _prepare_remote(dest, settings, py)  # 1. the folder and python3 on the device
     remote_archive = f"{remote_dir}/.incoming/{bundle_id}.tar.gz"
 
     # 2. upload (a partial upload is refused by the installer's sha256 check; `current` is untouched)
@@ -236,21 +221,10 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
 
     # 4. the bundle's own verifier, on the device, in the new release; `current` moves only if it passes
     log(f"unpacked and checked {shown} on {dest.target}; verifying it there before switching `current`")
-    # the isolated verifier: refuses unlisted files and checks hashes (and the signature, where the device
-    # has DIR/allowed_signers) before it imports anything from the release
-    command = f"cd {shlex.quote(release)} && {py} -I -B {LAUNCHER} verify . --runner {runner} --result-line"
-    out = _run(settings.ssh(dest, command), dest, settings, timeout=verify_timeout, on_line=log)
-    if out.returncode == 255:
-        _raise_for(out, dest, settings, "running the verifier failed")
-    remote = _result_line(out.stdout)
-    if remote is None:
-        raise PwdeployError(f"{dest.target}: device verify failed to run: "
-                            f"{_error_line(out.stdout) or 'no result'} (exit {out.returncode}); `current` was not "
-                            "switched")
-    result.verify = remote
+    result.verify = _verify_on_device(dest, settings, py, release, runner, verify_timeout, log)
     result.verify_path = bundle.with_name(re.sub(r"(\.tar\.gz|\.tgz)$", "", bundle.name) + ".verify.json")
-    write_json(result.verify_path, remote)
-    if remote.get("passed"):
+    write_json(result.verify_path, result.verify)
+    if result.verify.get("passed"):
         command = " ".join([py, "-", "switch", shlex.quote(release), shlex.quote(remote_dir), "--keep", str(int(keep)),
                             "--result-line"])
         _installer(settings, dest, command)
@@ -260,6 +234,42 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
         log(f"device result: FAILED (saved to {result.verify_path}); `current` not switched"
             + (f", still {installed['previous']}" if installed.get("previous") else ""))
     return result
+
+
+def _prepare_remote(dest: Destination, settings: SshSettings, py: str) -> str:
+    """Create DIR/.incoming, check the device's python (3.8+); returns DIR resolved on the device."""
+    probe = (f"mkdir -p -- {dest.path}/.incoming && cd -- {dest.path} && pwd -P && "
+             f"{py} -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 3)'")
+    out = _run(settings.ssh(dest, probe), dest, settings, timeout=settings.connect_timeout + 60)
+    if out.returncode == 127:
+        raise PwdeployError(f"{py} not found on {dest.target}: install Python 3.8+ there (sudo apt install python3) "
+                            "or pass --remote-python PATH")
+    if out.returncode == 3:
+        raise PwdeployError(f"{py} on {dest.target} is older than Python 3.8: install a newer python3 or pass "
+                            "--remote-python PATH")
+    _raise_for(out, dest, settings, "could not prepare the remote folder")
+    remote_dir = out.stdout.strip().splitlines()[-1].strip()
+    if not _SAFE_PATH.match(remote_dir):
+        raise PwdeployError(f"{dest}: the remote folder resolves to {remote_dir!r}, which has characters pwdeploy "
+                            "does not quote: choose a plain path")
+    return remote_dir
+
+
+def _verify_on_device(dest: Destination, settings: SshSettings, py: str, release: str, runner: str,
+                      timeout: float, log: Callable[[str], None]) -> dict:
+    """Run the isolated verifier in ``release`` on the device; returns its result (``passed`` decides the switch).
+    It refuses unlisted files and checks hashes (and the signature, where the device has DIR/allowed_signers)
+    before it imports anything from the release."""
+    command = f"cd {shlex.quote(release)} && {py} -I -B {LAUNCHER} verify . --runner {runner} --result-line"
+    out = _run(settings.ssh(dest, command), dest, settings, timeout=timeout, on_line=log)
+    if out.returncode == 255:
+        _raise_for(out, dest, settings, "running the verifier failed")
+    remote = _result_line(out.stdout)
+    if remote is None:
+        raise PwdeployError(f"{dest.target}: device verify failed to run: "
+                            f"{_error_line(out.stdout) or 'no result'} (exit {out.returncode}); `current` was not "
+                            "switched")
+    return remote
 
 
 def _check_options(*, keep: int, verify_timeout: float, port: int | None, remote_python: str, runner: str,
