@@ -330,7 +330,8 @@ def build_verification_set(run: Path, config: dict, models: dict, *, seed: int =
     meta = {"split": "test", "subset": bool(len(indices) < len(test)), "source_n": int(len(test)),
             "dataset": test.name, "data": config["data"], "models": models, "seed": int(seed),
             "preprocessing": test.preprocessing.to_dict(), "input_shape": list(shape),
-            "logits_from": "PyTorch checkpoints of this run (pruned.pt, original.pt)"}
+            "logits_from": ("compress's evaluation of the models it saved as pruned.pt, original.pt"
+                            if results is not None else "PyTorch checkpoints of this run (pruned.pt, original.pt)")}
     return VerificationSet(images=images, labels=test.labels[indices], groups=test.groups[indices],
                            group_names=list(test.group_names), class_names=list(test.class_names),
                            indices=indices, logits=logits, meta=meta)
