@@ -49,10 +49,7 @@ def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int = 
                   max_float_layers: int | None = None) -> dict:
     """`pwdeploy export`: make ``target``'s artifacts in an existing run and record them in its report.json
     (written once, through RunDir). Returns what ``make_target`` returns."""
-    run = RunDir(Path(run_dir))
-    if not (run.file(rundir.CONFIG).is_file() and run.file(rundir.REPORT).is_file()):
-        raise PwdeployError(f"{run.path} is not a pwdeploy run directory (no {rundir.CONFIG}/{rundir.REPORT}): "
-                            "pass the --out folder of 'pwdeploy compress'")
+    run = RunDir.open(run_dir)
     report = run.report
     info = make_target(run.path, run.config, report, target, calib_size=calib_size, calib_method=calib_method,
                        seed=seed, console=console, recalibrate=recalibrate, calib_shares=calib_shares,
