@@ -71,7 +71,7 @@ def package_and_check(run_dir: Path, bundle: Path) -> None:
 
     package_run(run_dir, bundle)
     with tempfile.TemporaryDirectory() as tmp:
-        passed, _ = verify_locally(bundle, tmp)
+        passed = verify_locally(bundle, tmp)["passed"]
     console.print(f"bundle {bundle}: device-side check {'PASSED' if passed else 'FAILED'}")
     if not passed:
         raise GateFailed(f"the device-side check of {bundle} FAILED (details above)")

@@ -229,10 +229,10 @@ def _seal(root: Path, manifest: dict, sign_key: Optional[str], output: Path, cre
 
 
 def verify_locally(bundle: str | os.PathLike, workdir: str | os.PathLike, *, runner: str = "auto",
-                   block_torch: bool = True, timeout: float = 900.0, echo: bool = True) -> tuple[bool, dict]:
+                   block_torch: bool = True, timeout: float = 900.0, echo: bool = True) -> dict:
     """Unpack ``bundle`` into the new folder ``workdir`` and run the bundle's own device verifier there, in a
     subprocess of this Python with torch made unimportable: exactly what the device runs. Returns
-    ``(passed, result)``; raises PwdeployError when the verifier cannot run."""
+    its result (``result["passed"]``: the gate); raises PwdeployError when the verifier cannot run."""
     import json
     import subprocess
     import sys
@@ -270,7 +270,7 @@ def verify_locally(bundle: str | os.PathLike, workdir: str | os.PathLike, *, run
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise PwdeployError(f"the device verifier failed to run on {root} (exit {proc.returncode}): {detail}")
     result = json.loads(results[-1][len(RESULT_PREFIX):])
-    return bool(result["passed"]), result
+    return result
 
 
 def onnx_io(path: Path) -> dict[str, Any]:

@@ -129,7 +129,8 @@ def test_verify_bundle_api_and_result_line(bundles, no_torch, tmp_path):
 
     root = extract(bundles["onnx-int8"], tmp_path / "x")
     lines = []
-    passed, result = verify_bundle(str(root), runner="onnxruntime", log=lines.append, result_path=None)
+    result = verify_bundle(str(root), runner="onnxruntime", log=lines.append, result_path=None)
+    passed = result["passed"]
     assert passed is True and result["gate"]["tolerance"] == 2.0 and result["precision"] == "int8"
     assert any("PASSED" in line for line in lines)
     assert not (root / "verify_result.json").exists()
@@ -198,7 +199,8 @@ def test_verify_locally_runs_the_bundles_own_verifier_without_torch(bundles, tmp
     """What `make demo` calls after packaging: unpack, then the device's command in a torch-free subprocess."""
     from pwdeploy.package import verify_locally
 
-    passed, result = verify_locally(bundles["onnx-fp16"], tmp_path / "check", echo=False)
+    result = verify_locally(bundles["onnx-fp16"], tmp_path / "check", echo=False)
+    passed = result["passed"]
     assert passed is True and result["precision"] == "fp16"
     assert Path(result["verifier"]["code_dir"]).is_relative_to(tmp_path / "check" / "bundle")
 
@@ -255,7 +257,8 @@ def test_auto_builds_the_engine_on_the_device_when_tensorrt_is_present(bundles, 
 
     root = extract(bundles["onnx-fp16"], tmp_path / "x")
     lines = []
-    passed, result = verify_bundle(str(root), log=lines.append)
+    result = verify_bundle(str(root), log=lines.append)
+    passed = result["passed"]
     assert passed is True and result["runner"]["runtime"] == "tensorrt"
     assert result["runner"]["note"] == "engine built on this device with TensorRT 10.3.0"
     assert (root / "model.plan").read_text() == "fake engine\n"
@@ -263,7 +266,8 @@ def test_auto_builds_the_engine_on_the_device_when_tensorrt_is_present(bundles, 
     assert "--fp16" in log and "--timingCacheFile=" in log  # TensorRT 10 command line for an fp16 bundle
     # a second verify reuses the engine built here instead of rebuilding
     (root / "build_engine.log").unlink()
-    passed, result = verify_bundle(str(root), log=lines.append)
+    result = verify_bundle(str(root), log=lines.append)
+    passed = result["passed"]
     assert passed and result["runner"]["note"] == "engine built earlier on this device"
     assert not (root / "build_engine.log").exists()
 
@@ -274,7 +278,8 @@ def test_an_engine_that_does_not_load_is_rebuilt(bundles, fake_tensorrt, tmp_pat
     root = extract(bundles["onnx-fp32"], tmp_path / "x")
     (root / "model.plan").write_text("plan from another Jetson\n")
     lines = []
-    passed, result = verify_bundle(str(root), log=lines.append)
+    result = verify_bundle(str(root), log=lines.append)
+    passed = result["passed"]
     assert passed and result["runner"]["note"].startswith("engine built on this device")
     assert any("does not load" in line and "rebuilding" in line for line in lines)
     assert len(fake_tensorrt) == 2 and (root / "model.plan").read_text() == "fake engine\n"
@@ -302,13 +307,15 @@ def test_a_shipped_engine_is_used_when_tensorrt_versions_match(bundles, fake_ten
     manifest["engine"].update(file="shipped.plan", tensorrt="10.3.0")
     (root / "manifest.json").write_text(json.dumps(manifest))
     rehash(root, ["shipped.plan"])
-    passed, result = verify_bundle(str(root), log=lambda _: None)
+    result = verify_bundle(str(root), log=lambda _: None)
+    passed = result["passed"]
     assert passed and result["runner"]["note"] == "engine shipped in the bundle"
     assert not (root / "model.plan").exists()  # nothing was built
     manifest = read_json(root / "manifest.json")
     manifest["engine"]["tensorrt"] = "10.2.0"  # built with another TensorRT: ignored, built here instead
     (root / "manifest.json").write_text(json.dumps(manifest))
-    passed, result = verify_bundle(str(root), log=lambda _: None)
+    result = verify_bundle(str(root), log=lambda _: None)
+    passed = result["passed"]
     assert passed and result["runner"]["note"].startswith("engine built on this device")
 
 

@@ -335,7 +335,8 @@ def test_a_real_compressed_run_packages_and_verifies_like_the_device(tiny_run, t
     assert manifest["groups"] == report["group_names"]
     assert manifest["verification"]["source"].startswith("verification_set.npz of the run")
     assert sum(manifest["verification"]["per_group"].values()) == manifest["verification"]["n"] <= 300
-    passed, result = verify_locally(bundle, tmp_path / "check", echo=False)
+    result = verify_locally(bundle, tmp_path / "check", echo=False)
+    passed = result["passed"]
     assert passed is True and result["integrity"]["passed"] is True
     assert result["metrics"]["groups"] == manifest["reference"]["metrics"]["groups"]
 
@@ -368,7 +369,7 @@ def test_demo_fails_when_the_bundles_device_check_fails(tiny_run, tmp_path, monk
     from pwdeploy.errors import GateFailed
 
     package_and_check(tiny_run, tmp_path / "ok.tar.gz")  # the real check passes
-    monkeypatch.setattr(pwdeploy.package, "verify_locally", lambda bundle, workdir, **kw: (False, {}))
+    monkeypatch.setattr(pwdeploy.package, "verify_locally", lambda bundle, workdir, **kw: {"passed": False})
     with pytest.raises(GateFailed, match="FAILED") as caught:
         package_and_check(tiny_run, tmp_path / "bad.tar.gz")
     assert caught.value.exit_code == 1

@@ -42,8 +42,9 @@ def main(argv=None) -> int:
     try:
         from .verify import verify_bundle
 
-        passed, result = verify_bundle(args.bundle_dir, runner=args.runner, result_path=args.json_path,
-                                       build_timeout=args.build_timeout, allowed_signers=args.allowed_signers)
+        result = verify_bundle(args.bundle_dir, runner=args.runner, result_path=args.json_path,
+                               build_timeout=args.build_timeout, allowed_signers=args.allowed_signers)
+        passed = result["passed"]
     except PwdeployError as exc:
         if args.debug:
             raise

@@ -19,7 +19,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
@@ -37,8 +37,8 @@ RESULT_FILE = "verify_result.json"
 
 def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callable[[str], None]] = None,
                   result_path: Optional[str] = "", build_timeout: float = 3600.0,
-                  allowed_signers: Optional[str] = None) -> Tuple[bool, Dict[str, Any]]:
-    """Verify an unpacked bundle; returns ``(passed, result)``. ``result_path`` '' writes
+                  allowed_signers: Optional[str] = None) -> Dict[str, Any]:
+    """Verify an unpacked bundle; returns the result (``result["passed"]`` says whether the gate passed). ``result_path`` '' writes
     BUNDLE_DIR/verify_result.json, None writes nothing. Raises PwdeployError for unusable input
     (invalid manifest, missing runtime, a missing or bad signature where an allowed-signers file applies);
     a hash mismatch, an unlisted file or a failed gate is a result, not an error."""
@@ -72,7 +72,7 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
         log("FAILED: {} of {} files do not match the manifest; nothing was run. Copy the bundle again "
             "(pwdeploy ship refuses such a bundle before switching `current`)".format(len(problems), len(manifest["files"])))
         _write(result, bundle_dir, result_path)
-        return False, result
+        return result
     log("files: {} checked, every sha256 matches the manifest".format(len(manifest["files"])))
 
     vs = load_verification_set(os.path.join(bundle_dir, manifest["verification"]["file"]))
@@ -103,7 +103,7 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
     })
     _print_table(log, metrics, gate, result["agreement"], len(vs), model_runner)
     _write(result, bundle_dir, result_path)
-    return bool(gate.passed), result
+    return result
 
 
 def _check_set(vs, manifest: Dict[str, Any]) -> None:
