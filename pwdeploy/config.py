@@ -26,6 +26,15 @@ class PWSettings:
 
 
 @dataclass
+class KDSettings:
+    # distillation from the frozen original (--loss kd): alpha * T^2 * KL(original || pruned at T) + (1 - alpha) * CE
+    temperature: float = 4.0
+    alpha: float = 0.9
+    # multiply each sample's term by its PW weight (the method's PW settings)
+    pw_weights: bool = False
+
+
+@dataclass
 class DataSettings:
     name: str = "synthetic"
     root: str | None = None
@@ -82,6 +91,13 @@ class RunConfig:
     group_balanced: bool = False
     # how far the rebalance goes: 1 equal group totals, 0.5 the square root of the full factor (loss.group_balance)
     group_balance_strength: float = 1.0
+    # label-free alternative to dataset groups for the balance: "error-set" = (true label x original right/wrong)
+    pseudo_groups: str = "none"
+    kd: KDSettings = field(default_factory=KDSettings)
+    # which retraining checkpoint ships: the last epoch, or the best validation worst-group accuracy
+    select: str = "last"
+    # compress with each recipe (e.g. ce,pw,pw+gb,kd,fairgrape) and ship the best on validation (pwdeploy.recipes)
+    recipes: list[str] = field(default_factory=list)
     target: str = "onnx-fp32"
     # INT8 calibration: images drawn stratified by group from the training split, and the range method
     calib_size: int = 512
@@ -97,8 +113,8 @@ class RunConfig:
 
 
 CHOICES = {
-    "loss": ("pw", "ce"),
-    "prune.method": ("taylor", "autobot", "magnitude"),
+    "pseudo_groups": ("none", "error-set"),
+    "select": ("last", "worst-group"),
     "pw_applies_to": ("both", "importance", "retraining"),
     "retrain.optimizer": ("adamw", "sgd"),
     "retrain.schedule": ("cosine", "constant"),
@@ -200,11 +216,23 @@ def build_config(overrides: dict | None = None, *, config_file: str | Path | Non
             obj = getattr(obj, p)
         if getattr(obj, leaf) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(obj, leaf)!r}")
+    _check_registered(config)
     if not 0.0 < config.group_balance_strength <= 1.0:
         raise ConfigError(f"--group-balance-strength must be in (0, 1], got {config.group_balance_strength}")
     if not 0.0 <= config.prune.flops_reduction < 1.0:
         raise ConfigError(f"--flops-reduction must be in [0, 1), got {config.prune.flops_reduction}")
     return config
+
+
+def _check_registered(config: RunConfig) -> None:
+    """--loss and --method name registered plug-ins (pwdeploy.registry), not a fixed list."""
+    from .registry import IMPORTANCES, LOSSES
+
+    LOSSES.get(config.loss)
+    IMPORTANCES.get(config.prune.method)
+    if config.kd.temperature <= 0 or not 0.0 <= config.kd.alpha <= 1.0:
+        raise ConfigError(f"--kd-temperature must be > 0 and --kd-alpha in [0, 1], got {config.kd.temperature} "
+                          f"and {config.kd.alpha}")
 
 
 def config_from_dict(d: dict) -> RunConfig:
