@@ -107,8 +107,11 @@ def make_optimizer(model: nn.Module, settings: TrainSettings, total_steps: int):
 
 
 def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSettings, device: torch.device, *,
-        original: OriginalOutputs | None = None, seed: int = 0, description: str = "training") -> list[float]:
-    """Train ``model`` for ``settings.epochs`` epochs; returns the mean loss per epoch."""
+        original: OriginalOutputs | None = None, seed: int = 0, description: str = "training",
+        on_epoch_end=None) -> list[float]:
+    """Train ``model`` for ``settings.epochs`` epochs; returns the mean loss per epoch.
+
+    ``on_epoch_end(epoch, model)`` runs after each epoch (checkpoint selection on validation)."""
     model.to(device)
     if settings.epochs <= 0:
         return []
@@ -133,4 +136,6 @@ def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSetti
                 bar.advance()
             history.append(running / len(loader))
             bar.describe(f"epoch {epoch + 1}/{settings.epochs} loss {history[-1]:.4f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
     return history
