@@ -123,9 +123,7 @@ def test_fairgrape_reaches_the_macs_target_on_a_residual_net():
 # ------------------------------------------------------------------------------------------ registries
 def test_a_plugin_importance_registered_from_outside_is_listed_and_used():
     from pwdeploy.models import create_model
-    from pwdeploy.prune import prune_to_flops
-    from pwdeploy.prune.criteria import Importance
-    from pwdeploy.prune import _remove_until
+    from pwdeploy.prune import Importance, prune_to_flops
 
     @register_importance("test-last-channels")
     class LastChannels(Importance):
@@ -134,8 +132,8 @@ def test_a_plugin_importance_registered_from_outside_is_listed_and_used():
         needs_data = False
 
         def prune(self, remover, batches, loss_fn, target, result, bar):
-            _remove_until(remover, lambda g, n: -torch.arange(len(g[0].idxs), dtype=torch.float), target, 0.2,
-                          result, bar)
+            self.remove_by_scores(remover, lambda g, n: -torch.arange(len(g[0].idxs), dtype=torch.float), target,
+                                  result, bar, max_step=0.2)
 
     try:
         assert "test-last-channels" in list_importances() and {"pw", "ce", "kd"} <= set(list_losses())
@@ -240,3 +238,18 @@ def test_missing_group_labels_are_one_line_errors_exit_2(tiny_baseline, tmp_path
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_synthetic_one_group_protocol_and_shared_variant():
+    from pwdeploy.data import DataSpec, create_dataset
+    from pwdeploy.data.synthetic import generate
+
+    spec = DataSpec("synthetic", None, {"n": 300, "size": 12, "minority_fraction": 0.3, "variant": "shared",
+                                        "protocol": "one-group"})
+    assert create_dataset(spec, "train").group_counts()["minority"] == 0
+    assert min(create_dataset(spec, "test").group_counts().values()) > 0
+    # "shared" only changes minority images: the colour variant's arrays (and cached baselines) stay as they were
+    colour, labels, groups = generate(200, size=12, minority_fraction=0.3, variant="colour", seed=5)
+    shared, labels2, groups2 = generate(200, size=12, minority_fraction=0.3, variant="shared", seed=5)
+    assert (labels == labels2).all() and (groups == groups2).all()
+    assert (colour[groups == 0] == shared[groups == 0]).all() and not (colour[groups == 1] == shared[groups == 1]).all()

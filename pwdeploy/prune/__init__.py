@@ -114,5 +114,7 @@ def _taylor(remover: ChannelRemover, batches, loss_fn, target, settings, result,
     model.zero_grad(set_to_none=True)
 
 
-__all__ = ["METHODS", "PruneResult", "count_macs_params", "list_importances", "prune_to_flops",
+from .criteria import Importance  # noqa: E402  (the plug-in base class; it builds on the loop above)
+
+__all__ = ["METHODS", "Importance", "PruneResult", "count_macs_params", "list_importances", "prune_to_flops",
            "register_importance"]

@@ -34,6 +34,14 @@ class Importance:
     def prune(self, remover: ChannelRemover, batches, loss_fn, target: float, result, bar) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def remove_by_scores(remover: ChannelRemover, score_fn, target: float, result, bar, max_step: float = 0.1,
+                         before_step=None, after_step=None) -> None:
+        """Remove the lowest-scoring channels, step by step, to ``target``; ``score_fn(group, name)`` gives a
+        DG group's per-channel scores (higher = keep) and is asked again before every step."""
+        _remove_until(remover, score_fn, target, max_step, result, bar, before_step=before_step,
+                      after_step=after_step)
+
 
 @register_importance("magnitude")
 class MagnitudeImportance(Importance):
@@ -46,7 +54,7 @@ class MagnitudeImportance(Importance):
 
     def prune(self, remover, batches, loss_fn, target, result, bar) -> None:
         importance = tp.importance.GroupMagnitudeImportance(p=2)
-        _remove_until(remover, lambda g, n: importance(g), target, 0.1, result, bar)
+        self.remove_by_scores(remover, lambda g, n: importance(g), target, result, bar)
 
 
 @register_importance("taylor")
@@ -74,4 +82,4 @@ class AutoBotImportance(Importance):
         c = self.config
         scores = train_bottlenecks(remover, batches, loss_fn, target=target, steps=c.autobot_steps,
                                    lr=c.autobot_lr, flops_weight=c.autobot_flops_weight)
-        _remove_until(remover, StaticScores(scores), target, 1.0, result, bar)
+        self.remove_by_scores(remover, StaticScores(scores), target, result, bar, max_step=1.0)
