@@ -191,8 +191,6 @@ def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
     """One candidate: importance + channel removal to the MACs target, retraining, test (and val) metrics."""
     from .prune import prune_to_flops
 
-    _check_groups_for(config, inputs.train_set)
-    seed_everything(config.seed)
     device = inputs.device
     original_outputs = inputs.outputs() if _needs_original(config) else None
     importance_loss, retrain_loss = _make_losses(config, inputs.train_set, original_outputs)
@@ -224,10 +222,12 @@ def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
 
 def _compare_recipes(config: RunConfig, inputs: _Inputs) -> tuple[RunConfig, dict, dict]:
     """Compress with every recipe at the same MACs target; (chosen config, its outcome, the selection record)."""
-    configs = [apply_recipe(config, name) for name in config.recipes]  # every name checked before any work
+    configs = [apply_recipe(config, name) for name in config.recipes]
     candidates, outcomes = [], []
+    rng_state = torch.get_rng_state()
     for name, candidate_config in zip(config.recipes, configs):
         console.print(f"recipe [bold]{name}[/]: {candidate_config.prune.method} / {candidate_config.loss}")
+        torch.set_rng_state(rng_state)  # every candidate starts from the same random state
         outcome = _prune_and_retrain(candidate_config, inputs)
         outcome["model"] = outcome["model"].cpu()  # candidates wait on the CPU
         outcomes.append(outcome)
@@ -266,8 +266,8 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
     train_set, test_set = create_dataset(spec, "train"), create_dataset(spec, "test")
     for split in (train_set, test_set):
         check_labels(split, config.model.num_classes)
-    for name in config.recipes:
-        apply_recipe(config, name)  # a misspelt recipe fails before any work
+    for candidate in [apply_recipe(config, name) for name in config.recipes] or [config]:
+        _check_groups_for(candidate, train_set)  # a misspelt recipe or missing groups fail before any work
     flag = "--recipes" if config.recipes else "--select worst-group"
     val_set = validation_set(spec, flag) if config.recipes or config.select == "worst-group" else None
     input_shape = tuple(train_set.preprocessing.input_shape)

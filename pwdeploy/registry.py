@@ -17,7 +17,7 @@ from .errors import ConfigError
 
 class Registry:
     def __init__(self, kind: str, group: str, builtins: dict[str, str]):
-        self.kind = kind  # "importance criterion", for messages
+        self.kind = kind  # the config key it resolves, for messages
         self.group = group  # entry point group
         self._builtins = dict(builtins)  # name -> module that registers it
         self._classes: dict[str, type] = {}
@@ -50,7 +50,7 @@ class Registry:
             elif name in (eps := self._entry_points()):
                 self.register(name)(eps[name].load())
         if name not in self._classes:
-            raise ConfigError(f"unknown {self.kind} {name!r}: use one of {', '.join(self.names())}")
+            raise ConfigError(f"{self.kind} must be one of {', '.join(self.names())}, got {name!r}")
         return self._classes[name]
 
     def describe(self) -> dict[str, str]:
@@ -58,10 +58,10 @@ class Registry:
         return {n: (self.get(n).__doc__ or "").strip().splitlines()[0] for n in self.names()}
 
 
-IMPORTANCES = Registry("prune.method (--method)", "pwdeploy.importances", {
+IMPORTANCES = Registry("prune.method", "pwdeploy.importances", {
     "taylor": "pwdeploy.prune.criteria", "autobot": "pwdeploy.prune.criteria",
     "magnitude": "pwdeploy.prune.criteria", "fairgrape": "pwdeploy.prune.fairgrape"})
-LOSSES = Registry("loss (--loss)", "pwdeploy.losses", {
+LOSSES = Registry("loss", "pwdeploy.losses", {
     "pw": "pwdeploy.loss", "ce": "pwdeploy.loss", "kd": "pwdeploy.loss"})
 
 register_importance = IMPORTANCES.register
