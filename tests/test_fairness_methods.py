@@ -253,3 +253,17 @@ def test_synthetic_one_group_protocol_and_shared_variant():
     shared, labels2, groups2 = generate(200, size=12, minority_fraction=0.3, variant="shared", seed=5)
     assert (labels == labels2).all() and (groups == groups2).all()
     assert (colour[groups == 0] == shared[groups == 0]).all() and not (colour[groups == 1] == shared[groups == 1]).all()
+
+
+def test_report_names_label_free_options_and_fairgrape_honestly():
+    from pwdeploy.report import loss_label, loss_tag, method_label
+
+    kd = {"loss": "kd", "pseudo_groups": "error-set", "method": "fairgrape",
+          "loss_fn": {"retraining": {"settings": {"temperature": 4.0, "alpha": 0.9, "pw_weights": True}}}}
+    assert loss_tag(kd) == "kd+pw+pseudo"
+    assert loss_label(kd) == "kd (distillation, T 4, alpha 0.9, PW weights) + pseudo-group balance (extension, " \
+                             "label-free)"
+    assert method_label(kd).startswith("fairgrape (channel-level adaptation")
+    pw = {"loss": "pw", "pw": {"gamma": 0.5, "min_weight": 0.8}, "pseudo_groups": "error-set", "group_balanced": True}
+    assert loss_tag(pw) == "pw+pseudo" and loss_label(pw).endswith("+ pseudo-group balance (extension, label-free)")
+    assert loss_tag({"loss": "ce", "group_balanced": True}) == "ce"
