@@ -131,7 +131,11 @@ def markdown_main(meta: dict, series: list[dict], comparisons: list[dict]) -> st
              "seeds with a 95% bootstrap interval over seeds in brackets. *Worst drop* is the largest group drop "
              "per seed, averaged. Arms: `ce` cross-entropy, `pw` the paper's performance-weighted loss, "
              "`pw+gb` **extension, not the paper's method**: PW weights re-normalised so each group carries equal "
-             "total weight (needs group labels for training).", ""]
+             "total weight (needs group labels for training). Issue 11's arms: label-free `kd` (distillation from the "
+             "original), `kd+pw` (PW-weighted), `pw+pseudo` / `kd+pseudo` (balance over label x original right/wrong "
+             "pseudo-groups), `kd/select` (checkpoint chosen on validation worst-group accuracy); group-aware "
+             "`fairgrape` (channel-level adaptation of Lin et al. 2022) and `recipes` (the recipe chosen on "
+             "validation).", ""]
     if len({s["baseline_seed"] for s in all_series}) > 1:
         lines += [f"Tables below: baseline seed {b0}; other baselines in *Across baselines* at the end.", ""]
     goal = [c for c in comparisons if c["reduction"] == GOAL_REDUCTION and c["setting"] == "default"]
@@ -159,8 +163,37 @@ def markdown_main(meta: dict, series: list[dict], comparisons: list[dict]) -> st
                          + " | ".join(_ci(s["group_drop"][g]) for g in groups)
                          + f" | {_ci(s['worst_drop'])} | {_ci(s['overall'])} | {s['worst_drop']['n']} |")
         lines.append("")
+    lines += markdown_summary(series)
     lines += markdown_across_baselines(all_series)
     return "\n".join(lines)
+
+
+LABEL_FREE = ("kd", "kd+pw", "pw+pseudo", "kd+pseudo", "kd/select")  # beyond the paper's PW
+
+
+def markdown_summary(series: list[dict]) -> list[str]:
+    """Per regime, method and reduction: worst drop of CE, PW, the best label-free option, PW + group balance
+    and FairGRAPE (issue 11's table). Only written when a label-free or FairGRAPE arm was run."""
+    rows = defaultdict(dict)
+    for s in series:
+        if s["setting"] == "default":
+            rows[(s["variant"], s["method"], s["reduction"])][s["arm"]] = s
+    if not any(set(arms) & set(LABEL_FREE + ("fairgrape",)) for arms in rows.values()):
+        return []
+    lines = ["## Summary: worst-group drop per regime (points, mean [95% CI] over seeds)", "",
+             "*Best label-free* is the label-free extension arm with the lowest mean worst drop in that row, picked "
+             "on the test numbers shown (so optimistic); `kd/select` picks its checkpoint on validation groups. "
+             "FairGRAPE runs in the Taylor rows only (it replaces Taylor's criterion).", "",
+             "| regime | method | FLOPs removed | CE | PW (paper) | best label-free | PW + GB (extension) | fairgrape |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (variant, method, red), arms in sorted(rows.items(), key=lambda kv: str(kv[0])):
+        free = [a for a in LABEL_FREE if a in arms]
+        best = min(free, key=lambda a: arms[a]["worst_drop"]["mean"]) if free else None
+        cell = (lambda a: _ci(arms[a]["worst_drop"]) if a in arms else "–")
+        best_text = f"{best}: {cell(best)}" if best else "–"
+        lines.append(f"| {variant} | {method} | {red:.0%} | {cell('ce')} | {cell('pw')} | {best_text} | "
+                     f"{cell('pw+gb')} | {cell('fairgrape')} |")
+    return lines + [""]
 
 
 def markdown_across_baselines(series: list[dict]) -> list[str]:
@@ -217,7 +250,9 @@ def markdown_ablations(meta: dict, series: list[dict], comparisons: list[dict]) 
 
 
 METHOD_COLOURS = {"taylor": "tab:blue", "autobot": "tab:orange", "magnitude": "tab:green"}
-ARM_STYLES = {"ce": ("--", "o"), "pw": ("-", "s"), "pw+gb": (":", "^")}
+ARM_STYLES = {"ce": ("--", "o"), "pw": ("-", "s"), "pw+gb": (":", "^"), "kd": ("-", "D"), "kd+pw": ("-", "d"),
+              "pw+pseudo": ("-.", "v"), "kd+pseudo": ("-.", "P"), "kd/select": ("-", "*"), "fairgrape": (":", "X"),
+              "recipes": (":", "h")}
 
 
 def plot(series: list[dict], path: Path, title: str) -> None:

@@ -9,12 +9,11 @@ report.json, each written once, in one run directory built under a temporary nam
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,12 +23,15 @@ from .config import PWSettings, RunConfig, build_config
 from .data import DataSpec, GroupedDataset, create_dataset
 from .errors import DataError, PwdeployError
 from .fsutil import write_text
-from .loss import LossFn, pw_targets_and_weights
+from .loss import LossFn, pseudo_group_names, pseudo_groups
 from .metrics import group_metrics, predict
 from .models import create_model
 from .models.checkpoint import load_model, save_checkpoint
 from .outputs import begin_run, check_out, partial_path, publish
 from .progress import console
+from .recipes import apply_recipe
+from .registry import IMPORTANCES, LOSSES
+from .selection import OVERALL_MARGIN, WorstGroupCheckpoint, choose_recipe, validation_set
 from .report import comparison_table, summarize
 from . import distributed, rundir
 from .train import OriginalOutputs, batch_stream, fit, make_loader, predict_logits, resolve_device, seed_everything
@@ -143,42 +145,168 @@ def _processes() -> str:
     return f", {n} processes ({distributed.describe()['backend']})" if n > 1 else ""
 
 
-def _group_weight_totals(config: RunConfig, train_set: GroupedDataset, original: OriginalOutputs) -> torch.Tensor:
-    """Each group's summed PW weight over the training set (for the group-balanced extension)."""
+def _group_weight_totals(config: RunConfig, train_set: GroupedDataset, original: OriginalOutputs,
+                         loss_fn: LossFn) -> torch.Tensor:
+    """Each group's summed loss weight over the training set (group balance: an extension). The groups are
+    the dataset's, or with --pseudo-groups error-set (label x original right/wrong), which need no labels."""
     if original.cache is None:
-        raise PwdeployError("--group-balanced needs cached original outputs: turn data augmentation off")
-    pw = config.pw_for()
-    _, weights = pw_targets_and_weights(original.cache.cpu(), torch.from_numpy(train_set.labels),
-                                        gamma=pw.gamma, min_weight=pw.min_weight)
-    totals = torch.zeros(len(train_set.group_names))
-    totals.index_add_(0, torch.from_numpy(train_set.groups), weights)
+        raise PwdeployError("--group-balanced and --pseudo-groups need cached original outputs: turn data "
+                            "augmentation off")
+    cache, labels = original.cache.cpu(), torch.from_numpy(train_set.labels)
+    weights = loss_fn.impl.sample_weights(cache, labels)
+    weights = torch.ones(len(labels)) if weights is None else weights.float()
+    if config.pseudo_groups != "none":
+        groups, count = pseudo_groups(cache, labels), len(pseudo_group_names(config.model.num_classes or 2))
+    else:
+        groups, count = torch.from_numpy(train_set.groups), len(train_set.group_names)
+    totals = torch.zeros(count)
+    totals.index_add_(0, groups, weights)
     return totals
+
+
+def _balances(config: RunConfig) -> bool:
+    """Group balance (dataset or pseudo-groups) re-weights PW / KD; CE always stays the plain baseline."""
+    return config.loss != "ce" and (config.group_balanced or config.pseudo_groups != "none")
+
+
+def _needs_original(config: RunConfig) -> bool:
+    return LOSSES.get(config.loss).needs_original or _balances(config)
 
 
 def _losses(config: RunConfig, group_totals) -> tuple[LossFn, LossFn]:
     """(importance loss, retraining loss) per --loss and the paper's ablation switch pw_applies_to."""
-    pw = LossFn("pw", config.pw_for(), group_totals, config.group_balance_strength)
+    main = LossFn(config.loss, config.pw_for(), group_totals, config.group_balance_strength, kd=config.kd,
+                  pseudo_groups=config.pseudo_groups)
     ce = LossFn("ce")
     if config.loss == "ce":
         return ce, ce
-    return (pw if config.pw_applies_to in ("both", "importance") else ce,
-            pw if config.pw_applies_to in ("both", "retraining") else ce)
+    if config.loss != "pw":
+        return main, main
+    return (main if config.pw_applies_to in ("both", "importance") else ce,
+            main if config.pw_applies_to in ("both", "retraining") else ce)
 
 
-@dataclass
+def _make_losses(config: RunConfig, train_set: GroupedDataset, original: OriginalOutputs | None):
+    totals = None
+    if _balances(config):
+        probe = LossFn(config.loss, config.pw_for(), kd=config.kd)
+        totals = _group_weight_totals(config, train_set, original, probe)
+    return _losses(config, totals)
+
+
+def _check_groups_for(config: RunConfig, train_set: GroupedDataset) -> None:
+    """A group-aware criterion (FairGRAPE) needs at least two groups in the training split."""
+    if not IMPORTANCES.get(config.prune.method).needs_groups:
+        return
+    present = int((np.bincount(train_set.groups, minlength=len(train_set.group_names)) > 0).sum())
+    if present < 2:
+        raise DataError(f"--method {config.prune.method} needs group labels in the training split, but "
+                        f"{train_set.name} has training images in {present} group(s): use a label-free option "
+                        f"(--loss kd, --pseudo-groups error-set) or another --method")
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """What every candidate of a run shares: the original model, the splits, the device."""
+
+    original: torch.nn.Module
+    train_set: GroupedDataset
+    test_set: GroupedDataset
+    val_set: GroupedDataset | None
+    device: torch.device
+    example: torch.Tensor
+    precision: str = "fp32"  # training precision (pwdeploy.precision)
+    original_outputs: OriginalOutputs | None = None
+
+    def outputs(self) -> OriginalOutputs:
+        if self.original_outputs is None:
+            self.original_outputs = OriginalOutputs(self.original, self.train_set, self.device)
+        return self.original_outputs
+
+
+def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
+    """One candidate: importance + channel removal to the MACs target, retraining, test (and val) metrics."""
+    from .prune import prune_to_flops
+
+    device = inputs.device
+    original_outputs = inputs.outputs() if _needs_original(config) else None
+    importance_loss, retrain_loss = _make_losses(config, inputs.train_set, original_outputs)
+    pruned = copy.deepcopy(inputs.original).to(device)
+    loader = make_loader(inputs.train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True,
+                         loader=config.loader, device=device)
+    stream = batch_stream(loader, device, original_outputs)
+    t0 = time.time()
+    result = prune_to_flops(pruned, inputs.example, method=config.prune.method,
+                            flops_reduction=config.prune.flops_reduction, batches=stream, loss_fn=importance_loss,
+                            settings=config.prune, num_groups=len(inputs.train_set.group_names))
+    prune_seconds = time.time() - t0
+    stream.close()  # ends the pruning loader's worker processes before retraining starts its own
+    distributed.check_same(distributed.shapes(pruned), "the pruned architecture")
+
+    def evaluate_on(model, dataset, name):
+        return evaluate(model, dataset, device, name, loader=config.loader)
+
+    before = evaluate_on(pruned, inputs.test_set, "pruned (before retraining)")
+    checkpoint = WorstGroupCheckpoint(inputs.val_set, evaluate_on) if config.select == "worst-group" else None
+    t0 = time.time()
+    history = fit(pruned, inputs.train_set, retrain_loss, config.retrain, device, original=original_outputs,
+                  seed=config.seed, description=f"retraining ({config.loss})", precision=inputs.precision,
+                  loader=config.loader, on_epoch_end=checkpoint)
+    retrain_seconds = time.time() - t0
+    out = {"model": pruned, "result": result, "history": history, "before": before,
+           "timings_s": {"prune": prune_seconds, "retrain": retrain_seconds},
+           "losses": {"importance": importance_loss.record(), "retraining": retrain_loss.record()},
+           "checkpoint_selection": checkpoint.restore(pruned) if checkpoint is not None else None}
+    out["logits"] = predict_logits(pruned, inputs.test_set, device, description="evaluating pruned",
+                                   loader=config.loader)
+    out["pruned"] = _group_metrics(out["logits"], inputs.test_set)  # the logits travel on to the export
+    if inputs.val_set is not None:
+        out["validation"] = evaluate_on(pruned, inputs.val_set, "pruned (validation)")
+    return out
+
+
+def _compare_recipes(config: RunConfig, inputs: _Inputs) -> tuple[RunConfig, dict, dict]:
+    """Compress with every recipe at the same MACs target; (chosen config, its outcome, the selection record)."""
+    configs = [apply_recipe(config, name) for name in config.recipes]
+    candidates, outcomes = [], []
+    rng_state = torch.get_rng_state()
+    for name, candidate_config in zip(config.recipes, configs):
+        console.print(f"recipe [bold]{name}[/]: {candidate_config.prune.method} / {candidate_config.loss}")
+        torch.set_rng_state(rng_state)  # every candidate starts from the same random state
+        outcome = _prune_and_retrain(candidate_config, inputs)
+        outcome["model"] = outcome["model"].cpu()  # candidates wait on the CPU
+        outcomes.append(outcome)
+        candidates.append({"recipe": name, "method": candidate_config.prune.method, "loss": outcome["losses"],
+                           "importance": outcome["result"].importance,
+                           "flops_reduction": outcome["result"].reduction, "metrics_validation": outcome["validation"],
+                           "metrics_test": outcome["pruned"],
+                           "checkpoint_selection": outcome["checkpoint_selection"]})
+    chosen, why = choose_recipe(candidates)
+    selection = {"rule": f"best validation worst-group accuracy among recipes within {OVERALL_MARGIN:g} point of "
+                         "the best validation accuracy (ties: overall accuracy); the test split is never used",
+                 "chosen": config.recipes[chosen], "why": why, "candidates": candidates}
+    outcomes[chosen]["model"].to(inputs.device)
+    return configs[chosen], outcomes[chosen], selection
+
+
+@dataclasses.dataclass
 class CompressResult:
     """What ``compress`` computed, in memory: both models, their logits and metrics on the test split."""
-    config: RunConfig
+    config: RunConfig  # the settings of the shipped model (the chosen recipe's, with --recipes)
     original: torch.nn.Module
     pruned: torch.nn.Module
     train_set: GroupedDataset
     test_set: GroupedDataset
     logits: dict  # model name -> test-split logits (N×K numpy array)
     metrics: dict  # model name -> per-group metrics (report schema)
-    prune: Any  # pwdeploy.prune.PruneResult: MACs, params, reduction
+    prune: Any  # pwdeploy.prune.PruneResult: MACs, params, reduction, importance
     history: list  # retraining loss per epoch
     timings_s: dict
     device: torch.device
+    losses: dict  # the registered losses used, by name and settings
+    checkpoint_selection: dict | None = None  # --select worst-group
+    metrics_validation: dict | None = None  # with a validation split (--select, --recipes)
+    recipes: dict | None = None  # --recipes: every candidate, the chosen one and why
 
     @property
     def input_shape(self) -> tuple:
@@ -186,48 +314,33 @@ class CompressResult:
 
 
 def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDataset, test_set: GroupedDataset,
-             device: torch.device) -> CompressResult:
+             device: torch.device, val_set: GroupedDataset | None = None) -> CompressResult:
     """Prune ``original`` (left unchanged) to the configured MACs reduction under the configured loss and
-    retrain it. Pure: reads and writes no files; every number a report needs is in the result. Under torchrun
-    every rank computes the same result (the pruned architecture is checked to agree)."""
-    from .prune import prune_to_flops
-
+    retrain it (with --recipes: each recipe, keeping the best on ``val_set``). Pure: reads and writes no files;
+    every number a report needs is in the result. Under torchrun every rank computes the same result."""
     precision = resolve_run_precision(config, device)
     example = torch.randn(1, *train_set.preprocessing.input_shape, device=device)
     original.to(device).eval()
-    logits, metrics = {}, {}
-
-    def evaluate_as(name: str, model: torch.nn.Module, what: str) -> None:
-        logits[name] = predict_logits(model, test_set, device, description=f"evaluating {what}",
-                                      loader=config.loader)
-        metrics[name] = _group_metrics(logits[name], test_set)
-
-    evaluate_as("original", original, "original")
-    original_outputs = OriginalOutputs(original, train_set, device) if config.loss == "pw" else None
-    group_totals = _group_weight_totals(config, train_set, original_outputs) \
-        if config.loss == "pw" and config.group_balanced else None
-    importance_loss, retrain_loss = _losses(config, group_totals)
-
-    pruned = copy.deepcopy(original).to(device)
-    loader = make_loader(train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True,
-                         loader=config.loader, device=device)
-    stream = batch_stream(loader, device, original_outputs)
-    t0 = time.time()
-    result = prune_to_flops(pruned, example, method=config.prune.method,
-                            flops_reduction=config.prune.flops_reduction, batches=stream,
-                            loss_fn=importance_loss, settings=config.prune)
-    prune_seconds = time.time() - t0
-    stream.close()  # ends the pruning loader's worker processes before retraining starts its own
-    distributed.check_same(distributed.shapes(pruned), "the pruned architecture")
-    evaluate_as("pruned-before-retraining", pruned, "pruned (before retraining)")
-    t0 = time.time()
-    history = fit(pruned, train_set, retrain_loss, config.retrain, device, original=original_outputs,
-                  seed=config.seed, description=f"retraining ({config.loss})", precision=precision,
-                  loader=config.loader)
-    retrain_seconds = time.time() - t0
-    evaluate_as("pruned", pruned, "pruned")
-    return CompressResult(config, original, pruned, train_set, test_set, logits, metrics, result, history,
-                          {"prune": prune_seconds, "retrain": retrain_seconds}, device)
+    logits = {"original": predict_logits(original, test_set, device, description="evaluating original",
+                                         loader=config.loader)}
+    metrics = {"original": _group_metrics(logits["original"], test_set)}
+    inputs = _Inputs(original, train_set, test_set, val_set, device, example, precision)
+    selection = None
+    if config.recipes:
+        recipes = config.recipes
+        config, outcome, selection = _compare_recipes(config, inputs)
+        config.recipes = recipes  # config.json records the comparison, and the chosen recipe's settings
+    else:
+        outcome = _prune_and_retrain(config, inputs)
+    logits["pruned"] = outcome["logits"]
+    metrics["pruned-before-retraining"], metrics["pruned"] = outcome["before"], outcome["pruned"]
+    metrics_validation = None
+    if val_set is not None:  # on every rank: evaluation is sharded across the processes
+        metrics_validation = {"original": evaluate(original, val_set, device, "original (validation)",
+                                                   loader=config.loader), "pruned": outcome["validation"]}
+    return CompressResult(config, original, outcome["model"], train_set, test_set, logits, metrics,
+                          outcome["result"], outcome["history"], outcome["timings_s"], device, outcome["losses"],
+                          outcome["checkpoint_selection"], metrics_validation, selection)
 
 
 def compress_model(model_path: str | Path, overrides: dict, out: str | Path, config_file=None, *,
@@ -250,12 +363,16 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
     train_set, test_set = open_splits(config, spec)
     for split in (train_set, test_set):
         check_labels(split, config.model.num_classes)
+    for candidate in [apply_recipe(config, name) for name in config.recipes] or [config]:
+        _check_groups_for(candidate, train_set)  # a misspelt recipe or missing groups fail before any work
+    flag = "--recipes" if config.recipes else "--select worst-group"
+    val_set = validation_set(spec, flag) if config.recipes or config.select == "worst-group" else None
     _check_model_input(original, torch.randn(1, *train_set.preprocessing.input_shape))
 
     main = distributed.is_main()  # under torchrun every rank computes; rank 0 alone writes the run directory
     tmp, release = begin_run(out, overwrite, log=console.print) if main else (partial_path(out), lambda: None)
     try:
-        result = compress(original, config, train_set, test_set, device)
+        result = compress(original, config, train_set, test_set, device, val_set)
         if not main:
             return out
         report = write_run(rundir.RunDir(tmp), result, model_source={"path": str(model_path), "kind": info["kind"]},
@@ -324,7 +441,17 @@ def _report(result: CompressResult, parity: float) -> dict:
         "retrain_loss_history": result.history,
         "timings_s": dict(result.timings_s),
         "artifacts": {},
+        # registered plug-ins by name and settings (pwdeploy.registry)
+        "importance": prune.importance,
+        "loss_fn": result.losses,
+        "pseudo_groups": config.pseudo_groups,
+        "select": config.select,
+        "checkpoint_selection": result.checkpoint_selection,
     }
+    if result.metrics_validation is not None:
+        report["metrics_validation"] = result.metrics_validation
+    if result.recipes is not None:
+        report["recipes"] = result.recipes
     report.update(summarize(report["metrics"]))
     return report
 

@@ -14,6 +14,7 @@ from .device.install import DEFAULT_KEEP
 from .errors import EXIT_INTERNAL, PwdeployError
 from .models import list_models
 from .targets import DEFAULT_CALIB_SIZE, help_text as targets_help
+from .registry import list_importances, list_losses
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fairness-preserving structured pruning (PW loss) and edge deployment.")
@@ -140,8 +141,11 @@ def compress(
     target_attr: Optional[str] = TargetAttrOpt,
     group_attr: Optional[str] = GroupAttrOpt,
     skip_bad_images: bool = SkipBadOpt,
-    method: Optional[str] = typer.Option(None, "--method", help="Importance: taylor, autobot or magnitude."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="pw (performance weighted, default) or ce (baseline)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Importance criterion: " + ", ".join(list_importances())
+                                         + " (fairgrape: channel-level adaptation of FairGRAPE, needs training group "
+                                           "labels). `pwdeploy plugins` describes each."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Loss: " + ", ".join(list_losses()) + " (pw: the paper's, "
+                                       "default; ce: baseline; kd: distillation from the original, label-free)."),
     flops_reduction: Optional[float] = typer.Option(None, "--flops-reduction", help="Fraction of MACs to remove, e.g. 0.75."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Retraining epochs after pruning."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Retraining learning rate."),
@@ -154,6 +158,21 @@ def compress(
     group_balance_strength: Optional[float] = typer.Option(
         None, "--group-balance-strength", help="With --group-balanced: 1 equal group totals, 0.5 halfway (in log "
                                                "scale), any value in (0, 1]."),
+    kd_temperature: Optional[float] = typer.Option(None, "--kd-temperature", help="--loss kd: temperature T (4)."),
+    kd_alpha: Optional[float] = typer.Option(None, "--kd-alpha", help="--loss kd: weight of the distillation term "
+                                                                      "against CE on the labels (0.9)."),
+    kd_pw_weights: Optional[bool] = typer.Option(None, "--kd-pw-weights/--no-kd-pw-weights",
+                                                 help="--loss kd: weight each sample by its PW weight."),
+    pseudo_groups: Optional[str] = typer.Option(None, "--pseudo-groups",
+                                                help="Extension, label-free: error-set balances PW/KD weights over "
+                                                     "(true label x original right/wrong) groups instead of the "
+                                                     "dataset's; none (default)."),
+    select: Optional[str] = typer.Option(None, "--select", help="Checkpoint shipped: last (default) or worst-group "
+                                                                "(best validation worst-group accuracy; needs "
+                                                                "validation group labels)."),
+    recipes: Optional[str] = typer.Option(None, "--recipes", help="Compare recipes at the same MACs target and ship "
+                                                                  "the best on validation, e.g. ce,pw,pw+gb,kd,"
+                                                                  "pw+pseudo,fairgrape (needs validation group labels)."),
     target: Optional[str] = typer.Option(None, "--target", help=TargetHelp),
     calib_size: Optional[int] = typer.Option(None, "--calib-size", help=f"INT8: calibration images, stratified by group (default {DEFAULT_CALIB_SIZE})."),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help="INT8: minmax, entropy or percentile."),
@@ -183,7 +202,12 @@ def compress(
     _put(overrides, "prune", "flops_reduction", flops_reduction)
     _put(overrides, "retrain", "epochs", epochs)
     _put(overrides, "retrain", "lr", lr)
-    for key, value in (("loss", loss), ("target", target), ("group_balanced", group_balanced),
+    for key, value in (("temperature", kd_temperature), ("alpha", kd_alpha), ("pw_weights", kd_pw_weights)):
+        _put(overrides, "kd", key, value)
+    if recipes is not None:
+        overrides["recipes"] = [r.strip() for r in recipes.split(",") if r.strip()]
+    for key, value in (("pseudo_groups", pseudo_groups), ("select", select), ("loss", loss), ("target", target),
+                       ("group_balanced", group_balanced),
                        ("group_balance_strength", group_balance_strength), ("calib_size", calib_size),
                        ("calib_method", calib_method), ("protect_groups", protect_groups),
                        ("max_float_layers", max_float_layers)):
@@ -194,6 +218,23 @@ def compress(
     _launch_or_run(nproc, device, lambda: compress_model(model, overrides, out=out, config_file=config,
                                                          trust_pickle=trust_pickle, overwrite=overwrite,
                                                          pw_gamma=pw_gamma, pw_min_weight=pw_min_weight))
+
+
+@app.command()
+def plugins():
+    """List the registered importance criteria and losses (built-in and plug-ins) with what each does."""
+    from rich.table import Table
+
+    from .progress import console
+    from .registry import IMPORTANCES, LOSSES
+
+    for title, registry in (("importance criteria (--method)", IMPORTANCES), ("losses (--loss)", LOSSES)):
+        table = Table(title=title)
+        table.add_column("name")
+        table.add_column("what it does")
+        for name, text in registry.describe().items():
+            table.add_row(name, text)
+        console.print(table)
 
 
 @app.command()

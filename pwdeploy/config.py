@@ -28,6 +28,15 @@ class PWSettings:
 
 
 @dataclass
+class KDSettings:
+    # distillation from the frozen original (--loss kd): alpha * T^2 * KL(original || pruned at T) + (1 - alpha) * CE
+    temperature: float = 4.0
+    alpha: float = 0.9
+    # multiply each sample's term by its PW weight (the method's PW settings)
+    pw_weights: bool = False
+
+
+@dataclass
 class DataSettings:
     name: str = "synthetic"
     root: str | None = None
@@ -93,6 +102,13 @@ class RunConfig:
     group_balanced: bool = False
     # how far the rebalance goes: 1 equal group totals, 0.5 the square root of the full factor (loss.group_balance)
     group_balance_strength: float = 1.0
+    # label-free alternative to dataset groups for the balance: "error-set" = (true label x original right/wrong)
+    pseudo_groups: str = "none"
+    kd: KDSettings = field(default_factory=KDSettings)
+    # which retraining checkpoint ships: the last epoch, or the best validation worst-group accuracy
+    select: str = "last"
+    # compress with each recipe (e.g. ce,pw,pw+gb,kd,fairgrape) and ship the best on validation (pwdeploy.recipes)
+    recipes: list[str] = field(default_factory=list)
     target: str = DEFAULT_TARGET
     # INT8 calibration: images drawn stratified by group from the training split, and the range method
     calib_size: int = DEFAULT_CALIB_SIZE
@@ -114,8 +130,8 @@ class RunConfig:
 
 
 CHOICES = {
-    "loss": ("pw", "ce"),
-    "prune.method": ("taylor", "autobot", "magnitude"),
+    "pseudo_groups": ("none", "error-set"),
+    "select": ("last", "worst-group"),
     "pw_applies_to": ("both", "importance", "retraining"),
     "retrain.optimizer": ("adamw", "sgd"),
     "retrain.schedule": ("cosine", "constant"),
@@ -219,6 +235,7 @@ def build_config(overrides: dict | None = None, *, config_file: str | Path | Non
             obj = getattr(obj, p)
         if getattr(obj, leaf) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(obj, leaf)!r}")
+    _check_registered(config)
     if not 0.0 < config.group_balance_strength <= 1.0:
         raise ConfigError(f"--group-balance-strength must be in (0, 1], got {config.group_balance_strength}")
     if config.protect_groups and not config.target.endswith("-int8"):
@@ -232,3 +249,11 @@ def build_config(overrides: dict | None = None, *, config_file: str | Path | Non
     check_data_options(config.data.options)
     return config
 
+
+
+def _check_registered(config: RunConfig) -> None:
+    """--loss and --method name registered plug-ins (pwdeploy.registry), not a fixed list."""
+    from .registry import IMPORTANCES, LOSSES
+
+    LOSSES.get(config.loss)
+    IMPORTANCES.get(config.prune.method)

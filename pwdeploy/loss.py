@@ -5,6 +5,9 @@ For each sample, with s = the frozen original model's probability of the true la
     target  = original model's soft output where it classified the sample correctly, else the true label
     loss    = mean(w * cross_entropy(pruned_logits, target))
 A single-logit model is binary (sigmoid); otherwise softmax.
+
+Losses are registered classes (``@register_loss``) that give per-sample loss terms and weights; ``LossFn``
+adds the group balance (true groups or pseudo-groups) and takes the weighted mean.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import PWSettings
+from .config import KDSettings, PWSettings
+from .registry import LOSSES, register_loss
 
 
 def is_binary_logit(logits: torch.Tensor) -> bool:
@@ -77,26 +81,146 @@ def group_balance(weights: torch.Tensor, groups: torch.Tensor, group_totals: tor
     return weights * scale.to(weights.device)[groups]
 
 
+def kd_divergence(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-sample KL(teacher || student) at ``temperature``, times T² (Hinton et al. 2015); binary: Bernoulli KL."""
+    t = float(temperature)
+    teacher_logits = teacher_logits.detach().to(logits.dtype)
+    if is_binary_logit(logits):
+        s, p_logit = logits.reshape(-1) / t, teacher_logits.reshape(-1) / t
+        p = torch.sigmoid(p_logit)
+        # BCE(student, p) - H(p) = KL(p || q)
+        entropy = F.binary_cross_entropy_with_logits(p_logit, p, reduction="none")
+        kl = F.binary_cross_entropy_with_logits(s, p, reduction="none") - entropy
+    else:
+        log_p = F.log_softmax(teacher_logits / t, dim=-1)
+        kl = (log_p.exp() * (log_p - F.log_softmax(logits / t, dim=-1))).sum(dim=-1)
+    return kl * t * t
+
+
+def pseudo_groups(original_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """JTT-style groups without protected labels: 2·label + (1 if the original model was right else 0)."""
+    original_logits = original_logits.detach()
+    if is_binary_logit(original_logits):
+        predicted = (original_logits.reshape(-1) > 0).long()
+    else:
+        predicted = original_logits.argmax(dim=-1)
+    labels = labels.long().to(predicted.device)
+    return 2 * labels + (predicted == labels).long()
+
+
+def pseudo_group_names(num_classes: int) -> list[str]:
+    """Names of the pseudo-groups, in their index order (a one-logit model has two classes)."""
+    return [f"label {c} {'right' if r else 'wrong'}" for c in range(max(2, num_classes)) for r in (0, 1)]
+
+
+class Loss:
+    """Base of a registered loss: per-sample terms and weights (None = 1) for one batch."""
+
+    name = "loss"
+    needs_original = False  # needs the frozen original model's logits
+
+    def __init__(self, pw: PWSettings | None = None, kd: KDSettings | None = None):
+        self.pw = pw or PWSettings()
+        self.kd = kd or KDSettings()
+
+    def settings(self) -> dict:
+        return {}
+
+    def terms(self, logits, labels, original_logits) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def sample_weights(self, original_logits, labels) -> torch.Tensor | None:
+        """Per-sample weights from the original model alone (for dataset-level group totals)."""
+        return None
+
+
+@register_loss("ce")
+class CrossEntropyLoss(Loss):
+    """Plain cross-entropy on the true labels (the baseline every result is compared with)."""
+
+    def terms(self, logits, labels, original_logits=None):
+        return hard_cross_entropy(logits, labels), None
+
+
+@register_loss("pw")
+class PerformanceWeightedLoss(Loss):
+    """Performance weighted loss (Meyer & Wong 2022): weighted CE against the original's corrected outputs."""
+
+    needs_original = True
+
+    def settings(self) -> dict:
+        return {"gamma": self.pw.gamma, "min_weight": self.pw.min_weight, "label_correction": self.pw.label_correction}
+
+    def terms(self, logits, labels, original_logits):
+        targets, weights = self._targets_weights(original_logits, labels)
+        return soft_cross_entropy(logits, targets.to(logits.dtype)), weights
+
+    def sample_weights(self, original_logits, labels):
+        return self._targets_weights(original_logits, labels)[1]
+
+    def _targets_weights(self, original_logits, labels):
+        return pw_targets_and_weights(original_logits, labels, gamma=self.pw.gamma, min_weight=self.pw.min_weight,
+                                      label_correction=self.pw.label_correction)
+
+
+@register_loss("kd")
+class DistillationLoss(Loss):
+    """Distillation from the frozen original (label-free): alpha·T²·KL + (1-alpha)·CE, optionally PW-weighted."""
+
+    needs_original = True
+
+    def settings(self) -> dict:
+        out = {"temperature": self.kd.temperature, "alpha": self.kd.alpha, "pw_weights": self.kd.pw_weights}
+        if self.kd.pw_weights:
+            out["pw"] = {"gamma": self.pw.gamma, "min_weight": self.pw.min_weight}
+        return out
+
+    def terms(self, logits, labels, original_logits):
+        a = self.kd.alpha
+        terms = a * kd_divergence(logits, original_logits, self.kd.temperature) \
+            + (1.0 - a) * hard_cross_entropy(logits, labels)
+        return terms, self.sample_weights(original_logits, labels)
+
+    def sample_weights(self, original_logits, labels):
+        if not self.kd.pw_weights:
+            return None
+        return pw_targets_and_weights(original_logits, labels, gamma=self.pw.gamma, min_weight=self.pw.min_weight)[1]
+
+
 class LossFn:
-    """Callable ``loss(logits, labels, original_logits, groups) -> scalar``; CE ignores the original logits."""
+    """Callable ``loss(logits, labels, original_logits, groups) -> scalar``: a registered loss, its weights
+    optionally re-balanced per group (``group_totals``) over the dataset's groups or, with
+    ``pseudo_groups="error-set"``, over (label × original right/wrong) groups."""
 
     def __init__(self, kind: str, pw: PWSettings | None = None, group_totals: torch.Tensor | None = None,
-                 group_balance_strength: float = 1.0):
+                 group_balance_strength: float = 1.0, *, kd: KDSettings | None = None, pseudo_groups: str = "none"):
         self.kind = kind
-        self.pw = pw or PWSettings()
+        self.impl = LOSSES.get(kind)(pw=pw, kd=kd)
+        self.pw = self.impl.pw
         self.group_totals = group_totals
         self.group_balance_strength = group_balance_strength
+        self.pseudo_groups = pseudo_groups
 
     @property
     def needs_original(self) -> bool:
-        return self.kind == "pw"
+        return self.impl.needs_original or (self.pseudo_groups != "none" and self.group_totals is not None)
+
+    def record(self) -> dict:
+        """Name and settings, as report.json records them."""
+        balance = None
+        if self.group_totals is not None:
+            balance = {"groups": "pseudo: label x original right/wrong" if self.pseudo_groups != "none"
+                       else "dataset groups", "strength": self.group_balance_strength}
+        return {"name": self.kind, "settings": self.impl.settings(), "group_balance": balance}
+
+    def groups_of(self, labels, original_logits, groups):
+        return pseudo_groups(original_logits, labels) if self.pseudo_groups != "none" else groups
 
     def __call__(self, logits, labels, original_logits=None, groups=None) -> torch.Tensor:
-        if self.kind == "ce":
-            return hard_cross_entropy(logits, labels).mean()
-        targets, weights = pw_targets_and_weights(original_logits, labels, gamma=self.pw.gamma,
-                                                  min_weight=self.pw.min_weight,
-                                                  label_correction=self.pw.label_correction)
+        terms, weights = self.impl.terms(logits, labels, original_logits)
         if self.group_totals is not None and groups is not None:
-            weights = group_balance(weights, groups, self.group_totals, self.group_balance_strength)
-        return (weights * soft_cross_entropy(logits, targets.to(logits.dtype))).mean()
+            if weights is None:
+                weights = torch.ones_like(terms)
+            weights = group_balance(weights, self.groups_of(labels, original_logits, groups), self.group_totals,
+                                    self.group_balance_strength)
+        return terms.mean() if weights is None else (weights * terms).mean()

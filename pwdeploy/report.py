@@ -31,12 +31,21 @@ def _fmt(value, signed: bool = False) -> str:
 
 
 def loss_tag(report: dict) -> str:
-    """Short name of the loss a run used: ce, pw, or pw+gb (PW with pwdeploy's group-balance extension)."""
-    return report["loss"] + ("+gb" if report["loss"] == "pw" and report.get("group_balanced") else "")
+    """Short name of the loss a run used: ce, pw, or pw+gb (PW with pwdeploy's group-balance extension),
+    kd, kd+pw, and +pseudo for the label-free pseudo-group balance."""
+    tag = report["loss"]
+    settings = ((report.get("loss_fn") or {}).get("retraining") or {}).get("settings") or {}
+    if tag == "kd" and settings.get("pw_weights"):
+        tag += "+pw"
+    if tag != "ce" and report.get("pseudo_groups", "none") != "none":
+        return tag + "+pseudo"
+    return tag + ("+gb" if tag != "ce" and report.get("group_balanced") else "")
 
 
 def loss_label(report: dict) -> str:
     """The loss with the settings that change it, e.g. "pw (gamma 0.5, w_min 0.8, no label correction)"."""
+    if report["loss"] == "kd":
+        return _kd_label(report)
     if report["loss"] != "pw":
         return report["loss"]
     pw = report.get("pw") or {}
@@ -44,17 +53,38 @@ def loss_label(report: dict) -> str:
     text += ", no label correction)" if pw.get("label_correction") is False else ")"
     if report.get("pw_applies_to", "both") != "both":
         text += f" on {report['pw_applies_to']} only"
+    if report.get("pseudo_groups", "none") != "none":
+        return text + _balance_label(report)
     if not report.get("group_balanced"):
         return text
     strength = report.get("group_balance_strength", 1.0)
     return text + " + group balance (extension" + (f", strength {strength:g})" if strength != 1.0 else ")")
 
 
+def _kd_label(report: dict) -> str:
+    kd = (((report.get("loss_fn") or {}).get("retraining") or {}).get("settings")) or {}
+    text = f"kd (distillation, T {kd.get('temperature', 0):g}, alpha {kd.get('alpha', 0):g}"
+    text += ", PW weights)" if kd.get("pw_weights") else ")"
+    return text + _balance_label(report)
+
+
+def _balance_label(report: dict) -> str:
+    if report.get("pseudo_groups", "none") != "none":
+        return " + pseudo-group balance (extension, label-free)"
+    return " + group balance (extension)" if report.get("group_balanced") else ""
+
+
+def method_label(report: dict) -> str:
+    """The importance criterion, named honestly: FairGRAPE here is a channel-level adaptation."""
+    return "fairgrape (channel-level adaptation of Lin et al. 2022)" if report["method"] == "fairgrape" \
+        else report["method"]
+
+
 def comparison_table(report: dict, title: str | None = None) -> Table:
     """Rows: groups then overall; columns: accuracy of each model and its change against the original."""
     metrics = report["metrics"]
     names = list(metrics)
-    table = Table(title=title or f"{report['method']} / {loss_label(report)} at "
+    table = Table(title=title or f"{method_label(report)} / {loss_label(report)} at "
                                  f"{100 * report['flops_reduction']:.1f}% MACs removed")
     table.add_column("group")
     table.add_column("n", justify="right")
@@ -82,7 +112,7 @@ def comparison_table(report: dict, title: str | None = None) -> Table:
 def markdown(report: dict) -> str:
     metrics = report["metrics"]
     names = list(metrics)
-    lines = [f"# pwdeploy report: {report['method']} / {loss_label(report)}", "",
+    lines = [f"# pwdeploy report: {method_label(report)} / {loss_label(report)}", "",
              f"- MACs: {report['macs']['original']:,} -> {report['macs']['pruned']:,} "
              f"({100 * report['flops_reduction']:.2f}% removed, target {100 * report['flops_reduction_target']:.2f}%)",
              f"- Parameters: {report['params']['original']:,} -> {report['params']['pruned']:,}",
@@ -100,6 +130,10 @@ def markdown(report: dict) -> str:
     drop = report["changes"]["pruned"]["worst_group_drop"]
     lines += ["", f"Largest group drop: **{drop['group']}**, {drop['points']:.2f} points.", ""]
     lines += _int8_protection_lines(report)
+    if report.get("recipes"):
+        from .selection import recipes_markdown
+
+        lines += recipes_markdown(report["recipes"]) + ["![recipes](recipes.png)", ""]
     return "\n".join(lines)
 
 
@@ -131,6 +165,10 @@ def render_reports(run_dir: Path, report: dict) -> None:
     """report.md and report.png from report.json's content (written by pwdeploy.rundir.RunDir only)."""
     write_text(run_dir / "report.md", markdown(report))
     plot_groups(report, run_dir / "report.png")
+    if report.get("recipes"):
+        from .selection import plot_recipes
+
+        plot_recipes(report["recipes"], run_dir / "recipes.png")
 
 
 def plot_groups(report: dict, path: Path) -> None:

@@ -148,9 +148,11 @@ def make_optimizer(model: nn.Module, settings: TrainSettings, total_steps: int):
 
 def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSettings, device: torch.device, *,
         original: OriginalOutputs | None = None, seed: int = 0, description: str = "training",
-        precision: str = "fp32", loader: LoaderSettings | None = None) -> list[float]:
+        precision: str = "fp32", loader: LoaderSettings | None = None, on_epoch_end=None) -> list[float]:
     """Train ``model`` for ``settings.epochs`` epochs (DDP under torchrun, autocast per ``precision``);
-    returns the mean loss per epoch over all processes."""
+    returns the mean loss per epoch over all processes.
+
+    ``on_epoch_end(epoch, model)`` runs after each epoch (checkpoint selection on validation)."""
     from . import distributed
 
     model.to(device)
@@ -180,6 +182,8 @@ def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSetti
                 bar.advance(images=len(x) * distributed.world_size())
             history.append(distributed.mean_over_ranks(float(running)) / len(batches))
             bar.describe(f"epoch {epoch + 1}/{settings.epochs} loss {history[-1]:.4f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
     return history
 
 

@@ -76,6 +76,8 @@ CONFIG_RANGES = {
     "calib_size": COUNT,
     "max_float_layers": NON_NEGATIVE_INT,
     "loader.workers": NON_NEGATIVE_INT,
+    "kd.temperature": Range(0.0, 100.0, low_open=True),
+    "kd.alpha": FRACTION,
     "seed": SEED,
     "model.num_classes": COUNT,
 }

@@ -81,3 +81,35 @@ def test_same_setting_name_in_two_sweep_families_stays_two_series():
     assert drops == {"weights, on": pytest.approx(4.0), "weights, off": pytest.approx(1.0)}
     diffs = {c["family"]: c["worst_drop_difference"]["mean"] for c in stats.paired_comparisons(cells)}
     assert diffs == {"weights, on": pytest.approx(2.0), "weights, off": pytest.approx(-1.0)}  # vs the default CE
+
+
+def test_new_arms_plan_only_where_they_apply(tmp_path):
+    args = fairness.parse_args(["--variants", "colour,one-group", "--methods", "taylor,magnitude", "--seeds", "0",
+                                "--reductions", "0.75", "--arms", "ce,pw+gb,kd+pseudo,fairgrape",
+                                "--out", str(tmp_path)])
+    _, main, _ = fairness.plan(args)
+    cells = {(t["spec"]["variant"], t["spec"]["method"], t["spec"]["arm"]) for t in main}
+    # fairgrape replaces Taylor's criterion: taylor rows only; group-aware arms need training groups
+    assert ("colour", "taylor", "fairgrape") in cells and ("colour", "magnitude", "fairgrape") not in cells
+    assert ("one-group", "taylor", "kd+pseudo") in cells and ("one-group", "taylor", "pw+gb") not in cells
+    assert ("one-group", "taylor", "fairgrape") not in cells
+    fair = next(t for t in main if t["spec"]["arm"] == "fairgrape")
+    assert fair["overrides"]["prune"] == {"method": "fairgrape", "flops_reduction": 0.75}
+    assert fair["overrides"]["loss"] == "ce"
+    one = next(t for t in main if t["spec"]["variant"] == "one-group")
+    assert one["overrides"]["data"]["options"] == {"variant": "shared", "protocol": "one-group"}
+    # keys added by issue 11 stay out of the cache key of cells that leave them at their defaults
+    plain = fairness.cell_task("colour", 0, {"path": "b.pt"}, "taylor", "pw", 0.75, 0)["ident"]["effective"]
+    assert not {"pseudo_groups", "select", "recipes", "kd"} & set(plain)
+
+
+def test_summary_table_shows_the_best_label_free_arm_per_row():
+    cells = []
+    for seed in range(2):
+        cells += [_cell(arm="ce", seed=seed, minority=82.0), _cell(arm="pw", seed=seed, minority=83.0),
+                  _cell(arm="kd", seed=seed, minority=88.0), _cell(arm="kd+pseudo", seed=seed, minority=90.0),
+                  _cell(arm="fairgrape", seed=seed, minority=91.0)]
+    text = "\n".join(stats.markdown_summary(stats.aggregate(cells)))
+    assert "| colour | taylor | 75% | 10.0 [10.0, 10.0] | 9.0 [9.0, 9.0] | kd+pseudo: 2.0 [2.0, 2.0] | – | " \
+           "1.0 [1.0, 1.0] |" in text
+    assert stats.markdown_summary(stats.aggregate([_cell(arm="ce")])) == []

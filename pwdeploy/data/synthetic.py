@@ -14,6 +14,10 @@ stripes are the ones a pruned model loses.
 
 The group itself is visible by a background tint (variant ``colour``, default) or only by a faint
 high-frequency checker texture (variant ``subtle``), so results do not hinge on an easy colour cue.
+Variant ``shared`` (tinted like ``colour``): the minority's fainter bar gives the label too, so a model
+that never saw the minority can still read it; with ``protocol=one-group`` the train split holds only the
+majority while val/test keep both groups (train on one group, test on others, as the paper's
+Fitzpatrick17k protocol).
 Splits use fixed seeds (``seed`` shifts them all), so the same options always give the same arrays.
 """
 
@@ -28,7 +32,8 @@ from .base import ArrayDataset
 
 SPLIT_SIZES = {"train": 3000, "val": 1000, "test": 6000}
 SPLIT_SEEDS = {"train": 11, "val": 23, "test": 37}
-VARIANTS = ("colour", "subtle")
+VARIANTS = ("colour", "subtle", "shared")
+PROTOCOLS = ("all", "one-group")
 MEAN, STD = 0.5, 0.25
 
 # Generator constants (pixel values in [0, 1] before normalisation).
@@ -56,7 +61,8 @@ def generate(n: int, *, size: int = 24, minority_fraction: float = 0.06, variant
     labels = rng.integers(0, 2, n)
     groups = (rng.random(n) < minority_fraction).astype(np.int64)
     minority = groups == 1
-    bar_class = np.where(minority, rng.integers(0, 2, n), labels)
+    misleading_bar = minority if variant != "shared" else np.zeros(n, dtype=bool)
+    bar_class = np.where(misleading_bar, rng.integers(0, 2, n), labels)
     stripe_class = np.where(minority, labels, rng.integers(0, 2, n))
     no_cue = rng.random(n) < np.where(minority, MINORITY_NO_CUE, MAJORITY_NO_CUE)
     bar_amp = np.where(minority, MINORITY_BAR_AMPLITUDE, np.where(no_cue, 0.0, BAR_AMPLITUDE))
@@ -66,7 +72,7 @@ def generate(n: int, *, size: int = 24, minority_fraction: float = 0.06, variant
 
     # Group marker.
     yy, xx = np.mgrid[0:size, 0:size]
-    if variant == "colour":
+    if variant in ("colour", "shared"):
         tint = np.where(minority[:, None], TINTS[1], TINTS[0]).astype(np.float32)
         images += tint[:, :, None, None]
     else:
@@ -98,10 +104,15 @@ def generate(n: int, *, size: int = 24, minority_fraction: float = 0.06, variant
 
 @register_dataset("synthetic")
 def create_synthetic(root=None, split: str = "train", *, size: int = 24, minority_fraction: float = 0.06,
-                     variant: str = "colour", n: int | None = None, seed: int = 0, **unknown) -> ArrayDataset:
+                     variant: str = "colour", n: int | None = None, seed: int = 0, protocol: str = "all",
+                     **unknown) -> ArrayDataset:
     if unknown:
         raise DataError(f"unknown option(s) for --data synthetic: {', '.join(sorted(unknown))}; known options "
-                        "are size, minority_fraction, variant (colour|subtle), n, seed")
+                        "are size, minority_fraction, variant (colour|subtle|shared), n, seed, protocol")
+    if protocol not in PROTOCOLS:
+        raise DataError(f"unknown synthetic protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+    if protocol == "one-group" and split == "train":
+        minority_fraction = 0.0  # train on the majority only; val and test keep both groups
     count = int(n if n is not None else SPLIT_SIZES[split])
     images, labels, groups = generate(count, size=int(size), minority_fraction=float(minority_fraction),
                                       variant=variant, seed=SPLIT_SEEDS[split] + 1000 * int(seed))

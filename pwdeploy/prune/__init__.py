@@ -1,4 +1,5 @@
-"""Structured pruning to a MACs target with magnitude, Taylor or AutoBot importance.
+"""Structured pruning to a MACs target with a registered importance criterion (magnitude, Taylor, AutoBot,
+FairGRAPE, or a plug-in: ``pwdeploy.registry.register_importance``).
 
 The PW loss plugs into the data-driven methods only through ``loss_fn``: it changes the gradients (Taylor)
 or the gate training signal (AutoBot), never the graph code.
@@ -16,11 +17,11 @@ from torch import nn
 from .. import distributed
 from ..config import PruneSettings
 from ..progress import task
-from .autobot import train_bottlenecks
-from .engine import ChannelRemover, StaticScores
+from ..registry import IMPORTANCES, list_importances, register_importance
+from .engine import ChannelRemover
 from .flops import count_macs_params
 
-METHODS = ("taylor", "autobot", "magnitude")
+METHODS = tuple(list_importances())  # the built-ins; list_importances() also has plug-ins registered later
 
 
 @dataclass
@@ -30,6 +31,7 @@ class PruneResult:
     params_before: int
     params_after: int
     steps: list = field(default_factory=list)
+    importance: dict = field(default_factory=dict)  # {"name", "settings"} of the criterion used
 
     @property
     def reduction(self) -> float:
@@ -37,32 +39,26 @@ class PruneResult:
 
 
 def prune_to_flops(model: nn.Module, example_inputs: torch.Tensor, *, method: str, flops_reduction: float,
-                   batches: Iterator | None = None, loss_fn=None, settings: PruneSettings | None = None
-                   ) -> PruneResult:
+                   batches: Iterator | None = None, loss_fn=None, settings: PruneSettings | None = None,
+                   num_groups: int = 2) -> PruneResult:
     """Physically remove channels from ``model`` (in place) until ``flops_reduction`` of its MACs are gone.
 
-    ``batches`` yields (x, y, group, original_logits) on the model's device; needed by taylor and autobot.
+    ``batches`` yields (x, y, group, original_logits) on the model's device; needed by every data-driven
+    criterion. ``num_groups``: how many group ids the batches carry (group-aware criteria).
     """
     settings = settings or PruneSettings(method=method, flops_reduction=flops_reduction)
-    if method not in METHODS:
+    if method not in IMPORTANCES.names():
         raise ValueError(f"unknown pruning method {method!r}")
-    if method != "magnitude" and (batches is None or loss_fn is None):
+    criterion = IMPORTANCES.get(method)(settings, num_groups=num_groups)
+    if criterion.needs_data and (batches is None or loss_fn is None):
         raise ValueError(f"{method} pruning needs training batches and a loss")
     remover = ChannelRemover(model, example_inputs, max_layer_reduction=settings.max_layer_reduction)
-    result = PruneResult(remover.base_macs, remover.base_macs, remover.base_params, remover.base_params)
+    result = PruneResult(remover.base_macs, remover.base_macs, remover.base_params, remover.base_params,
+                         importance={"name": method, "settings": criterion.settings()})
     if flops_reduction <= 0:
         return result
     with task(f"pruning ({method})", total=100) as bar:
-        if method == "magnitude":
-            importance = tp.importance.GroupMagnitudeImportance(p=2)
-            _remove_until(remover, lambda g, n: importance(g), flops_reduction, 0.1, result, bar)
-        elif method == "taylor":
-            _taylor(remover, batches, loss_fn, flops_reduction, settings, result, bar)
-        else:
-            scores = train_bottlenecks(remover, batches, loss_fn, target=flops_reduction,
-                                       steps=settings.autobot_steps, lr=settings.autobot_lr,
-                                       flops_weight=settings.autobot_flops_weight)
-            _remove_until(remover, StaticScores(scores), flops_reduction, 1.0, result, bar)
+        criterion.prune(remover, batches, loss_fn, flops_reduction, result, bar)
     result.macs_after, result.params_after = count_macs_params(model, example_inputs)
     return result
 
@@ -87,9 +83,11 @@ def _remove_until(remover: ChannelRemover, score_fn, target: float, max_step: fl
             after_step()
 
 
-def _taylor(remover: ChannelRemover, batches, loss_fn, target, settings, result, bar) -> None:
+def _taylor(remover: ChannelRemover, batches, loss_fn, target, settings, result, bar, scores=None) -> None:
     """First-order Taylor importance (|w·dL/dw| per channel, Molchanov et al.) from the selected loss, with a
-    few optimizer steps between pruning steps so the network adapts as channels go (as in the paper)."""
+    few optimizer steps between pruning steps so the network adapts as channels go (as in the paper).
+
+    ``scores`` replaces the importance: a callable (group, name) -> scores with ``accumulate()`` (FairGRAPE)."""
     model = remover.model
     importance = tp.importance.GroupTaylorImportance()
 
@@ -116,9 +114,13 @@ def _taylor(remover: ChannelRemover, batches, loss_fn, target, settings, result,
         distributed.sync_buffers(model)
 
     # About 20 pruning steps whatever the target, so the adaptation budget scales with the work.
-    _remove_until(remover, lambda group, _name: importance(group), target, max(0.02, target / 20), result, bar,
-                  before_step=accumulate_gradients, after_step=adapt)
+    score_fn = scores if scores is not None else (lambda group, _name: importance(group))
+    _remove_until(remover, score_fn, target, max(0.02, target / 20), result, bar,
+                  before_step=scores.accumulate if scores is not None else accumulate_gradients, after_step=adapt)
     model.zero_grad(set_to_none=True)
 
 
-__all__ = ["METHODS", "PruneResult", "count_macs_params", "prune_to_flops"]
+from .criteria import Importance  # noqa: E402  (the plug-in base class; it builds on the loop above)
+
+__all__ = ["METHODS", "Importance", "PruneResult", "count_macs_params", "list_importances", "prune_to_flops",
+           "register_importance"]
