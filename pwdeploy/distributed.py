@@ -229,10 +229,11 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
-    """In place: the mean of ``tensor`` over all ranks."""
+    """In place: the mean of ``tensor`` over all ranks (a CPU tensor travels through the GPU under NCCL)."""
     if is_active():
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-        tensor /= world_size()
+        moved = tensor.to(_collective_device())
+        torch.distributed.all_reduce(moved, op=torch.distributed.ReduceOp.SUM)
+        tensor.copy_(moved / world_size())
     return tensor
 
 

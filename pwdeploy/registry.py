@@ -16,14 +16,17 @@ from .errors import ConfigError
 
 
 class Registry:
-    def __init__(self, kind: str, group: str, builtins: dict[str, str]):
+    """One kind of plug-in: importance criteria, losses, models, datasets (each a class or a factory)."""
+
+    def __init__(self, kind: str, group: str, builtins: dict[str, str], error: type = ConfigError):
         self.kind = kind  # the config key it resolves, for messages
         self.group = group  # entry point group
         self._builtins = dict(builtins)  # name -> module that registers it
         self._classes: dict[str, type] = {}
+        self.error = error  # the PwdeployError subclass an unknown name raises
 
     def register(self, name: str):
-        """Class decorator: ``@register_importance("mine")``; the class gets ``name``."""
+        """Decorator: ``@register_importance("mine")``; the class (or factory) gets ``name``."""
 
         def wrap(cls: type) -> type:
             cls.name = name
@@ -50,7 +53,7 @@ class Registry:
             elif name in (eps := self._entry_points()):
                 self.register(name)(eps[name].load())
         if name not in self._classes:
-            raise ConfigError(f"{self.kind} must be one of {', '.join(self.names())}, got {name!r}")
+            raise self.error(f"{self.kind} must be one of {', '.join(self.names())}, got {name!r}")
         return self._classes[name]
 
     def describe(self) -> dict[str, str]:

@@ -88,7 +88,7 @@ PW_RANGES = {"gamma": Range(0.0, 100.0), "min_weight": FRACTION}
 
 # -D dataset options shared by several adapters; any other numeric option must still be finite.
 DATA_OPTION_RANGES = {
-    "n": COUNT, "size": COUNT, "resize_shorter": COUNT, "seed": SEED, "minority_fraction": Range(0.0, 1.0, True, True),
+    "n": COUNT, "size": COUNT, "resize_shorter": COUNT, "seed": SEED, "minority_fraction": FRACTION,
     "val_fraction": Range(0.0, 1.0, high_open=True), "std": POSITIVE,
 }
 

@@ -87,7 +87,7 @@ def _prune_worker(rank: int, method: str, init_file: str, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", ["taylor", "autobot"])
+@pytest.mark.parametrize("method", ["taylor", "autobot", "fairgrape"])
 def test_every_rank_prunes_the_same_channels(method, tmp_path):
     torch.multiprocessing.spawn(_prune_worker, args=(method, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -5,53 +5,40 @@ Adapters register themselves by name (timm-style registry); each module owns one
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import DataError
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from .base import DataSpec, GroupedDataset
 
-_REGISTRY: dict[str, Callable[..., "GroupedDataset"]] = {}
 # pwdeploy's own adapters (name -> module), imported on first use so a missing optional dependency of one never
-# breaks the others; adapters from outside the package register with @register_dataset and need no entry here.
-_BUILTIN = {
-    "synthetic": "synthetic",
-    "celeba": "celeba",
-    "cifar10": "cifar10",
-    "fitzpatrick17k": "fitzpatrick17k",
-    "csv": "csv_manifest",
-}
-
-
-def register_dataset(name: str):
-    """Decorator: ``@register_dataset("mydata")`` on a factory ``(root, split, **options) -> GroupedDataset``."""
-    def wrap(factory: Callable[..., GroupedDataset]):
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
+# breaks the others; other adapters come through @register_dataset or an entry point ("pwdeploy.datasets").
+DATASETS = Registry("--data", "pwdeploy.datasets", {
+    name: f"{__name__}.{module}" for name, module in (("synthetic", "synthetic"), ("celeba", "celeba"),
+                                                      ("cifar10", "cifar10"), ("fitzpatrick17k", "fitzpatrick17k"),
+                                                      ("csv", "csv_manifest"))}, error=DataError)
+# ``@register_dataset("mydata")`` on a factory ``(root, split, **options) -> GroupedDataset``
+register_dataset = DATASETS.register
 
 
 def list_datasets() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_REGISTRY))
+    return DATASETS.names()
 
 
 def create_dataset(spec: DataSpec, split: str) -> GroupedDataset:
     """Build ``split`` ('train', 'val' or 'test') of the dataset ``spec`` names."""
+    from ..validate import check_data_options
     from .base import SPLITS
 
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    if spec.name not in _REGISTRY and spec.name in _BUILTIN:
-        importlib.import_module(f"{__name__}.{_BUILTIN[spec.name]}")
-    if spec.name not in _REGISTRY:
+    if spec.name not in DATASETS.names():
         raise DataError(f"unknown dataset {spec.name!r}: use one of {', '.join(list_datasets())}")
-    from ..validate import check_data_options
-
+    factory = DATASETS.get(spec.name)
     check_data_options(spec.options)
-    return _REGISTRY[spec.name](root=spec.root, split=split, **spec.options)
+    return factory(root=spec.root, split=split, **spec.options)
 
 
 def __getattr__(name: str):

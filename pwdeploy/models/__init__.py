@@ -7,28 +7,21 @@ Everything is built randomly initialised: nothing is ever downloaded.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import ModelError
+from ..registry import Registry
 
 if TYPE_CHECKING:  # torch is imported when a model is built, so listing names (CLI help) stays light
     from torch import nn
 
 ModelFactory = Callable[[int], "nn.Module"]
-_MODELS: dict[str, ModelFactory] = {}
-# pwdeploy's own models (name -> module that registers it), imported on first use.
-_BUILTIN = {"smallcnn": "small", "tinyresnet": "small", "cifar_resnet20": "cifar_resnet",
-            "cifar_resnet32": "cifar_resnet", "cifar_resnet44": "cifar_resnet", "cifar_resnet56": "cifar_resnet"}
-
-
-def register_model(name: str):
-    """Decorator: ``@register_model("mynet")`` on a function ``num_classes -> nn.Module``."""
-    def wrap(factory: ModelFactory) -> ModelFactory:
-        _MODELS[name] = factory
-        return factory
-
-    return wrap
+# pwdeploy's own models (name -> module that registers it), imported on first use; others come through
+# @register_model or an entry point in the group "pwdeploy.models".
+MODELS = Registry("--arch", "pwdeploy.models", {
+    "smallcnn": "pwdeploy.models.small", "tinyresnet": "pwdeploy.models.small",
+    **{f"cifar_resnet{depth}": "pwdeploy.models.cifar_resnet" for depth in (20, 32, 44, 56)}}, error=ModelError)
+register_model = MODELS.register  # ``@register_model("mynet")`` on a function ``num_classes -> nn.Module``
 
 
 def _torchvision(name: str, num_classes: int) -> nn.Module:
@@ -55,20 +48,18 @@ _FAMILIES: dict[str, Callable[[str, int], nn.Module]] = {"torchvision": _torchvi
 
 
 def list_models() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_MODELS)) + [f"{family}:<name>" for family in _FAMILIES]
+    return MODELS.names() + [f"{family}:<name>" for family in _FAMILIES]
 
 
 def create_model(arch: str, num_classes: int) -> nn.Module:
     if num_classes < 1:
         raise ModelError(f"--num-classes must be >= 1 (1 means a single binary logit), got {num_classes}")
-    if arch not in _MODELS and arch in _BUILTIN:
-        importlib.import_module(f"{__name__}.{_BUILTIN[arch]}")
-    if arch in _MODELS:
-        return _MODELS[arch](num_classes)
     family, _, name = arch.partition(":")
     if name and family in _FAMILIES:
         return _FAMILIES[family](name, num_classes)
-    raise ModelError(f"unknown architecture {arch!r}: use one of {', '.join(list_models())}")
+    if arch not in MODELS.names():
+        raise ModelError(f"unknown architecture {arch!r}: use one of {', '.join(list_models())}")
+    return MODELS.get(arch)(num_classes)
 
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch_pruning as tp
 
+from .. import distributed
 from ..registry import register_importance
 from . import _taylor
 from .criteria import TaylorImportance
@@ -88,6 +89,9 @@ class GroupTaylorScores:
                 for name, group in groups:
                     totals[name][:, int(k)] += self.importance(group).detach().float().cpu()
         model.zero_grad(set_to_none=True)
+        for imp in totals.values():  # under torchrun: every rank ranks channels from the same per-group totals
+            distributed.all_reduce_mean_(imp)
+        distributed.sync_buffers(model)
         return totals
 
     def accumulate(self) -> None:
