@@ -132,7 +132,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
                    pw_min_weight: float | None = None, quiet: bool = False) -> Path:
     """Prune ``model_path`` to the configured MACs reduction, retrain, export, report. Returns the run dir."""
     from exporters.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_parity
-    from .prune import prune_to_flops
+    from .speed import measured_latency, prune_for_deploy
 
     started = time.time()
     config = make_config(overrides, config_file, pw_gamma=pw_gamma, pw_min_weight=pw_min_weight)
@@ -174,9 +174,8 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
         loader = make_loader(train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True)
         stream = batch_stream(loader, device, original_outputs)
         t0 = time.time()
-        result = prune_to_flops(pruned, example, method=config.prune.method,
-                                flops_reduction=config.prune.flops_reduction, batches=stream,
-                                loss_fn=importance_loss, settings=config.prune)
+        result, speed = prune_for_deploy(config, pruned, original, example, input_shape, batches=stream,
+                                         loss_fn=importance_loss)
         prune_seconds = time.time() - t0
         metrics["pruned-before-retraining"] = evaluate(pruned, test_set, device, "pruned (before retraining)")
         t0 = time.time()
@@ -190,6 +189,8 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
         export_onnx(pruned, tmp / rundir.MODEL_ONNX, input_shape)
         export_onnx(original, tmp / rundir.ORIGINAL_ONNX, input_shape)
         parity = onnx_parity(pruned, tmp / rundir.MODEL_ONNX, input_shape)
+        speed["latency"] = measured_latency(config, tmp / rundir.ORIGINAL_ONNX, tmp / rundir.MODEL_ONNX,
+                                            input_shape)
 
         config_dict = {"schema": rundir.CONFIG_SCHEMA, **config.to_dict(), "versions": versions(),
                        "class_names": train_set.class_names, "group_names": train_set.group_names,
@@ -210,6 +211,8 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
             "flops_reduction": result.reduction,
             "macs": {"original": result.macs_before, "pruned": result.macs_after},
             "params": {"original": result.params_before, "pruned": result.params_after},
+            "latency_ms": speed["latency"]["batch_1"],
+            "speed": speed,
             "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_shape": list(input_shape),
             "num_classes": config.model.num_classes, "class_names": train_set.class_names,
             "group_names": train_set.group_names, "preprocessing": train_set.preprocessing.to_dict(),

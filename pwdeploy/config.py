@@ -63,6 +63,16 @@ class PruneSettings:
     autobot_flops_weight: float = 4.0
     # never remove more than this fraction of a layer's channels
     max_layer_reduction: float = 0.95
+    # kept channels are multiples of this in every pruned group; None: the deployment target's default
+    # (pwdeploy.prune.alignment.DEFAULT_ROUND_TO), 1: no rounding
+    round_to: int | None = None
+    # how removals are spread over layers: global importance ranking, or weighted by LUT latency saving
+    allocation: str = "global"
+    # latency target on the deploy runtime (ONNX Runtime here); either replaces flops_reduction
+    latency_reduction: float | None = None
+    target_latency_ms: float | None = None
+    latency_batch: int = 1
+    latency_threads: int | None = None
 
 
 @dataclass
@@ -99,6 +109,7 @@ class RunConfig:
 CHOICES = {
     "loss": ("pw", "ce"),
     "prune.method": ("taylor", "autobot", "magnitude"),
+    "prune.allocation": ("global", "latency"),
     "pw_applies_to": ("both", "importance", "retraining"),
     "retrain.optimizer": ("adamw", "sgd"),
     "retrain.schedule": ("cosine", "constant"),
@@ -204,7 +215,21 @@ def build_config(overrides: dict | None = None, *, config_file: str | Path | Non
         raise ConfigError(f"--group-balance-strength must be in (0, 1], got {config.group_balance_strength}")
     if not 0.0 <= config.prune.flops_reduction < 1.0:
         raise ConfigError(f"--flops-reduction must be in [0, 1), got {config.prune.flops_reduction}")
+    _check_speed(config.prune)
     return config
+
+
+def _check_speed(prune: PruneSettings) -> None:
+    if prune.round_to is not None and not 1 <= prune.round_to <= 256:
+        raise ConfigError(f"--round-to must be between 1 and 256 (1: no rounding), got {prune.round_to}")
+    if prune.latency_reduction is not None and prune.target_latency_ms is not None:
+        raise ConfigError("give --latency-reduction or --target-latency-ms, not both")
+    if prune.latency_reduction is not None and not 0.0 < prune.latency_reduction < 1.0:
+        raise ConfigError(f"--latency-reduction must be in (0, 1), got {prune.latency_reduction}")
+    if prune.target_latency_ms is not None and prune.target_latency_ms <= 0:
+        raise ConfigError(f"--target-latency-ms must be positive, got {prune.target_latency_ms}")
+    if prune.latency_batch < 1:
+        raise ConfigError(f"--latency-batch must be at least 1, got {prune.latency_batch}")
 
 
 def config_from_dict(d: dict) -> RunConfig:
