@@ -20,6 +20,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/speedup.py
+	$(PY) benchmarks/pw_overhead.py
 	$(PY) benchmarks/fairness.py --quick
 
 # The committed results (benchmarks/results/): the grid on three baselines (the 2nd and 3rd at 75% only), the
