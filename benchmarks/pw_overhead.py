@@ -26,9 +26,9 @@ os.environ.setdefault("PWDEPLOY_NO_PROGRESS", "1")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="torchvision:resnet18")
-    parser.add_argument("--size", type=int, default=64, help="synthetic image size")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=15, help="timed steps per side")
+    parser.add_argument("--size", type=int, default=32, help="synthetic image size")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per side")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pw_overhead.json")
     args = parser.parse_args(argv)
     import torch
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     device = torch.device("cpu")
-    data = create_dataset(DataSpec("synthetic", None, {"size": args.size, "n": 2000}), "train")
+    data = create_dataset(DataSpec("synthetic", None, {"size": args.size, "n": 600}), "train")
     original = create_model(args.arch, data.num_classes).eval()
     cached = OriginalOutputs(original, data, device)
     live = copy.copy(cached)

@@ -26,7 +26,8 @@ def resolve_round_to(config: RunConfig) -> dict:
 
 
 def latency_threads(config: RunConfig) -> int:
-    return config.prune.latency_threads or len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return config.prune.latency_threads or cores or 1
 
 
 def _cost(config: RunConfig, example: torch.Tensor):
