@@ -4,6 +4,11 @@ Each Conv2d / Linear shape (channels, kernel, stride, padding, groups, input siz
 one-layer ONNX model (Conv + ReLU: the runtime fuses the activation, as in the real network) on the runtime
 the user deploys to, and stored in a JSON file named by that runtime (ONNX Runtime version, provider, threads,
 CPU model and SIMD flags), so later pruning runs on the same machine reuse it.
+
+On a shared machine the load changes from minute to minute, so absolute timings taken at different times do
+not add up. Each shape is therefore timed in turn with a fixed reference convolution, and stored as the median
+per-run ratio times the reference's time when the table was started: entries stay comparable with each other
+whatever the load was when each was taken.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from torch import nn
 from ..fsutil import read_json, write_json
 from .timing import TimedSession, summarize
 
+METHOD = "ratio-to-reference/1"
+REFERENCE_KEY = "conv:64x64:k3x3:s1x1:p1x1:d1x1:g1:28x28:b1"
 DEFAULT_CACHE = Path(os.environ.get("PWDEPLOY_CACHE", Path.home() / ".cache" / "pwdeploy")) / "latency"
 
 
@@ -98,9 +105,13 @@ class LatencyLUT:
         name = hashlib.sha256(self.key.encode()).hexdigest()[:16]
         self.path = Path(cache_dir or DEFAULT_CACHE) / f"{name}.json"
         stored = read_json(self.path) if self.path.is_file() else {}
-        self.table: dict[str, float] = stored.get("layers", {}) if stored.get("runtime") == self.key else {}
+        if stored.get("runtime") != self.key or stored.get("method") != METHOD:
+            stored = {}  # another runtime's or an older format's table
+        self.table: dict[str, float] = stored.get("layers", {})
+        self.reference_ms: float | None = stored.get("reference_ms")
         self.measured = 0  # shapes timed by this object (the rest came from the cache)
         self._dirty = False
+        self._reference = None
 
     def lookup(self, key: str) -> float:
         if key not in self.table:
@@ -109,19 +120,30 @@ class LatencyLUT:
             self._dirty = True
         return self.table[key]
 
-    def _measure(self, key: str) -> float:
+    def _session(self, key: str):
         blob, shape = _layer_onnx(key)
         session = TimedSession(blob, threads=self.threads, provider=self.provider)
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         session.run(x)  # first run allocates and picks kernels
-        times: list[float] = []
-        while len(times) < self.min_runs or sum(times) < self.min_seconds:
-            times.append(session.run(x))
-        return summarize(times)["median_ms"]
+        return lambda: session.run(x)
+
+    def _measure(self, key: str) -> float:
+        if self._reference is None:
+            self._reference = self._session(REFERENCE_KEY)
+        if self.reference_ms is None:
+            self.reference_ms = summarize([self._reference() for _ in range(max(10, self.min_runs))])["median_ms"]
+        run = self._session(key)
+        ratios, spent = [], 0.0
+        while len(ratios) < self.min_runs or spent < self.min_seconds:
+            t, ref = run(), self._reference()
+            ratios.append(t / ref)
+            spent += t
+        return float(np.median(ratios)) * self.reference_ms
 
     def save(self) -> None:
         if self._dirty:
-            write_json(self.path, {"runtime": self.key, "layers": dict(sorted(self.table.items()))})
+            write_json(self.path, {"runtime": self.key, "method": METHOD, "reference": REFERENCE_KEY,
+                                   "reference_ms": self.reference_ms, "layers": dict(sorted(self.table.items()))})
             self._dirty = False
 
 

@@ -2,9 +2,9 @@
 
 The LUT estimate steers the pruning (it is what each step's reduction is measured in); after each round the
 real model is exported and timed against the original, and the next round's target is corrected with an
-affine fit (measured = slope * estimate + overhead) through the original and the latest measurement: the LUT
-sums only convolutions and GEMMs, each with the fixed cost of a one-layer run. Pruning only removes channels,
-so the rounds approach the request from above.
+affine fit (measured = slope * estimate + overhead) through the last two measurements: the LUT sums only
+convolutions and GEMMs, each with the fixed cost of a one-layer run. Pruning only removes channels, so the
+rounds approach the request from above, half-way at a time while far from it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 
 LANDING_TOLERANCE = 0.05  # the measured latency lands within 5% of the request
+NEAR = 0.25  # within 25% of the request, a line fit through the last two rounds takes over
 AIM_ABOVE = 0.02  # aim a little slow: channels cannot be put back, and timing noise is a few percent
 
 
@@ -54,7 +55,7 @@ class LatencyLanding:
 
 
 def prune_to_latency(model, original, input_shape: tuple, request: LatencyRequest, *, cost, prune_round,
-                     measure, max_rounds: int = 5) -> LatencyLanding:
+                     measure, max_rounds: int = 6) -> LatencyLanding:
     """Remove channels from ``model`` until its measured latency lands near the request.
 
     ``prune_round(reduction)`` removes that fraction of ``cost`` (the LUT estimate) from the current model;
@@ -66,12 +67,13 @@ def prune_to_latency(model, original, input_shape: tuple, request: LatencyReques
     points = [(cost(original), first["original_ms"])]
     for _ in range(max_rounds):
         estimate_now, measured_now = cost(model), points[-1][1]
-        if len(points) < 2 or points[0][0] <= estimate_now:
-            # No slope yet: the LUT also counts each layer's fixed per-run cost, so a proportional step
-            # overshoots; go half-way (geometrically) and fit a line through the two measurements after it.
-            wanted_estimate = estimate_now * (aim / measured_now) ** 0.5
+        # Far from the request, go half-way (geometrically): the LUT also counts each layer's fixed per-run
+        # cost, so a proportional step overshoots; near it, a line through the last two measurements.
+        far = measured_now > aim * (1 + NEAR)
+        if len(points) < 2 or points[-2][0] <= estimate_now or far:
+            wanted_estimate = estimate_now * (aim / measured_now) ** (0.5 if far else 1.0)
         else:
-            (e0, m0), (e1, m1) = points[0], points[-1]
+            (e0, m0), (e1, m1) = points[-2], points[-1]
             slope = max((m0 - m1) / (e0 - e1), 1e-9)
             wanted_estimate = (aim - (m1 - slope * e1)) / slope
         reduction = 1.0 - wanted_estimate / estimate_now
