@@ -47,8 +47,8 @@ class ChannelRemover:
         self.allocation = allocation
         self.base_macs, self.base_params = count_macs_params(model, example_inputs)
         # What the target is a reduction of: MACs by default, or e.g. a latency estimate (latency.lut)
-        self.cost = cost or (lambda m: float(count_macs_params(m, self.example_inputs)[0]))
-        self.base_cost = self.cost(model)
+        self.cost = cost
+        self.base_cost = float(self.base_macs) if cost is None else cost(model)
         self._build_graph()
         self.initial_channels = {name: n for name, n in self._channel_counts().items()}
         # per group: the multiple its kept channels stay at, and the fewest it may keep
@@ -79,9 +79,11 @@ class ChannelRemover:
     def macs(self) -> int:
         return count_macs_params(self.model, self.example_inputs)[0]
 
-    def reduction(self, cost: float | None = None) -> float:
+    def reduction(self, macs: int | None = None) -> float:
         """Fraction of the cost (MACs unless a cost function was given) removed so far."""
-        return 1.0 - (self.cost(self.model) if cost is None else cost) / self.base_cost
+        if self.cost is not None:
+            return 1.0 - self.cost(self.model) / self.base_cost
+        return 1.0 - (self.macs if macs is None else macs) / self.base_cost
 
     def plan(self, scores: dict[str, torch.Tensor], num_channels: int) -> dict[str, list[int]]:
         """Pick about ``num_channels`` lowest-scoring channels globally, leaving every group its floor and a
@@ -143,7 +145,8 @@ class ChannelRemover:
             removed = self.apply(plan)
             if removed == 0:
                 break
-            macs, reduction = self.macs, self.reduction()
+            macs = self.macs
+            reduction = self.reduction(macs)
             if reduction <= target + TOLERANCE or snapshot is None:
                 _notify_removed(score_fn, plan)
                 return PruneStep(removed, macs, reduction)
@@ -158,7 +161,8 @@ class ChannelRemover:
         if fallback is not None and fallback[0] - target < target - current:
             removed = self.apply(fallback[1])
             _notify_removed(score_fn, fallback[1])
-            return PruneStep(removed, self.macs, self.reduction())
+            macs = self.macs
+            return PruneStep(removed, macs, self.reduction(macs))
         return None
 
     def _restore(self, snapshot: nn.Module) -> None:
