@@ -253,6 +253,7 @@ def main(argv=None) -> int:
                                   f"({100 * lt['error']:+.1f}%), MAC ratio {lt['mac_ratio']:.2f}, "
                                   f"{len(lt['rounds'])} round(s)")
             results["models"][name] = entry
+            write_json(args.out, results)  # after each model: a long run that is stopped keeps what it finished
     results["seconds"] = time.time() - started
     results["load_average_1min_at_end"] = os.getloadavg()[0]
     write_json(args.out, results)
