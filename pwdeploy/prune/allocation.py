@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ALLOCATIONS = ("global", "latency")
+from ..config import CHOICES
+
+ALLOCATIONS = CHOICES["prune.allocation"]  # one list: the config check and the CLI help read it too
 
 
 def _affected_layers(graph, group) -> list[tuple[nn.Module, str]]:
