@@ -63,7 +63,6 @@ def layer_key(module: nn.Module, in_shape: tuple, batch: int) -> str | None:
 
 def _layer_onnx(key: str) -> tuple[bytes, tuple]:
     """A one-layer ONNX model for ``key`` (random weights) and its input shape."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
