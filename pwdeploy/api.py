@@ -220,8 +220,9 @@ class _Inputs:
 
 
 def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
-    """One candidate: importance + channel removal to the MACs target, retraining, test (and val) metrics."""
-    from .prune import prune_to_flops
+    """One candidate: importance + channel removal to the MACs (or latency) target, retraining, test (and val)
+    metrics."""
+    from .speed import prune_for_deploy
 
     device = inputs.device
     original_outputs = inputs.outputs() if _needs_original(config) else None
@@ -231,9 +232,9 @@ def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
                          loader=config.loader, device=device)
     stream = batch_stream(loader, device, original_outputs)
     t0 = time.time()
-    result = prune_to_flops(pruned, inputs.example, method=config.prune.method,
-                            flops_reduction=config.prune.flops_reduction, batches=stream, loss_fn=importance_loss,
-                            settings=config.prune, num_groups=len(inputs.train_set.group_names))
+    result, speed = prune_for_deploy(config, pruned, inputs.original, inputs.example,
+                                     tuple(inputs.example.shape[1:]), batches=stream, loss_fn=importance_loss,
+                                     num_groups=len(inputs.train_set.group_names))
     prune_seconds = time.time() - t0
     stream.close()  # ends the pruning loader's worker processes before retraining starts its own
     distributed.check_same(distributed.shapes(pruned), "the pruned architecture")
@@ -248,7 +249,7 @@ def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
                   seed=config.seed, description=f"retraining ({config.loss})", precision=inputs.precision,
                   loader=config.loader, on_epoch_end=checkpoint)
     retrain_seconds = time.time() - t0
-    out = {"model": pruned, "result": result, "history": history, "before": before,
+    out = {"model": pruned, "result": result, "speed": speed, "history": history, "before": before,
            "timings_s": {"prune": prune_seconds, "retrain": retrain_seconds},
            "losses": {"importance": importance_loss.record(), "retraining": retrain_loss.record()},
            "checkpoint_selection": checkpoint.restore(pruned) if checkpoint is not None else None}
@@ -287,6 +288,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
                    pw_min_weight: float | None = None, quiet: bool = False) -> Path:
     """Prune ``model_path`` to the configured MACs reduction, retrain, export, report. Returns the run dir."""
     from exporters.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_parity
+    from .speed import measured_latency
 
     started = time.time()
     config = make_config(overrides, config_file, pw_gamma=pw_gamma, pw_min_weight=pw_min_weight)
@@ -331,7 +333,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
             config.recipes = recipes  # config.json records the comparison, and the chosen recipe's settings
         else:
             outcome = _prune_and_retrain(config, inputs)
-        pruned, result, history = outcome["model"], outcome["result"], outcome["history"]
+        pruned, result, history, speed = outcome["model"], outcome["result"], outcome["history"], outcome["speed"]
         metrics["pruned-before-retraining"] = outcome["before"]
         metrics["pruned"] = outcome["pruned"]
         prune_seconds, retrain_seconds = outcome["timings_s"]["prune"], outcome["timings_s"]["retrain"]
@@ -347,6 +349,8 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
         export_onnx(pruned, tmp / rundir.MODEL_ONNX, input_shape)
         export_onnx(original, tmp / rundir.ORIGINAL_ONNX, input_shape)
         parity = onnx_parity(pruned, tmp / rundir.MODEL_ONNX, input_shape)
+        speed["latency"] = measured_latency(config, tmp / rundir.ORIGINAL_ONNX, tmp / rundir.MODEL_ONNX,
+                                            input_shape)
 
         config_dict = {"schema": rundir.CONFIG_SCHEMA, **config.to_dict(), "versions": versions(),
                        "class_names": train_set.class_names, "group_names": train_set.group_names,
@@ -368,6 +372,8 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
             "flops_reduction": result.reduction,
             "macs": {"original": result.macs_before, "pruned": result.macs_after},
             "params": {"original": result.params_before, "pruned": result.params_after},
+            "latency_ms": speed["latency"]["batch_1"],
+            "speed": speed,
             "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_shape": list(input_shape),
             "num_classes": config.model.num_classes, "class_names": train_set.class_names,
             "group_names": train_set.group_names, "preprocessing": train_set.preprocessing.to_dict(),
