@@ -20,6 +20,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/speedup.py
+	$(PY) benchmarks/pw_overhead.py
 	$(PY) benchmarks/fairness.py --quick
 	$(PY) benchmarks/calibration_study.py --quick
 	$(PY) benchmarks/scale.py

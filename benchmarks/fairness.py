@@ -105,6 +105,10 @@ ABLATIONS = [
     ("group balanced", "extension, gamma 1, w_min 0.1", ("pw+gb",), _pw(gamma=1.0, min_weight=0.1), ALL_METHODS),
     ("group balance strength", "0.5", ("pw+gb",), {"group_balance_strength": 0.5}, ALL_METHODS),
     ("group balance strength", "0.25", ("pw+gb",), {"group_balance_strength": 0.25}, ALL_METHODS),
+    # issue 15: the channel allocation before rounding (the old default) and the latency-weighted one, against
+    # the default cells (rounded to the target's multiple, global ranking) at the same MACs
+    ("channel allocation", "old: --round-to 1", ("ce", "pw"), {"prune": {"round_to": 1}}, ALL_METHODS),
+    ("channel allocation", "--allocation latency", ("ce", "pw"), {"prune": {"allocation": "latency"}}, ALL_METHODS),
 ]
 
 # Config keys added after cells were cached, with their defaults (see cell_ident).

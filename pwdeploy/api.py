@@ -225,8 +225,9 @@ class _Inputs:
 
 
 def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
-    """One candidate: importance + channel removal to the MACs target, retraining, test (and val) metrics."""
-    from .prune import prune_to_flops
+    """One candidate: importance + channel removal to the MACs (or latency) target, retraining, test (and val)
+    metrics."""
+    from .speed import prune_for_deploy
 
     device = inputs.device
     original_outputs = inputs.outputs() if _needs_original(config) else None
@@ -236,9 +237,9 @@ def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
                          loader=config.loader, device=device)
     stream = batch_stream(loader, device, original_outputs)
     t0 = time.time()
-    result = prune_to_flops(pruned, inputs.example, method=config.prune.method,
-                            flops_reduction=config.prune.flops_reduction, batches=stream, loss_fn=importance_loss,
-                            settings=config.prune, num_groups=len(inputs.train_set.group_names))
+    result, speed = prune_for_deploy(config, pruned, inputs.original, inputs.example,
+                                     tuple(inputs.example.shape[1:]), batches=stream, loss_fn=importance_loss,
+                                     num_groups=len(inputs.train_set.group_names))
     prune_seconds = time.time() - t0
     stream.close()  # ends the pruning loader's worker processes before retraining starts its own
     distributed.check_same(distributed.shapes(pruned), "the pruned architecture")
@@ -253,7 +254,7 @@ def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
                   seed=config.seed, description=f"retraining ({config.loss})", precision=inputs.precision,
                   loader=config.loader, on_epoch_end=checkpoint)
     retrain_seconds = time.time() - t0
-    out = {"model": pruned, "result": result, "history": history, "before": before,
+    out = {"model": pruned, "result": result, "speed": speed, "history": history, "before": before,
            "timings_s": {"prune": prune_seconds, "retrain": retrain_seconds},
            "losses": {"importance": importance_loss.record(), "retraining": retrain_loss.record()},
            "checkpoint_selection": checkpoint.restore(pruned) if checkpoint is not None else None}
@@ -304,6 +305,7 @@ class CompressResult:
     timings_s: dict
     device: torch.device
     losses: dict  # the registered losses used, by name and settings
+    speed: dict  # pwdeploy.speed: channel rounding, latency target and the measured latency
     checkpoint_selection: dict | None = None  # --select worst-group
     metrics_validation: dict | None = None  # with a validation split (--select, --recipes)
     recipes: dict | None = None  # --recipes: every candidate, the chosen one and why
@@ -340,7 +342,7 @@ def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDat
                                                    loader=config.loader), "pruned": outcome["validation"]}
     return CompressResult(config, original, outcome["model"], train_set, test_set, logits, metrics,
                           outcome["result"], outcome["history"], outcome["timings_s"], device, outcome["losses"],
-                          outcome["checkpoint_selection"], metrics_validation, selection)
+                          outcome["speed"], outcome["checkpoint_selection"], metrics_validation, selection)
 
 
 def compress_model(model_path: str | Path, overrides: dict, out: str | Path, config_file=None, *,
@@ -391,6 +393,7 @@ def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict,
     """Save ``result`` into the (temporary) run directory: checkpoints, ONNX, the precision target, config.json
     and report.json (each written once), then the completion marker. Returns the report."""
     from exporters.onnx_export import export_onnx, onnx_parity
+    from .speed import measured_latency
 
     config, shape = result.config, result.input_shape
     meta = {"data": data_spec(config).to_dict(), "class_names": result.train_set.class_names,
@@ -400,6 +403,8 @@ def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict,
                         meta=meta)
     export_onnx(result.pruned, run.file(rundir.MODEL_ONNX), shape)
     export_onnx(result.original, run.file(rundir.ORIGINAL_ONNX), shape)
+    result.speed["latency"] = measured_latency(config, run.file(rundir.ORIGINAL_ONNX), run.file(rundir.MODEL_ONNX),
+                                               shape)
     config_record = {**config.to_dict(), "versions": versions(), "input_shape": list(shape),
                      "model_source": model_source, "distributed": distributed.describe()}
     run.write_config(config_record)
@@ -429,6 +434,8 @@ def _report(result: CompressResult, parity: float) -> dict:
         "flops_reduction": prune.reduction,
         "macs": {"original": prune.macs_before, "pruned": prune.macs_after},
         "params": {"original": prune.params_before, "pruned": prune.params_after},
+        "latency_ms": result.speed["latency"]["batch_1"],
+        "speed": result.speed,
         "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
         "class_names": train_set.class_names,
         "group_names": train_set.group_names, "preprocessing": train_set.preprocessing.to_dict(),

@@ -178,6 +178,15 @@ def compress(
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help="INT8: minmax, entropy or percentile."),
     protect_groups: Optional[bool] = typer.Option(None, "--protect-groups", help=ProtectHelp),
     max_float_layers: Optional[int] = typer.Option(None, "--max-float-layers", help=MaxFloatHelp),
+    round_to: Optional[int] = typer.Option(None, "--round-to", help="Kept channels a multiple of N in every pruned "
+                                           "group (default per --target: 16 ONNX/INT8, 8 TensorRT fp16; 1: off)."),
+    allocation: Optional[str] = typer.Option(None, "--allocation", help="global (importance ranking) or latency "
+                                             "(ranking weighted by each layer's measured latency saving)."),
+    latency_reduction: Optional[float] = typer.Option(None, "--latency-reduction", help="Prune until the measured "
+                                                      "latency (ONNX Runtime CPU) falls by this fraction."),
+    target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms",
+                                                      help="Prune until the measured latency is this many ms."),
+    latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help="Batch size the latency is for (1)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture of a state-dict MODEL."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Class count of a state-dict MODEL."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow MODEL to be a pickled nn.Module."),
@@ -200,6 +209,9 @@ def compress(
     _put(overrides, "model", "num_classes", num_classes)
     _put(overrides, "prune", "method", method)
     _put(overrides, "prune", "flops_reduction", flops_reduction)
+    for key, value in (("round_to", round_to), ("allocation", allocation), ("latency_batch", latency_batch),
+                       ("latency_reduction", latency_reduction), ("target_latency_ms", target_latency_ms)):
+        _put(overrides, "prune", key, value)
     _put(overrides, "retrain", "epochs", epochs)
     _put(overrides, "retrain", "lr", lr)
     for key, value in (("temperature", kd_temperature), ("alpha", kd_alpha), ("pw_weights", kd_pw_weights)):

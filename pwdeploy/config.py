@@ -83,6 +83,16 @@ class PruneSettings:
     autobot_flops_weight: float = 4.0
     # never remove more than this fraction of a layer's channels
     max_layer_reduction: float = 0.95
+    # kept channels are multiples of this in every pruned group; None: the deployment target's default
+    # (pwdeploy.prune.alignment.DEFAULT_ROUND_TO), 1: no rounding
+    round_to: int | None = None
+    # how removals are spread over layers: global importance ranking, or weighted by LUT latency saving
+    allocation: str = "global"
+    # latency target on the deploy runtime (ONNX Runtime here); either replaces flops_reduction
+    latency_reduction: float | None = None
+    target_latency_ms: float | None = None
+    latency_batch: int = 1
+    latency_threads: int | None = None
 
 
 @dataclass
@@ -132,6 +142,7 @@ class RunConfig:
 CHOICES = {
     "pseudo_groups": ("none", "error-set"),
     "select": ("last", "worst-group"),
+    "prune.allocation": ("global", "latency"),
     "pw_applies_to": ("both", "importance", "retraining"),
     "retrain.optimizer": ("adamw", "sgd"),
     "retrain.schedule": ("cosine", "constant"),
@@ -243,12 +254,12 @@ def build_config(overrides: dict | None = None, *, config_file: str | Path | Non
                           f"not {config.target}")
     if not 0.0 <= config.prune.flops_reduction < 1.0:
         raise ConfigError(f"--flops-reduction must be in [0, 1), got {config.prune.flops_reduction}")
+    _check_speed(config.prune)
     from .validate import check_config, check_data_options
 
     check_config(config)
     check_data_options(config.data.options)
     return config
-
 
 
 def _check_registered(config: RunConfig) -> None:
@@ -257,3 +268,8 @@ def _check_registered(config: RunConfig) -> None:
 
     LOSSES.get(config.loss)
     IMPORTANCES.get(config.prune.method)
+
+
+def _check_speed(prune: PruneSettings) -> None:
+    if prune.latency_reduction is not None and prune.target_latency_ms is not None:
+        raise ConfigError("give --latency-reduction or --target-latency-ms, not both")

@@ -40,11 +40,15 @@ class PruneResult:
 
 def prune_to_flops(model: nn.Module, example_inputs: torch.Tensor, *, method: str, flops_reduction: float,
                    batches: Iterator | None = None, loss_fn=None, settings: PruneSettings | None = None,
-                   num_groups: int = 2) -> PruneResult:
+                   num_groups: int = 2, cost=None, allocation=None, strict_rounding: bool = True) -> PruneResult:
     """Physically remove channels from ``model`` (in place) until ``flops_reduction`` of its MACs are gone.
 
     ``batches`` yields (x, y, group, original_logits) on the model's device; needed by every data-driven
     criterion. ``num_groups``: how many group ids the batches carry (group-aware criteria).
+    ``cost``: what ``flops_reduction`` is a fraction of (model -> float); MACs by default, a latency estimate
+    for a latency target (pwdeploy.latency). ``allocation``: reweights scores before the global ranking
+    (pwdeploy.prune.allocation). ``strict_rounding``: every pruned group keeps a multiple of
+    ``settings.round_to``; else narrow groups use smaller multiples (pwdeploy.prune.alignment.group_multiple).
     """
     settings = settings or PruneSettings(method=method, flops_reduction=flops_reduction)
     if method not in IMPORTANCES.names():
@@ -52,7 +56,9 @@ def prune_to_flops(model: nn.Module, example_inputs: torch.Tensor, *, method: st
     criterion = IMPORTANCES.get(method)(settings, num_groups=num_groups)
     if criterion.needs_data and (batches is None or loss_fn is None):
         raise ValueError(f"{method} pruning needs training batches and a loss")
-    remover = ChannelRemover(model, example_inputs, max_layer_reduction=settings.max_layer_reduction)
+    remover = ChannelRemover(model, example_inputs, max_layer_reduction=settings.max_layer_reduction,
+                             round_to=settings.round_to or 1, strict_rounding=strict_rounding, cost=cost,
+                             allocation=allocation)
     result = PruneResult(remover.base_macs, remover.base_macs, remover.base_params, remover.base_params,
                          importance={"name": method, "settings": criterion.settings()})
     if flops_reduction <= 0:

@@ -17,6 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..models import classifier_layers
+from .alignment import aligned_floor, group_multiple, round_removals
 from .flops import count_macs_params
 
 # Score function: (group, root module name) -> 1-D tensor of per-channel importance (higher = keep).
@@ -35,13 +36,26 @@ class PruneStep:
 class ChannelRemover:
     """Holds the model and its DependencyGraph; removes channels chosen by a score function."""
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, max_layer_reduction: float = 0.95):
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, max_layer_reduction: float = 0.95,
+                 round_to: int = 1, strict_rounding: bool = True, cost: Callable[[nn.Module], float] | None = None,
+                 allocation=None):
         self.model = model
         self.example_inputs = example_inputs
         self.max_layer_reduction = max_layer_reduction
+        self.round_to = max(1, int(round_to))
+        # (remover, scores) -> scores used for the global ranking (prune.allocation); None: raw scores
+        self.allocation = allocation
         self.base_macs, self.base_params = count_macs_params(model, example_inputs)
+        # What the target is a reduction of: MACs by default, or e.g. a latency estimate (latency.lut)
+        self.cost = cost
+        self.base_cost = float(self.base_macs) if cost is None else cost(model)
         self._build_graph()
         self.initial_channels = {name: n for name, n in self._channel_counts().items()}
+        # per group: the multiple its kept channels stay at, and the fewest it may keep
+        self.multiples = {name: group_multiple(n, self.round_to, strict_rounding)
+                          for name, n in self.initial_channels.items()}
+        self.floors = {name: aligned_floor(n, max_layer_reduction, self.multiples[name])
+                       for name, n in self.initial_channels.items()}
 
     def _build_graph(self) -> None:
         self.ignored = classifier_layers(self.model)
@@ -66,23 +80,27 @@ class ChannelRemover:
         return count_macs_params(self.model, self.example_inputs)[0]
 
     def reduction(self, macs: int | None = None) -> float:
-        return 1.0 - (self.macs if macs is None else macs) / self.base_macs
+        """Fraction of the cost (MACs unless a cost function was given) removed so far."""
+        if self.cost is not None:
+            return 1.0 - self.cost(self.model) / self.base_cost
+        return 1.0 - (self.macs if macs is None else macs) / self.base_cost
 
     def plan(self, scores: dict[str, torch.Tensor], num_channels: int) -> dict[str, list[int]]:
-        """Pick the ``num_channels`` lowest-scoring channels globally, leaving every group enough channels."""
+        """Pick about ``num_channels`` lowest-scoring channels globally, leaving every group its floor and a
+        multiple of ``round_to`` channels; within a group the lowest-scoring channels go."""
         candidates = []
         for name, score in scores.items():
-            keep_min = max(1, int(round(self.initial_channels.get(name, len(score)) * (1 - self.max_layer_reduction))))
-            removable = len(score) - keep_min
+            removable = len(score) - self.floors[name]
             if removable <= 0:
                 continue
-            order = torch.argsort(score)[:removable]
-            candidates += [(float(score[i]), name, int(i)) for i in order]
-        candidates.sort()
-        plan: dict[str, list[int]] = {}
-        for _, name, idx in candidates[:num_channels]:
-            plan.setdefault(name, []).append(idx)
-        return plan
+            candidates += [(float(s), name) for s in torch.sort(score).values[:removable]]
+        candidates.sort(key=lambda c: c[0])
+        wanted: dict[str, int] = {}
+        for _, name in candidates[:num_channels]:
+            wanted[name] = wanted.get(name, 0) + 1
+        current = {name: len(scores[name]) for name in wanted}
+        counts = round_removals(wanted, current, self.floors, self.multiples)
+        return {name: sorted(int(i) for i in torch.argsort(scores[name])[:k]) for name, k in counts.items()}
 
     def apply(self, plan: dict[str, list[int]]) -> int:
         removed = 0
@@ -110,6 +128,8 @@ class ChannelRemover:
         if gap <= 0:
             return None
         scores = {name: score_fn(group, name).detach().float().cpu() for name, group in self.groups()}
+        if self.allocation is not None:
+            scores = self.allocation(self, scores)
         # Removing a fraction f of all channels removes about 2f of the MACs (in and out sides).
         remaining = self.total_channels()
         num = max(1, int(remaining * gap / (2 * (1 - current))))

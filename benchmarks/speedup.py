@@ -1,0 +1,318 @@
+"""Do removed MACs become time saved? Realized speed-up / MAC ratio on ONNX Runtime CPU, measured in one run.
+
+    python benchmarks/speedup.py            # resnet18 @218x178, resnet50 and mobilenet_v2 @224
+    python benchmarks/speedup.py --quick    # resnet18 only, fewer timing rounds
+
+Per model (random weights: only speed means anything here), every variant removes ~75% of the MACs:
+- ``old``: pwdeploy's global magnitude ranking, no rounding (``--round-to 1``: the behaviour before issue 15);
+- ``round16``: the same with channels rounded to the target's default multiple (16: ONNX Runtime's NCHWc block);
+- ``round16+lat`` (resnet18): rounded, with the latency-weighted allocation (``--allocation latency``, LUT at
+  batch 8);
+- ``tp-uniform`` / ``tp-uniform16``: Torch-Pruning's MagnitudePruner, one uniform ratio bisected to the same
+  MACs as ``round16``, without and with ``round_to=16``;
+- resnet18 only, ``latency-target``: ``--latency-reduction 0.7`` at batch 8 (rounded, latency allocation).
+fp32 and INT8 (Q/DQ, random calibration images), batch 1 and 8; all sides of one table are timed in turn in one
+process (medians of per-round speed-ups, with the 25-75% spread: the 2 cores are shared). A per-op ONNX Runtime
+profile of the original vs the old and rounded resnet18 (batch 8) shows where the time goes.
+Results: tables on the terminal and benchmarks/results/speedup.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PWDEPLOY_NO_PROGRESS", "1")
+
+RESULTS = ROOT / "benchmarks" / "results" / "speedup.json"
+MODELS = {"resnet18": ("torchvision:resnet18", (3, 218, 178), 1),  # CelebA-size input, one logit
+          "resnet50": ("torchvision:resnet50", (3, 224, 224), 1000),
+          "mobilenet_v2": ("torchvision:mobilenet_v2", (3, 224, 224), 1000)}
+REDUCTION = 0.75
+LATENCY_REDUCTION = 0.7  # the latency target asked of resnet18 at batch 8 (a 3.3x speed-up)
+
+
+def pwdeploy_variant(model, shape, *, round_to: int, allocation: str, threads: int):
+    import torch
+
+    from pwdeploy.config import PruneSettings
+    from pwdeploy.latency import LatencyCost, LatencyLUT
+    from pwdeploy.prune import prune_to_flops
+    from pwdeploy.prune.allocation import LatencyAllocation
+
+    example = torch.randn(1, *shape)
+    alloc = LatencyAllocation(LatencyCost(LatencyLUT(threads=threads), example, batch=8)) \
+        if allocation == "latency" else None
+    prune_to_flops(model, example, method="magnitude", flops_reduction=REDUCTION, allocation=alloc,
+                   settings=PruneSettings(method="magnitude", round_to=round_to))
+    return model
+
+
+def tp_uniform(original, shape, macs_goal: int, round_to: int | None):
+    """Torch-Pruning's MagnitudePruner with one uniform ratio, bisected until its MACs match ``macs_goal``."""
+    import torch
+    import torch_pruning as tp
+
+    from pwdeploy.models import classifier_layers
+    from pwdeploy.prune.flops import count_macs_params
+
+    example = torch.randn(1, *shape)
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(7):
+        ratio = (lo + hi) / 2
+        model = copy.deepcopy(original)
+        tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                  pruning_ratio=ratio, ignored_layers=classifier_layers(model),
+                                  round_to=round_to).step()
+        macs = count_macs_params(model, example)[0]
+        if best is None or abs(macs - macs_goal) < abs(best[1] - macs_goal):
+            best = (model, macs, ratio)
+        lo, hi = (ratio, hi) if macs > macs_goal else (lo, ratio)
+    return best[0], best[2]
+
+
+def build(name: str, folder: Path, *, threads: int, with_target: bool, calib: int) -> dict:
+    import torch
+
+    from exporters.onnx_export import export_onnx
+    from pwdeploy.models import create_model
+    from pwdeploy.prune.flops import count_macs_params
+
+    arch, shape, classes = MODELS[name]
+    torch.manual_seed(0)
+    original = create_model(arch, classes).eval()
+    example = torch.randn(1, *shape)
+    variants, info = {"original": original}, {}
+    t0 = time.time()
+    variants["old"] = pwdeploy_variant(copy.deepcopy(original), shape, round_to=1, allocation="global",
+                                       threads=threads)
+    variants["round16"] = pwdeploy_variant(copy.deepcopy(original), shape, round_to=16, allocation="global",
+                                           threads=threads)
+    if with_target:  # resnet18 only: the LUT for a deep net's every pruned shape takes long on 2 shared cores
+        variants["round16+lat"] = pwdeploy_variant(copy.deepcopy(original), shape, round_to=16,
+                                                   allocation="latency", threads=threads)
+    goal = count_macs_params(variants["round16"], example)[0]
+    variants["tp-uniform"], info["tp_uniform_ratio"] = tp_uniform(original, shape, goal, None)
+    variants["tp-uniform16"], info["tp_uniform16_ratio"] = tp_uniform(original, shape, goal, 16)
+    if with_target:
+        variants["latency-target"], info["latency_target"] = latency_target(original, shape, threads, variants)
+    info["prune_seconds"] = time.time() - t0
+    base_macs = count_macs_params(original, example)[0]
+    paths = {}
+    for label, model in variants.items():
+        paths[label] = export_onnx(model.eval(), folder / f"{label}.onnx", shape)
+        macs = count_macs_params(model, example)[0]
+        info.setdefault("macs", {})[label] = macs
+        info.setdefault("mac_ratio", {})[label] = base_macs / macs
+    info["int8"] = quantize_all(paths, folder, shape, calib)
+    info["paths"] = paths
+    info["shape"] = shape
+    return info
+
+
+def latency_target(original, shape, threads: int, variants: dict):
+    """--latency-reduction LATENCY_REDUCTION at batch 8, rounded to 16, latency-weighted allocation."""
+    import torch
+
+    from pwdeploy.config import PruneSettings
+    from pwdeploy.latency import LatencyCost, LatencyLUT
+    from pwdeploy.latency.measure import measure_pair
+    from pwdeploy.latency.target import LatencyRequest, prune_to_latency
+    from pwdeploy.prune import prune_to_flops
+    from pwdeploy.prune.allocation import LatencyAllocation
+    from pwdeploy.prune.flops import count_macs_params
+
+    example = torch.randn(1, *shape)
+    cost = LatencyCost(LatencyLUT(threads=threads), example, batch=8)
+    model = copy.deepcopy(original)
+    settings = PruneSettings(method="magnitude", round_to=16)
+    request = LatencyRequest(reduction=LATENCY_REDUCTION, batch=8)
+    landing = prune_to_latency(
+        model, original, shape, request, cost=cost,
+        prune_round=lambda r: prune_to_flops(model, example, method="magnitude", flops_reduction=r, cost=cost,
+                                             allocation=LatencyAllocation(cost), settings=settings),
+        measure=lambda a, b: measure_pair(a, b, shape, batch=8, threads=threads, rounds=15))
+    out = landing.to_dict()
+    out["mac_ratio"] = count_macs_params(original, example)[0] / count_macs_params(model, example)[0]
+    return model, out
+
+
+def quantize_all(paths: dict, folder: Path, shape, calib: int) -> dict:
+    from calibration.quantize import IndexedCalibrationReader, quantize_int8
+
+    images = np.random.default_rng(0).standard_normal((calib, *shape)).astype(np.float32)
+    out = {}
+    for label, path in paths.items():
+        reader = IndexedCalibrationReader(lambda i: images[i], np.arange(calib), "input", batch_size=calib)
+        out[label] = folder / f"{label}.int8.onnx"
+        quantize_int8(path, out[label], reader, method="minmax")
+    return out
+
+
+def time_table(paths: dict, shape, batch: int, threads: int, rounds: int) -> dict:
+    from pwdeploy.latency import TimedSession, time_alternating
+
+    sessions = {label: TimedSession(p, threads=threads) for label, p in paths.items()}
+    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    return time_alternating(sessions, x, rounds=rounds)
+
+
+def profile(info: dict, threads: int) -> dict:
+    """Per-op-type kernel time of the original and pruned resnet18s at batch 8 (ONNX Runtime profiler)."""
+    from pwdeploy.latency.timing import by_op, profile_ops
+
+    x = np.random.default_rng(0).standard_normal((8, *info["shape"])).astype(np.float32)
+    out = {}
+    for label in ("original", "old", "round16", "round16+lat", "latency-target"):
+        nodes = profile_ops(info["paths"][label], x, threads=threads, runs=5)
+        top = sorted(nodes.items(), key=lambda kv: -kv[1]["us"])[:8]
+        out[label] = {"total_ms": sum(n["us"] for n in nodes.values()) / 1000,
+                      "by_op_ms": {op: us / 1000 for op, us in by_op(nodes).items()},
+                      "top_nodes": [{"node": k, "op": v["op"], "ms": v["us"] / 1000} for k, v in top]}
+    return out
+
+
+def render(name: str, info: dict, timings: dict, console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"{name} {info['shape'][1]}x{info['shape'][2]}: realized speed-up / MAC ratio "
+                        "(ONNX Runtime CPU, medians, [25-75%])", box=box.SIMPLE_HEAD)
+    table.add_column("variant")
+    table.add_column("MAC ratio", justify="right")
+    for key in timings:
+        table.add_column(key, justify="right")
+    for label, ratio in info["mac_ratio"].items():
+        if label == "original":
+            continue
+        cells = []
+        for t in timings.values():
+            m = t[label]
+            cells.append(f"{m['speedup_median']:.2f}x = {m['speedup_median'] / ratio:.2f} "
+                         f"[{m['speedup_p25'] / ratio:.2f}-{m['speedup_p75'] / ratio:.2f}]")
+        table.add_row(label, f"{ratio:.2f}", *cells)
+    console.print(table)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="resnet18 only, fewer rounds")
+    parser.add_argument("--models", default=None, help="comma-separated subset of " + ",".join(MODELS))
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds per table (default 15, quick 7)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--latency-target-only", action="store_true",
+                        help="only resnet18's latency target at batch 8 (results/speedup_latency_target.json)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.latency_target_only:
+        return target_only(args)
+    args.out = args.out or RESULTS
+    import onnxruntime as ort
+    import torch
+
+    from pwdeploy.fsutil import write_json
+    from pwdeploy.latency import runtime_key
+    from pwdeploy.progress import console
+
+    torch.set_num_threads(args.threads)
+    names = args.models.split(",") if args.models else (["resnet18"] if args.quick else list(MODELS))
+    rounds = args.rounds or (7 if args.quick else 15)
+    started = time.time()
+    results = {"runtime": runtime_key("cpu", args.threads), "onnxruntime": ort.__version__,
+               "load_average_1min_at_start": os.getloadavg()[0], "rounds": rounds, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="pwdeploy-speedup-") as tmp:
+        for name in names:
+            folder = Path(tmp) / name
+            folder.mkdir()
+            console.print(f"pruning {name} five ways (+ INT8) ...")
+            info = build(name, folder, threads=args.threads, with_target=name == "resnet18",
+                         calib=4 if args.quick else 8)
+            timings = {}
+            for precision, paths in (("fp32", info["paths"]), ("int8", info["int8"])):
+                for batch in (1, 8):
+                    timings[f"{precision} b{batch}"] = time_table(paths, info["shape"], batch, args.threads, rounds)
+            render(name, info, timings, console)
+            entry = {k: v for k, v in info.items() if k not in ("paths", "int8")}
+            entry["timings"] = timings
+            if name == "resnet18":
+                entry["profile_b8_fp32"] = profile(info, args.threads)
+                show_profile(entry["profile_b8_fp32"], console)
+                if "latency_target" in info:
+                    lt = info["latency_target"]
+                    console.print(f"latency target (batch 8, -{100 * LATENCY_REDUCTION:.0f}%): requested "
+                                  f"{lt['requested_ms']:.1f} ms, measured {lt['measured_ms']:.1f} ms "
+                                  f"({100 * lt['error']:+.1f}%), MAC ratio {lt['mac_ratio']:.2f}, "
+                                  f"{len(lt['rounds'])} round(s)")
+            results["models"][name] = entry
+            write_json(args.out, results)  # after each model: a long run that is stopped keeps what it finished
+    results["seconds"] = time.time() - started
+    results["load_average_1min_at_end"] = os.getloadavg()[0]
+    write_json(args.out, results)
+    console.print(f"wrote {args.out} in {results['seconds']:.0f} s")
+    return 0
+
+
+def target_only(args) -> int:
+    """resnet18 218x178 pruned to the latency target at batch 8, then timed against the original."""
+    import torch
+
+    from exporters.onnx_export import export_onnx
+    from pwdeploy.fsutil import write_json
+    from pwdeploy.latency import runtime_key
+    from pwdeploy.models import create_model
+    from pwdeploy.progress import console
+
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    arch, shape, classes = MODELS["resnet18"]
+    torch.manual_seed(0)
+    original = create_model(arch, classes).eval()
+    model, landing = latency_target(original, shape, args.threads, {})
+    with tempfile.TemporaryDirectory(prefix="pwdeploy-speedup-") as tmp:
+        paths = {label: export_onnx(m.eval(), Path(tmp) / f"{label}.onnx", shape)
+                 for label, m in (("original", original), ("latency-target", model))}
+        timed = time_table(paths, shape, 8, args.threads, args.rounds or 15)
+    check = timed["latency-target"]
+    landing["check_b8"] = check
+    landing["check_error"] = (1 - 1 / check["speedup_median"]) / LATENCY_REDUCTION - 1
+    result = {"runtime": runtime_key("cpu", args.threads), "requested_latency_reduction": LATENCY_REDUCTION,
+              "landing": landing, "seconds": time.time() - started, "load_average_1min": os.getloadavg()[0]}
+    out = args.out or RESULTS.with_name("speedup_latency_target.json")
+    write_json(out, result)
+    console.print(f"latency target at batch 8: asked -{100 * LATENCY_REDUCTION:.0f}% "
+                  f"({1 / (1 - LATENCY_REDUCTION):.2f}x); landing loop measured {landing['measured_ms']:.1f} ms vs "
+                  f"{landing['requested_ms']:.1f} ms requested ({100 * landing['error']:+.1f}%) in "
+                  f"{len(landing['rounds'])} round(s); re-timed: {check['speedup_median']:.2f}x "
+                  f"[{check['speedup_p25']:.2f}-{check['speedup_p75']:.2f}] at a MAC ratio of "
+                  f"{landing['mac_ratio']:.2f} = {check['speedup_median'] / landing['mac_ratio']:.2f}; wrote {out}")
+    return 0
+
+
+def show_profile(prof: dict, console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    ops = sorted({op for p in prof.values() for op in p["by_op_ms"]}, key=lambda o: -prof["original"]["by_op_ms"].get(o, 0))
+    table = Table(title="resnet18 batch 8: ONNX Runtime kernel time per op type (ms, profiler)", box=box.SIMPLE_HEAD)
+    table.add_column("op")
+    for label in prof:
+        table.add_column(label, justify="right")
+    for op in ops:
+        table.add_row(op, *[f"{p['by_op_ms'].get(op, 0):.1f}" for p in prof.values()])
+    table.add_row("total", *[f"{p['total_ms']:.1f}" for p in prof.values()])
+    console.print(table)
+    console.print("Conv = NCHWc (blocked) kernels; FusedConv = NCHW im2col+SGEMM fallback that ONNX Runtime uses "
+                  "when a conv's channels are not multiples of its block size; Reorder* convert between the two.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

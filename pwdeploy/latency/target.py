@@ -1,0 +1,91 @@
+"""Prune to a latency target measured on the deploy runtime, landing within a tolerance of the request.
+
+The LUT estimate steers the pruning (it is what each step's reduction is measured in); after each round the
+real model is exported and timed against the original, and the next round's target is corrected with an
+affine fit (measured = slope * estimate + overhead) through the last two measurements: the LUT sums only
+convolutions and GEMMs, each with the fixed cost of a one-layer run. Pruning only removes channels, so the
+rounds approach the request from above, half-way at a time while far from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+LANDING_TOLERANCE = 0.05  # the measured latency lands within 5% of the request
+NEAR = 0.25  # within 25% of the request, a line fit through the last two rounds takes over
+AIM_ABOVE = 0.02  # aim a little slow: channels cannot be put back, and timing noise is a few percent
+
+
+@dataclass
+class LatencyRequest:
+    reduction: float | None = None  # --latency-reduction: fraction of the original's measured latency to remove
+    target_ms: float | None = None  # --target-latency-ms
+    batch: int = 1
+
+    def wanted_ms(self, original_ms: float) -> float:
+        if self.target_ms is not None:
+            if self.target_ms >= original_ms:
+                raise ConfigError(f"--target-latency-ms {self.target_ms:g} is not below the original model's "
+                                  f"measured {original_ms:.2f} ms: ask for less, or use --latency-reduction")
+            return self.target_ms
+        return (1.0 - self.reduction) * original_ms
+
+
+@dataclass
+class LatencyLanding:
+    requested_ms: float
+    original_ms: float
+    rounds: list = field(default_factory=list)  # per round: estimate (LUT ms), measured ms, speed-up
+
+    @property
+    def measured_ms(self) -> float:
+        return self.rounds[-1]["measured_ms"] if self.rounds else self.original_ms
+
+    @property
+    def error(self) -> float:
+        return self.measured_ms / self.requested_ms - 1.0
+
+    def to_dict(self) -> dict:
+        return {"requested_ms": self.requested_ms, "original_ms": self.original_ms,
+                "measured_ms": self.measured_ms, "error": self.error,
+                "landed": abs(self.error) <= LANDING_TOLERANCE, "tolerance": LANDING_TOLERANCE,
+                "rounds": self.rounds}
+
+
+def prune_to_latency(model, original, input_shape: tuple, request: LatencyRequest, *, cost, prune_round,
+                     measure, max_rounds: int = 6) -> LatencyLanding:
+    """Remove channels from ``model`` until its measured latency lands near the request.
+
+    ``prune_round(reduction)`` removes that fraction of ``cost`` (the LUT estimate) from the current model;
+    ``measure(original, model)`` returns measure_pair's dict.
+    """
+    first = measure(original, model)
+    landing = LatencyLanding(request.wanted_ms(first["original_ms"]), first["original_ms"])
+    aim = landing.requested_ms * (1 + AIM_ABOVE)
+    points = [(cost(original), first["original_ms"])]
+    for _ in range(max_rounds):
+        estimate_now, measured_now = cost(model), points[-1][1]
+        # Far from the request, go half-way (geometrically): the LUT also counts each layer's fixed per-run
+        # cost, so a proportional step overshoots; near it, a line through the last two measurements.
+        far = measured_now > aim * (1 + NEAR)
+        if len(points) < 2 or points[-2][0] <= estimate_now or far:
+            wanted_estimate = estimate_now * (aim / measured_now) ** (0.5 if far else 1.0)
+        else:
+            (e0, m0), (e1, m1) = points[-2], points[-1]
+            slope = max((m0 - m1) / (e0 - e1), 1e-9)
+            wanted_estimate = (aim - (m1 - slope * e1)) / slope
+        reduction = 1.0 - wanted_estimate / estimate_now
+        if reduction <= 0.002:
+            break
+        prune_round(min(reduction, 0.98))
+        result = measure(original, model)
+        measured = landing.original_ms / result["speedup"]
+        points.append((cost(model), measured))
+        landing.rounds.append({"target_reduction": reduction, "estimate_ms": points[-1][0],
+                               "measured_ms": measured, "speedup": result["speedup"],
+                               "speedup_p25": result["speedup_p25"], "speedup_p75": result["speedup_p75"]})
+        if measured <= landing.requested_ms * (1 + LANDING_TOLERANCE):
+            break
+    return landing

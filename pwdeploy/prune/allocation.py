@@ -1,0 +1,68 @@
+"""How the channels to remove are spread over the layers.
+
+``global``: one ranking of importance scores across all groups (the old behaviour). It tends to empty cheap
+high-resolution layers first, which on a CPU or GPU are memory-bound: MACs fall, time does not.
+``latency``: each group's scores are divided by the latency one of its channels costs on the deploy runtime
+(from the per-layer-shape LUT, relative to the mean over groups), so channels that are unimportant *and* slow
+go first (the ratio heuristic of latency-aware pruning, e.g. HALP, Shen et al. 2022).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import CHOICES
+
+ALLOCATIONS = CHOICES["prune.allocation"]  # one list: the config check and the CLI help read it too
+
+
+def _affected_layers(graph, group) -> list[tuple[nn.Module, str]]:
+    """(module, 'out' | 'in') for every Conv2d / Linear whose channels this DG group changes."""
+    out, seen = [], set()
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and module not in seen:  # depthwise: in and out, once
+            seen.add(module)
+            out.append((module, "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"))
+    return out
+
+
+class LatencyAllocation:
+    """Reweights a step's scores by each group's LUT latency saving per removed channel."""
+
+    def __init__(self, cost):
+        self.cost = cost  # a pwdeploy.latency.LatencyCost
+
+    def __call__(self, remover, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        savings = self.savings(remover)
+        positive = [s for s in savings.values() if s > 0]
+        if not positive:
+            return scores
+        mean = sum(positive) / len(positive)
+        floor = 0.05 * mean  # a group that saves (almost) nothing is still rankable, just last
+        return {name: score / (max(savings.get(name, 0.0), floor) / mean) for name, score in scores.items()}
+
+    def savings(self, remover) -> dict[str, float]:
+        """ms saved per channel if ``round_to`` channels of each group went (at least one)."""
+        from ..latency.lut import layer_keys, resize_key
+
+        lut = self.cost.lut
+        keys = layer_keys(remover.model, self.cost.example_inputs, self.cost.batch)
+        names = {m: n for n, m in remover.model.named_modules()}
+        step = remover.round_to
+        out = {}
+        for name, group in remover.groups():
+            saved = 0.0
+            for module, side in _affected_layers(remover.graph, group):
+                key = keys.get(names[module])
+                if key is None:
+                    continue
+                channels = int(key.split(":")[1].split("x")[0 if side == "in" else 1])
+                if channels <= step:
+                    continue
+                fewer = resize_key(key, **{"cin" if side == "in" else "cout": channels - step})
+                saved += lut.lookup(key) - lut.lookup(fewer)
+            out[name] = saved / step
+        lut.save()
+        return out

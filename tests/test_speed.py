@@ -1,0 +1,162 @@
+"""Speed (issue 15): channel rounding, the latency LUT and its cache, the latency target, report fields."""
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from pwdeploy import rundir
+from pwdeploy.cli import main
+from pwdeploy.config import PruneSettings
+from pwdeploy.latency.lut import LatencyCost, LatencyLUT, layer_key, resize_key
+from pwdeploy.latency.target import LANDING_TOLERANCE, LatencyRequest, prune_to_latency
+from pwdeploy.models import create_model
+from pwdeploy.prune import prune_to_flops
+from pwdeploy.prune.alignment import group_multiple, round_removals
+from pwdeploy.prune.flops import count_macs_params
+
+
+def _widths(model: nn.Module) -> dict:
+    return {name: (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features)
+            for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def test_round_removals_keeps_multiples_and_about_the_asked_total():
+    current = {"a": 64, "b": 40, "c": 128}  # b is not aligned to 16
+    floors = {"a": 16, "b": 16, "c": 16}
+    out = round_removals({"a": 5, "b": 3, "c": 30}, current, floors, {"a": 16, "b": 16, "c": 16})
+    assert all((current[n] - k) % 16 == 0 for n, k in out.items())
+    assert abs(sum(out.values()) - 38) <= 16
+    # a tiny request still removes one block instead of nothing; never below a floor
+    assert round_removals({"a": 1}, current, floors, {"a": 16, "b": 16, "c": 16}) == {"a": 16}
+    assert round_removals({"a": 60}, current, floors, {"a": 16, "b": 16, "c": 16}) == {"a": 48}
+    # the target's default: narrow groups keep smaller multiples, wide ones the full one; explicit is strict
+    assert (group_multiple(8, 16, False), group_multiple(32, 16, False), group_multiple(64, 16, False)) == (2, 8, 16)
+    assert group_multiple(8, 16, True) == 16
+
+
+@pytest.mark.parametrize("arch", ["torchvision:resnet18", "torchvision:mobilenet_v2", "torchvision:efficientnet_b0"])
+def test_every_pruned_group_is_a_multiple_of_round_to(arch):
+    torch.manual_seed(0)
+    model = create_model(arch, 1).eval()  # a one-logit head
+    before = _widths(model)
+    x = torch.randn(1, 3, 64, 64)
+    result = prune_to_flops(model, x, method="magnitude", flops_reduction=0.5,
+                            settings=PruneSettings(method="magnitude", round_to=8))
+    after = _widths(model)
+    changed = [(name, old, new) for name, (old, new) in
+               ((n, pair) for n in before for pair in zip(before[n], after[n])) if old != new]
+    assert changed, "nothing was pruned"
+    assert all(new % 8 == 0 for _, _, new in changed), [c for c in changed if c[2] % 8]
+    assert list(after.values())[-1][1] == 1  # the one logit stays
+    assert abs(result.reduction - 0.5) <= 0.01
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1)
+
+
+def test_lut_is_measured_once_then_read_from_the_cache(tmp_path):
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    key = layer_key(conv, (1, 8, 12, 12), batch=2)
+    lut = LatencyLUT(tmp_path, threads=1, min_runs=2, min_seconds=0.0)
+    ms = lut.lookup(key)
+    assert ms > 0 and lut.measured == 1
+    assert lut.lookup(key) == ms and lut.measured == 1
+    lut.save()
+    again = LatencyLUT(tmp_path, threads=1)
+    assert again.lookup(key) == ms and again.measured == 0  # from the file, not re-timed
+    assert json.loads(again.path.read_text())["runtime"] == again.key
+    # another runtime (thread count) has its own table; a table written for another runtime is ignored
+    assert LatencyLUT(tmp_path, threads=2).path != again.path
+    stale = json.loads(again.path.read_text())
+    stale["runtime"] = "another machine"
+    again.path.write_text(json.dumps(stale))
+    assert LatencyLUT(tmp_path, threads=1).table == {}
+
+
+def test_latency_cost_keys_every_layer_and_resizes_depthwise(tmp_path):
+    model = create_model("smallcnn", 2)
+    cost = LatencyCost(LatencyLUT(tmp_path, threads=1, min_runs=1, min_seconds=0.0), torch.randn(1, 3, 16, 16))
+    per_layer = cost.per_layer(model)
+    assert set(per_layer) == {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert cost(model) == pytest.approx(sum(per_layer.values()))
+    depthwise = layer_key(nn.Conv2d(32, 32, 3, padding=1, groups=32), (1, 32, 8, 8), 1)
+    assert resize_key(depthwise, cout=16) == depthwise.replace("32x32", "16x16").replace(":g32:", ":g16:")
+
+
+def test_latency_target_lands_within_tolerance_on_a_modelled_runtime():
+    """The control loop against a runtime whose latency is affine in MACs plus a fixed overhead (which the
+    cost does not see): the measured latency must land within 5% of the request."""
+    torch.manual_seed(0)
+    original = create_model("tinyresnet", 2).eval()
+    model = copy.deepcopy(original)
+    x = torch.randn(1, 3, 16, 16)
+
+    def macs(m):
+        return float(count_macs_params(m, x)[0])
+
+    def runtime_ms(m):
+        return 0.2 + macs(m) / 5e6
+
+    def measure(a, b):
+        return {"original_ms": runtime_ms(a), "speedup": runtime_ms(a) / runtime_ms(b), "speedup_p25": 0,
+                "speedup_p75": 0}
+
+    landing = prune_to_latency(
+        model, original, (3, 16, 16), LatencyRequest(reduction=0.5), cost=macs, measure=measure,
+        prune_round=lambda r: prune_to_flops(model, x, method="magnitude", flops_reduction=r, cost=macs,
+                                             settings=PruneSettings(method="magnitude", round_to=1)))
+    assert landing.rounds and abs(landing.error) <= LANDING_TOLERANCE
+    assert runtime_ms(model) == pytest.approx(landing.measured_ms)
+    assert landing.requested_ms == pytest.approx(0.5 * runtime_ms(original))
+
+
+def test_report_records_rounding_and_measured_latency(tiny_run):
+    report = json.loads((tiny_run / rundir.REPORT).read_text())
+    speed = report["speed"]
+    assert speed["round_to"]["value"] == 16 and speed["round_to"]["strict"] is False
+    assert "onnx-fp32" in speed["round_to"]["source"] and speed["allocation"] == "global"
+    assert "onnxruntime" in speed["latency"]["runtime"]
+    assert set(report["latency_ms"]) == {"original", "pruned", "speedup"}
+    assert report["latency_ms"]["original"] > 0 and report["latency_ms"]["pruned"] > 0
+    b1 = speed["latency"]["batches"]["1"]
+    assert b1["speedup_p25"] <= b1["speedup"] <= b1["speedup_p75"]
+    assert json.loads((tiny_run / rundir.CONFIG).read_text())["prune"]["round_to"] is None
+
+
+def test_cli_latency_target_and_strict_rounding(tiny_baseline, tmp_path, monkeypatch):
+    monkeypatch.setenv("PWDEPLOY_CACHE", str(tmp_path / "cache"))
+    import pwdeploy.latency.lut as lut
+
+    monkeypatch.setattr(lut, "DEFAULT_CACHE", tmp_path / "cache" / "latency")
+    out = tmp_path / "run"
+    args = ["compress", str(tiny_baseline), "--out", str(out), "--data", "synthetic", "-D", "size=16", "-D", "n=400",
+            "-D", "minority_fraction=0.2", "--method", "magnitude", "--epochs", "0", "--round-to", "4",
+            "--allocation", "latency", "--latency-reduction", "0.3", "--latency-batch", "4"]
+    assert main(args) == 0
+    report = json.loads((out / rundir.REPORT).read_text())
+    target = report["speed"]["latency_target"]
+    assert target["batch"] == 4 and target["latency_reduction"] == 0.3 and target["rounds"]
+    assert target["requested_ms"] == pytest.approx(0.7 * target["original_ms"])
+    assert (tmp_path / "cache" / "latency").is_dir()
+    assert report["speed"]["round_to"] == {"value": 4, "strict": True, "source": "--round-to"}
+    assert set(report["speed"]["latency"]["batches"]) == {"1", "4"}
+    from pwdeploy.models.checkpoint import load_model
+
+    pruned, _ = load_model(out / rundir.PRUNED_PT)
+    original, _ = load_model(out / rundir.ORIGINAL_PT)
+    for (name, old), new in zip(_widths(original).items(), _widths(pruned).values()):
+        for a, b in zip(old, new):
+            assert a == b or b % 4 == 0, (name, old, new)
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--latency-reduction", "0.5", "--target-latency-ms", "3"], "not both"),
+    (["--latency-reduction", "1.5"], "--latency-reduction"),
+    (["--round-to", "0"], "--round-to"),
+    (["--allocation", "fastest"], "allocation must be one of"),
+])
+def test_bad_speed_flags_are_one_line_exit_2(flags, needle, tiny_baseline, tmp_path, capsys):
+    code = main(["compress", str(tiny_baseline), "--out", str(tmp_path / "x"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) == 1
