@@ -179,10 +179,12 @@ def test_train_and_compress_end_to_end_on_a_csv_dataset(tmp_path, csv_root, caps
     assert cfg["pw"]["default"]["gamma"] == 2.0 and cfg["pw"]["default"]["min_weight"] == 0.6
     assert cfg["retrain"]["batch_size"] == 32 and cfg["retrain"]["epochs"] == 1
     assert cfg["prune"]["method"] == "magnitude" and cfg["prune"]["flops_reduction"] == 0.5
-    assert cfg["preprocessing"]["size"] == [16, 16] and cfg["input_shape"] == [3, 16, 16]
-    assert cfg["group_names"] == ["a", "b"] and cfg["class_names"] == ["cat", "dog"]
+    assert cfg["input_shape"] == [3, 16, 16]
 
     report = json.loads((run / "report.json").read_text())
+    # what the data turned out to be is the report's (one home per fact: pwdeploy.rundir)
+    assert report["preprocessing"]["size"] == [16, 16]
+    assert report["group_names"] == ["a", "b"] and report["class_names"] == ["cat", "dog"]
     test_counts = load(csv_root, "test").group_counts()
     for stage in ("original", "pruned"):
         groups = report["metrics"][stage]["groups"]
