@@ -131,6 +131,28 @@ def train(
     _launch_or_run(nproc, device, lambda: train_baseline(overrides, out=out, config_file=config))
 
 
+_COMPRESS_SECTIONED = (("model", "arch", "arch"), ("model", "num_classes", "num_classes"),
+                      ("prune", "method", "method"), ("prune", "flops_reduction", "flops_reduction"),
+                      ("prune", "round_to", "round_to"), ("prune", "allocation", "allocation"),
+                      ("prune", "latency_batch", "latency_batch"), ("prune", "latency_reduction", "latency_reduction"),
+                      ("prune", "target_latency_ms", "target_latency_ms"), ("retrain", "epochs", "epochs"),
+                      ("retrain", "lr", "lr"), ("kd", "temperature", "kd_temperature"), ("kd", "alpha", "kd_alpha"),
+                      ("kd", "pw_weights", "kd_pw_weights"))
+_COMPRESS_TOP = ("pseudo_groups", "select", "loss", "target", "group_balanced", "group_balance_strength",
+                 "calib_size", "calib_method", "protect_groups", "max_float_layers")
+
+
+def _compress_flags(overrides: dict, flags: dict) -> None:
+    """compress's flags that were given (not None) into ``overrides`` under their config keys."""
+    for section, key, flag in _COMPRESS_SECTIONED:
+        _put(overrides, section, key, flags[flag])
+    if flags["recipes"] is not None:
+        overrides["recipes"] = [r.strip() for r in flags["recipes"].split(",") if r.strip()]
+    for key in _COMPRESS_TOP:
+        if flags[key] is not None:
+            overrides[key] = flags[key]
+
+
 @app.command()
 def compress(
     model: Path = typer.Argument(..., help="model.pt: pwdeploy checkpoint, or state dict with --arch/--num-classes."),
@@ -205,26 +227,7 @@ def compress(
 
     overrides = _data_overrides(data, data_root, data_option, target_attr=target_attr, group_attr=group_attr,
                                 skip_bad_images=skip_bad_images)
-    _put(overrides, "model", "arch", arch)
-    _put(overrides, "model", "num_classes", num_classes)
-    _put(overrides, "prune", "method", method)
-    _put(overrides, "prune", "flops_reduction", flops_reduction)
-    for key, value in (("round_to", round_to), ("allocation", allocation), ("latency_batch", latency_batch),
-                       ("latency_reduction", latency_reduction), ("target_latency_ms", target_latency_ms)):
-        _put(overrides, "prune", key, value)
-    _put(overrides, "retrain", "epochs", epochs)
-    _put(overrides, "retrain", "lr", lr)
-    for key, value in (("temperature", kd_temperature), ("alpha", kd_alpha), ("pw_weights", kd_pw_weights)):
-        _put(overrides, "kd", key, value)
-    if recipes is not None:
-        overrides["recipes"] = [r.strip() for r in recipes.split(",") if r.strip()]
-    for key, value in (("pseudo_groups", pseudo_groups), ("select", select), ("loss", loss), ("target", target),
-                       ("group_balanced", group_balanced),
-                       ("group_balance_strength", group_balance_strength), ("calib_size", calib_size),
-                       ("calib_method", calib_method), ("protect_groups", protect_groups),
-                       ("max_float_layers", max_float_layers)):
-        if value is not None:
-            overrides[key] = value
+    _compress_flags(overrides, locals())
     overrides.update(seed=seed, device=device)
     _scale_overrides(overrides, precision, image_cache, cache_dir, workers)
     _launch_or_run(nproc, device, lambda: compress_model(model, overrides, out=out, config_file=config,
