@@ -24,7 +24,8 @@ def resolve_round_to(config: RunConfig) -> dict:
         return {"value": config.prune.round_to, "strict": True, "source": "--round-to"}
     value, why = default_round_to(config.target)
     return {"value": value, "strict": False, "source": f"default for {config.target}: {why}; groups narrower than "
-            f"{4 * value} channels keep smaller multiples (a quarter of their width, a power of two)"}
+            f"{4 * value} channels keep smaller multiples (a quarter of their width, a power of two), and the "
+            "last steps use single channels where no aligned step lands within 1 point of the target"}
 
 
 def latency_threads(config: RunConfig) -> int:

@@ -170,3 +170,18 @@ def test_bad_speed_flags_are_one_line_exit_2(flags, needle, tiny_baseline, tmp_p
     code = main(["compress", str(tiny_baseline), "--out", str(tmp_path / "x"), *flags])
     err = capsys.readouterr().err.strip()
     assert code == 2 and needle in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("target", [0.5, 0.75, 0.9])
+def test_default_rounding_gives_way_to_the_macs_band(target):
+    """A target's default rounding is best effort: where no aligned step lands within ±1 point, the engine finishes
+    with single channels; an explicit --round-to (strict) never does."""
+    from pwdeploy.config import PruneSettings
+    from pwdeploy.models import create_model
+    from pwdeploy.prune import prune_to_flops
+
+    torch.manual_seed(0)
+    model = create_model("tinyresnet", 2)
+    result = prune_to_flops(model, torch.randn(1, 3, 16, 16), method="magnitude", flops_reduction=target,
+                            settings=PruneSettings(method="magnitude", round_to=16), strict_rounding=False)
+    assert abs(result.reduction - target) <= 0.01, result.reduction

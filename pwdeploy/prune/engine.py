@@ -43,6 +43,7 @@ class ChannelRemover:
         self.example_inputs = example_inputs
         self.max_layer_reduction = max_layer_reduction
         self.round_to = max(1, int(round_to))
+        self.strict_rounding = strict_rounding
         # (remover, scores) -> scores used for the global ranking (prune.allocation); None: raw scores
         self.allocation = allocation
         self.base_macs, self.base_params = count_macs_params(model, example_inputs)
@@ -137,8 +138,12 @@ class ChannelRemover:
         near_target = target - current <= 2.5 * gap
         too_coarse: set[str] = set()  # groups where even one channel overshoots the band (e.g. residual streams)
         fallback = None  # (reduction, plan) of the smallest overshoot, if no single channel fits the band
+        first_num = num
         while True:
             plan = self.plan({n: s for n, s in scores.items() if n not in too_coarse}, num)
+            if not plan and self._relax_rounding():  # no aligned step lands in the band: try single channels
+                too_coarse, num, fallback = set(), first_num, None
+                continue
             if not plan:
                 break
             snapshot = copy.deepcopy(self.model) if near_target else None
@@ -164,6 +169,15 @@ class ChannelRemover:
             macs = self.macs
             return PruneStep(removed, macs, self.reduction(macs))
         return None
+
+    def _relax_rounding(self) -> bool:
+        """A target's default rounding (not an explicit --round-to) gives way to the ±1 point band: when no
+        aligned step lands in it, the last steps remove single channels. True if there was rounding to relax."""
+        if self.strict_rounding or all(m == 1 for m in self.multiples.values()):
+            return False
+        self.multiples = {name: 1 for name in self.multiples}
+        self.floors = {name: aligned_floor(n, self.max_layer_reduction, 1) for name, n in self.initial_channels.items()}
+        return True
 
     def _restore(self, snapshot: nn.Module) -> None:
         # Swap the snapshot's state into the same object, so callers' references stay valid.
