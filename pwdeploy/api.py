@@ -14,6 +14,7 @@ import datetime as dt
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,10 +134,10 @@ def train_baseline(overrides: dict, out: str | Path, config_file=None) -> Path:
     if not distributed.is_main():  # rank 0 writes
         return Path(out)
     save_checkpoint(model.cpu(), out, arch=config.model.arch, num_classes=num_classes, meta=meta)
-    from .report import _fmt
+    from .metrics import fmt_points
 
-    groups = ", ".join(f"{g} {_fmt(m['accuracy'])}%" for g, m in metrics["groups"].items())
-    console.print(f"wrote {out}: test accuracy {_fmt(metrics['overall']['accuracy'])}% ({groups})")
+    groups = ", ".join(f"{g} {fmt_points(m['accuracy'])}%" for g, m in metrics["groups"].items())
+    console.print(f"wrote {out}: test accuracy {fmt_points(metrics['overall']['accuracy'])}% ({groups})")
     return Path(out)
 
 

@@ -201,10 +201,6 @@ class LossFn:
         self.group_balance_strength = group_balance_strength
         self.pseudo_groups = pseudo_groups
 
-    @property
-    def needs_original(self) -> bool:
-        return self.impl.needs_original or (self.pseudo_groups != "none" and self.group_totals is not None)
-
     def record(self) -> dict:
         """Name and settings, as report.json records them."""
         balance = None

@@ -80,3 +80,10 @@ def worst_group_drop(metrics: dict, reference: dict) -> tuple[str, float]:
     change = accuracy_change(metrics, reference)["groups"]
     name = min((v, k) for k, v in change.items() if v is not None)[1]
     return name, -change[name]
+
+
+def fmt_points(value, signed: bool = False) -> str:
+    """Accuracy points for tables: two decimals, signed for changes, "-" when absent."""
+    if value is None:
+        return "-"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"

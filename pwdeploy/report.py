@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from .fsutil import atomic_path, write_text
-from .metrics import accuracy_change, worst_group, worst_group_drop
+from .metrics import accuracy_change, fmt_points, worst_group, worst_group_drop
 
 
 def summarize(metrics: dict) -> dict:
@@ -22,12 +22,6 @@ def summarize(metrics: dict) -> dict:
             drop_group, drop = worst_group_drop(m, original)
             out["changes"][name]["worst_group_drop"] = {"group": drop_group, "points": drop}
     return out
-
-
-def _fmt(value, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
 def loss_tag(report: dict) -> str:
@@ -100,11 +94,11 @@ def comparison_table(report: dict, title: str | None = None) -> Table:
         cells = [f"[bold red]{group}[/] (worst)" if group == worst else group, str(n)]
         for name in names:
             entry = metrics[name]["overall"] if group == "overall" else metrics[name]["groups"][group]
-            cells.append(_fmt(entry["accuracy"]))
+            cells.append(fmt_points(entry["accuracy"]))
             if name != "original":
                 ref = metrics["original"]["overall"] if group == "overall" else metrics["original"]["groups"][group]
                 change = None if entry["accuracy"] is None else entry["accuracy"] - ref["accuracy"]
-                cells.append(_fmt(change, signed=True))
+                cells.append(fmt_points(change, signed=True))
         table.add_row(*cells)
     return table
 
@@ -125,8 +119,8 @@ def markdown(report: dict) -> str:
         accs = [entry(metrics[n])["accuracy"] for n in names]
         change = report["changes"]["pruned"]["overall" if group == "overall" else "groups"]
         delta = change if group == "overall" else change[group]
-        lines.append(f"| {group} | {entry(metrics['original'])['n']} | " + " | ".join(_fmt(a) for a in accs)
-                     + f" | {_fmt(delta, True)} |")
+        lines.append(f"| {group} | {entry(metrics['original'])['n']} | " + " | ".join(fmt_points(a) for a in accs)
+                     + f" | {fmt_points(delta, True)} |")
     drop = report["changes"]["pruned"]["worst_group_drop"]
     lines += ["", f"Largest group drop: **{drop['group']}**, {drop['points']:.2f} points.", ""]
     lines += _int8_protection_lines(report)
@@ -147,14 +141,14 @@ def _int8_protection_lines(report: dict) -> list:
              f"- Layers kept in float: {len(record['float_layers'])} of {record['layers_total']} "
              f"({', '.join(record['float_layers']) or 'none'}; budget {record['budget']})",
              f"- Validation, worst group vs fp32: plain INT8 {val['plain_int8']['worst_group']} "
-             f"{_fmt(val['plain_int8']['worst_change'], True)}, mixed {val['mixed']['worst_group']} "
-             f"{_fmt(val['mixed']['worst_change'], True)} points "
+             f"{fmt_points(val['plain_int8']['worst_change'], True)}, mixed {val['mixed']['worst_group']} "
+             f"{fmt_points(val['mixed']['worst_change'], True)} points "
              f"({'every group within tolerance' if record['passed_on_validation'] else 'NOT within tolerance'})"]
     if record.get("test"):
         test = record["test"]
         lines.append(f"- Test (verification set), worst group vs the PyTorch reference: plain INT8 "
-                     f"{_fmt(test['plain_int8']['worst_change'], True)}, "
-                     f"mixed {_fmt(test['mixed']['worst_change'], True)}")
+                     f"{fmt_points(test['plain_int8']['worst_change'], True)}, "
+                     f"mixed {fmt_points(test['mixed']['worst_change'], True)}")
     lines += [f"- ONNX Runtime latency ({record['latency']['provider']}, batch {record['latency']['batch']}): fp32 "
               f"{lat['fp32']['median_ms']:.3f} ms, plain INT8 {lat['plain_int8']['median_ms']:.3f} ms, mixed "
               f"{lat['mixed']['median_ms']:.3f} ms", ""]

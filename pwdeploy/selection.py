@@ -12,7 +12,7 @@ import numpy as np
 from .data import DataSpec, GroupedDataset, create_dataset
 from .errors import DataError
 from .fsutil import atomic_path
-from .metrics import worst_group
+from .metrics import fmt_points, worst_group
 
 OVERALL_MARGIN = 1.0  # points: a recipe qualifies if its validation accuracy is this close to the best
 
@@ -94,15 +94,11 @@ def recipes_markdown(selection: dict) -> list[str]:
     lines = ["## Recipes compared on validation", "", f"Chosen: **{selection['why']}**.", "",
              f"| recipe | MACs removed % | {head} |", "|---|---:|" + "---:|" * (2 * len(groups))]
     for c in selection["candidates"]:
-        cells = [_fmt(_acc(c["metrics_validation"], g)) for g in groups]
-        cells += [_fmt(_acc(c["metrics_test"], g)) for g in groups]
+        cells = [fmt_points(_acc(c["metrics_validation"], g)) for g in groups]
+        cells += [fmt_points(_acc(c["metrics_test"], g)) for g in groups]
         name = f"**{c['recipe']}** (shipped)" if c["recipe"] == selection["chosen"] else c["recipe"]
         lines.append(f"| {name} | {100 * c['flops_reduction']:.1f} | " + " | ".join(cells) + " |")
     return lines + [""]
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def plot_recipes(selection: dict, path: Path) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from .. import __version__
 from ..evaluate import agreement, evaluate_artifact
 from ..manifest import check_files, parse_manifest, read_manifest, read_signature, unlisted_entries
-from ..metrics import predict
+from ..metrics import fmt_points, predict
 from ..verification_set import load_verification_set
 from ..signature import signers_for, verify as verify_signature
 from .runners import describe, run_batches, select_runner
@@ -133,12 +133,6 @@ def _agreement(preds: np.ndarray, vs) -> Dict[str, Any]:
     return out
 
 
-def _fmt(value, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return ("{:+.2f}" if signed else "{:.2f}").format(value)
-
-
 def _print_table(log, metrics, gate, agreement, n, model_runner) -> None:
     flips = agreement.get("reference", {}).get("flipped_groups", {})
     log("runtime: {}".format(", ".join("{}={}".format(k, v) for k, v in describe(model_runner).items())))
@@ -150,10 +144,10 @@ def _print_table(log, metrics, gate, agreement, n, model_runner) -> None:
                                                                 "flips", w=width))
     for check in gate.checks:
         log("  {:<{w}} {:>5} {:>9} {:>9} {:>7} {:>7}  {}{}".format(
-            check.group, check.n, _fmt(check.accuracy), _fmt(check.reference), _fmt(check.change_vs_reference, True),
+            check.group, check.n, fmt_points(check.accuracy), fmt_points(check.reference), fmt_points(check.change_vs_reference, True),
             flips.get(check.group, "-"), "PASSED" if check.passed else "FAILED",
             "" if not check.reason else " ({})".format(check.reason), w=width))
-    log("  {:<{w}} {:>5} {:>9}".format("overall", metrics["overall"]["n"], _fmt(metrics["overall"]["accuracy"]),
+    log("  {:<{w}} {:>5} {:>9}".format("overall", metrics["overall"]["n"], fmt_points(metrics["overall"]["accuracy"]),
                                        w=width))
     if gate.passed:
         log("PASSED: every group reproduces the packaged results within {} points".format(gate.tolerance))

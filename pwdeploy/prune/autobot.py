@@ -94,7 +94,7 @@ class Bottlenecks:
 
 
 def train_bottlenecks(remover: ChannelRemover, batches: Iterator, loss_fn, *, target: float, steps: int,
-                      lr: float, flops_weight: float, progress=None) -> dict[str, torch.Tensor]:
+                      lr: float, flops_weight: float) -> dict[str, torch.Tensor]:
     """Train the gates (model frozen, BN in eval mode) and return their values as channel scores."""
     model = remover.model
     bottlenecks = Bottlenecks(remover)
@@ -114,8 +114,6 @@ def train_bottlenecks(remover: ChannelRemover, batches: Iterator, loss_fn, *, ta
             loss.backward()
             distributed.all_reduce_grads(params)  # under torchrun: the gates stay identical on every rank
             optimizer.step()
-            if progress is not None:
-                progress.advance()
         return bottlenecks.scores()
     finally:
         bottlenecks.remove()
