@@ -170,16 +170,17 @@ def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSetti
         for epoch in range(settings.epochs):
             trained.train()
             running = torch.zeros((), dtype=torch.float64, device=device)
-            for _ in range(len(batches)):
+            for step in range(len(batches)):
                 x, y, g, orig = next(stream)
                 with amp.autocast():
                     loss = loss_fn(trained(x), y, orig, g)
-                _check_finite_loss(loss, epoch, description)
                 optimizer.zero_grad(set_to_none=True)
                 amp.step(loss, optimizer)
                 scheduler.step()
                 running += loss.detach()
                 bar.advance(images=len(x) * distributed.world_size())
+                if step % FINITE_CHECK_EVERY == 0 or step == len(batches) - 1:
+                    _check_finite_loss(running, epoch, description)
             history.append(distributed.mean_over_ranks(float(running)) / len(batches))
             bar.describe(f"epoch {epoch + 1}/{settings.epochs} loss {history[-1]:.4f}")
             if on_epoch_end is not None:
@@ -187,11 +188,16 @@ def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSetti
     return history
 
 
-def _check_finite_loss(loss: torch.Tensor, epoch: int, description: str) -> None:
+# The running loss sum stays on the device (no sync per step); a NaN/inf loss poisons it, so checking it every
+# few steps finds the first bad one within that many steps.
+FINITE_CHECK_EVERY = 16
+
+
+def _check_finite_loss(running: torch.Tensor, epoch: int, description: str) -> None:
     """A NaN/inf loss poisons every weight it touches: stop the run (exit 2; nothing is marked complete)."""
-    if not bool(torch.isfinite(loss.detach()).all()):
+    if not bool(torch.isfinite(running)):
         from .errors import PwdeployError
 
-        raise PwdeployError(f"{description}: the loss became {loss.item()} in epoch {epoch + 1}: the run was "
+        raise PwdeployError(f"{description}: the loss became {running.item()} in epoch {epoch + 1}: the run was "
                             "stopped and nothing was kept; lower the learning rate, or check --pw-gamma, "
                             "--pw-min-weight and the data")
