@@ -64,13 +64,14 @@ GROUP_AWARE_ARMS = ("pw+gb", "fairgrape", "recipes")
 
 # Regimes ("variants"): synthetic data options, baseline changes, and whether the train split has groups.
 # colour / subtle: the grid the defaults were tuned on. Two regimes they were not tuned on (issue 11):
-# weak-minority: the baseline trained 12 epochs instead of 20 leaves the minority's cue half-learned, so the
-#   original model's errors concentrate in the minority (its minority accuracy is at most ~80%);
+# weak-minority: the baseline trained 7 epochs instead of 20 leaves the minority's cue half-learned, so the
+#   original model's errors concentrate in the minority (baseline seed 0: minority 77.5% at 7 epochs; 49% at 4,
+#   58% at 6, 91% at 8 to 20: the cue is learned abruptly, so 7 is the only length in the asked 60-80% band);
 # one-group: train on the majority only, validate/test on both groups (the paper's Fitzpatrick17k protocol);
 #   the minority's bar carries the label too (variant shared), so it is readable without having been seen.
 REGIMES = {"colour": {"options": {"variant": "colour"}},
            "subtle": {"options": {"variant": "subtle"}},
-           "weak-minority": {"options": {"variant": "colour"}, "baseline": {"epochs": 12}},
+           "weak-minority": {"options": {"variant": "colour"}, "baseline": {"epochs": 7}},
            "one-group": {"options": {"variant": "shared", "protocol": "one-group"}, "train_groups": False}}
 
 
