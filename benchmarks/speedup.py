@@ -136,10 +136,12 @@ def latency_target(original, shape, threads: int, variants: dict):
     model = copy.deepcopy(original)
     settings = PruneSettings(method="magnitude", round_to=16)
     request = LatencyRequest(reduction=LATENCY_REDUCTION, batch=8)
+    rounds = []  # every round's per-layer floor is relative to the original widths (rounds[0].widths)
     landing = prune_to_latency(
         model, original, shape, request, cost=cost,
-        prune_round=lambda r: prune_to_flops(model, example, method="magnitude", flops_reduction=r, cost=cost,
-                                             allocation=LatencyAllocation(cost), settings=settings),
+        prune_round=lambda r: rounds.append(prune_to_flops(
+            model, example, method="magnitude", flops_reduction=r, cost=cost, allocation=LatencyAllocation(cost),
+            settings=settings, widths=rounds[0].widths if rounds else None)),
         measure=lambda a, b: measure_pair(a, b, shape, batch=8, threads=threads, rounds=15))
     out = landing.to_dict()
     out["mac_ratio"] = count_macs_params(original, example)[0] / count_macs_params(model, example)[0]

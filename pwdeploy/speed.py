@@ -70,7 +70,8 @@ def prune_for_deploy(config: RunConfig, model, original, example: torch.Tensor, 
     def prune_round(reduction: float) -> None:
         # the engine works on CPU-side copies of example inputs for the LUT; the model stays where it is
         rounds.append(prune_to_flops(model, example, method=config.prune.method, flops_reduction=reduction,
-                                     settings=settings, cost=cost, allocation=allocation, **prune_kwargs))
+                                     settings=settings, cost=cost, allocation=allocation,
+                                     widths=rounds[0].widths if rounds else None, **prune_kwargs))
 
     def measure(a, b):
         return _measure(config, a, b, input_shape)

@@ -111,6 +111,26 @@ def test_latency_target_lands_within_tolerance_on_a_modelled_runtime():
     assert landing.requested_ms == pytest.approx(0.5 * runtime_ms(original))
 
 
+def test_per_layer_floor_holds_across_pruning_rounds():
+    """A latency target prunes in rounds; each round's floor (max_layer_reduction) stays relative to the
+    unpruned widths, so no layer drops below it however many rounds there are (it fell to 6 of 16 before)."""
+    torch.manual_seed(0)
+    model = create_model("tinyresnet", 2).eval()
+    x = torch.randn(1, 3, 16, 16)
+    before = _widths(model)
+    settings = PruneSettings(method="magnitude", round_to=1, max_layer_reduction=0.5)
+    rounds = []
+    for reduction in (0.5, 0.5, 0.5):  # would be 87.5% in all if nothing held the layers
+        rounds.append(prune_to_flops(model, x, method="magnitude", flops_reduction=reduction, settings=settings,
+                                     widths=rounds[0].widths if rounds else None))
+    assert rounds[1].widths == rounds[0].widths == rounds[2].widths
+    after = _widths(model)
+    for name, (_, out_before) in before.items():
+        if after[name][1] != out_before:
+            assert after[name][1] >= out_before // 2, (name, out_before, after[name][1])
+    assert any(after[n][1] == before[n][1] // 2 for n in before)  # some layer did reach its floor
+
+
 def test_report_records_rounding_and_measured_latency(tiny_run):
     report = json.loads((tiny_run / rundir.REPORT).read_text())
     speed = report["speed"]

@@ -25,7 +25,7 @@ from torch import nn
 from ..fsutil import read_json, write_json
 from .timing import TimedSession, summarize
 
-METHOD = "ratio-to-reference/1"
+METHOD = "ratio-to-reference/2"  # /1 took 5 runs per shape: under load some entries were 100x off
 REFERENCE_KEY = "conv:64x64:k3x3:s1x1:p1x1:d1x1:g1:28x28:b1"
 DEFAULT_CACHE = Path(os.environ.get("PWDEPLOY_CACHE", Path.home() / ".cache" / "pwdeploy")) / "latency"
 
@@ -97,7 +97,7 @@ class LatencyLUT:
     """Milliseconds per layer shape on one runtime; measured when first asked, then read from the cache."""
 
     def __init__(self, cache_dir: str | Path | None = None, *, provider: str = "cpu", threads: int | None = None,
-                 min_runs: int = 5, min_seconds: float = 0.03):
+                 min_runs: int = 15, min_seconds: float = 0.05):
         self.provider, self.threads = provider, threads
         self.min_runs, self.min_seconds = min_runs, min_seconds
         self.key = runtime_key(provider, threads)

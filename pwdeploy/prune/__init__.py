@@ -32,6 +32,7 @@ class PruneResult:
     params_after: int
     steps: list = field(default_factory=list)
     importance: dict = field(default_factory=dict)  # {"name", "settings"} of the criterion used
+    widths: dict = field(default_factory=dict)  # channels per group the floors were relative to (unpruned)
 
     @property
     def reduction(self) -> float:
@@ -40,7 +41,8 @@ class PruneResult:
 
 def prune_to_flops(model: nn.Module, example_inputs: torch.Tensor, *, method: str, flops_reduction: float,
                    batches: Iterator | None = None, loss_fn=None, settings: PruneSettings | None = None,
-                   num_groups: int = 2, cost=None, allocation=None, strict_rounding: bool = True) -> PruneResult:
+                   num_groups: int = 2, cost=None, allocation=None, strict_rounding: bool = True,
+                   widths: dict | None = None) -> PruneResult:
     """Physically remove channels from ``model`` (in place) until ``flops_reduction`` of its MACs are gone.
 
     ``batches`` yields (x, y, group, original_logits) on the model's device; needed by every data-driven
@@ -49,6 +51,8 @@ def prune_to_flops(model: nn.Module, example_inputs: torch.Tensor, *, method: st
     for a latency target (pwdeploy.latency). ``allocation``: reweights scores before the global ranking
     (pwdeploy.prune.allocation). ``strict_rounding``: every pruned group keeps a multiple of
     ``settings.round_to``; else narrow groups use smaller multiples (pwdeploy.prune.alignment.group_multiple).
+    ``widths``: the unpruned model's channels per group, when ``model`` was pruned before (an earlier
+    round's ``PruneResult.widths``): the per-layer floor (``settings.max_layer_reduction``) stays relative to it.
     """
     settings = settings or PruneSettings(method=method, flops_reduction=flops_reduction)
     if method not in IMPORTANCES.names():
@@ -58,9 +62,10 @@ def prune_to_flops(model: nn.Module, example_inputs: torch.Tensor, *, method: st
         raise ValueError(f"{method} pruning needs training batches and a loss")
     remover = ChannelRemover(model, example_inputs, max_layer_reduction=settings.max_layer_reduction,
                              round_to=settings.round_to or 1, strict_rounding=strict_rounding, cost=cost,
-                             allocation=allocation)
+                             allocation=allocation, widths=widths)
     result = PruneResult(remover.base_macs, remover.base_macs, remover.base_params, remover.base_params,
-                         importance={"name": method, "settings": criterion.settings()})
+                         importance={"name": method, "settings": criterion.settings()},
+                         widths=dict(remover.initial_channels))
     if flops_reduction <= 0:
         return result
     with task(f"pruning ({method})", total=100) as bar:

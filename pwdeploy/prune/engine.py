@@ -38,7 +38,7 @@ class ChannelRemover:
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, max_layer_reduction: float = 0.95,
                  round_to: int = 1, strict_rounding: bool = True, cost: Callable[[nn.Module], float] | None = None,
-                 allocation=None):
+                 allocation=None, widths: dict[str, int] | None = None):
         self.model = model
         self.example_inputs = example_inputs
         self.max_layer_reduction = max_layer_reduction
@@ -51,7 +51,10 @@ class ChannelRemover:
         self.cost = cost
         self.base_cost = float(self.base_macs) if cost is None else cost(model)
         self._build_graph()
-        self.initial_channels = {name: n for name, n in self._channel_counts().items()}
+        # Floors and multiples are relative to the unpruned widths, also when pruning comes in several rounds
+        # (a latency target): each round's own widths would let every layer shrink to 5% of 5% of ...
+        current = self._channel_counts()
+        self.initial_channels = {name: (widths or {}).get(name, n) for name, n in current.items()}
         # per group: the multiple its kept channels stay at, and the fewest it may keep
         self.multiples = {name: group_multiple(n, self.round_to, strict_rounding)
                           for name, n in self.initial_channels.items()}
