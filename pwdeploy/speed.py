@@ -87,7 +87,7 @@ def prune_for_deploy(config: RunConfig, model, original, example: torch.Tensor, 
         console.print(f"[yellow]latency target: measured {landing.measured_ms:.2f} ms against "
                       f"{landing.requested_ms:.2f} ms requested ({100 * landing.error:+.1f}%)[/]")
     macs_after, params_after = count_macs_params(model, example)
-    steps = [step for r in rounds for step in r.steps]
+    steps = [step for r, info in zip(rounds, landing.rounds) if not info["undone"] for step in r.steps]
     importance = rounds[-1].importance if rounds else {"name": config.prune.method}
     return PruneResult(macs_before, macs_after, params_before, params_after, steps, importance=importance), record
 

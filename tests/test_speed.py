@@ -131,6 +131,33 @@ def test_per_layer_floor_holds_across_pruning_rounds():
     assert any(after[n][1] == before[n][1] // 2 for n in before)  # some layer did reach its floor
 
 
+def test_latency_target_undoes_a_round_that_overshoots():
+    """A runtime whose latency falls much faster than the cost (MACs to the fourth power): a proportional round lands
+    far below the request; it is undone and retried smaller, and the final model lands inside the band."""
+    torch.manual_seed(0)
+    original = create_model("tinyresnet", 2).eval()
+    model = copy.deepcopy(original)
+    x = torch.randn(1, 3, 16, 16)
+
+    def macs(m):
+        return float(count_macs_params(m, x)[0])
+
+    def runtime_ms(m):
+        return (macs(m) / 1e6) ** 4
+
+    def measure(a, b):
+        return {"original_ms": runtime_ms(a), "speedup": runtime_ms(a) / runtime_ms(b), "speedup_p25": 0,
+                "speedup_p75": 0}
+
+    landing = prune_to_latency(
+        model, original, (3, 16, 16), LatencyRequest(reduction=0.3), cost=macs, measure=measure,
+        prune_round=lambda r: prune_to_flops(model, x, method="magnitude", flops_reduction=r, cost=macs,
+                                             settings=PruneSettings(method="magnitude", round_to=1)))
+    assert any(r["undone"] for r in landing.rounds)
+    assert abs(landing.error) <= LANDING_TOLERANCE
+    assert runtime_ms(model) == pytest.approx(landing.measured_ms)  # the undone rounds left no trace
+
+
 def test_report_records_rounding_and_measured_latency(tiny_run):
     report = json.loads((tiny_run / rundir.REPORT).read_text())
     speed = report["speed"]

@@ -2,19 +2,20 @@
 
 The LUT estimate steers the pruning (it is what each step's reduction is measured in); after each round the
 real model is exported and timed against the original, and the next round's target is corrected with an
-affine fit (measured = slope * estimate + overhead) through the last two measurements: the LUT sums only
-convolutions and GEMMs, each with the fixed cost of a one-layer run. Pruning only removes channels, so the
-rounds approach the request from above, half-way at a time while far from it.
+affine fit (measured = slope * estimate + overhead) through the nearest measurements: the LUT sums only
+convolutions and GEMMs, each with the fixed cost of a one-layer run. The rounds approach the request from
+above, half-way at a time while far from it; a round that lands below the band is undone and retried smaller.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 
 LANDING_TOLERANCE = 0.05  # the measured latency lands within 5% of the request
-NEAR = 0.25  # within 25% of the request, a line fit through the last two rounds takes over
+NEAR = 0.25  # within 25% of the request, a line fit through the nearest measurements takes over
 AIM_ABOVE = 0.02  # aim a little slow: channels cannot be put back, and timing noise is a few percent
 
 
@@ -41,7 +42,8 @@ class LatencyLanding:
 
     @property
     def measured_ms(self) -> float:
-        return self.rounds[-1]["measured_ms"] if self.rounds else self.original_ms
+        kept = [r for r in self.rounds if not r["undone"]]
+        return kept[-1]["measured_ms"] if kept else self.original_ms
 
     @property
     def error(self) -> float:
@@ -55,37 +57,54 @@ class LatencyLanding:
 
 
 def prune_to_latency(model, original, input_shape: tuple, request: LatencyRequest, *, cost, prune_round,
-                     measure, max_rounds: int = 6) -> LatencyLanding:
+                     measure, max_rounds: int = 8) -> LatencyLanding:
     """Remove channels from ``model`` until its measured latency lands near the request.
 
     ``prune_round(reduction)`` removes that fraction of ``cost`` (the LUT estimate) from the current model;
-    ``measure(original, model)`` returns measure_pair's dict.
+    ``measure(original, model)`` returns measure_pair's dict. A round that lands faster than the band is undone
+    (channels cannot be put back otherwise) and retried smaller: the request is a budget, not a minimum.
     """
     first = measure(original, model)
     landing = LatencyLanding(request.wanted_ms(first["original_ms"]), first["original_ms"])
     aim = landing.requested_ms * (1 + AIM_ABOVE)
-    points = [(cost(original), first["original_ms"])]
+    now = (cost(model), first["original_ms"] / first["speedup"])  # the current model: (LUT estimate, measured)
+    seen = [now]  # every (estimate, measured) pair, undone rounds too: they bracket the request
+    shrink = 1.0  # halved after each undone round
     for _ in range(max_rounds):
-        estimate_now, measured_now = cost(model), points[-1][1]
-        # Far from the request, go half-way (geometrically): the LUT also counts each layer's fixed per-run
-        # cost, so a proportional step overshoots; near it, a line through the last two measurements.
-        far = measured_now > aim * (1 + NEAR)
-        if len(points) < 2 or points[-2][0] <= estimate_now or far:
-            wanted_estimate = estimate_now * (aim / measured_now) ** (0.5 if far else 1.0)
-        else:
-            (e0, m0), (e1, m1) = points[-2], points[-1]
-            slope = max((m0 - m1) / (e0 - e1), 1e-9)
-            wanted_estimate = (aim - (m1 - slope * e1)) / slope
-        reduction = 1.0 - wanted_estimate / estimate_now
+        reduction = shrink * _next_reduction(now, seen, aim)
         if reduction <= 0.002:
             break
+        snapshot = copy.deepcopy(model)
         prune_round(min(reduction, 0.98))
         result = measure(original, model)
         measured = landing.original_ms / result["speedup"]
-        points.append((cost(model), measured))
-        landing.rounds.append({"target_reduction": reduction, "estimate_ms": points[-1][0],
-                               "measured_ms": measured, "speedup": result["speedup"],
-                               "speedup_p25": result["speedup_p25"], "speedup_p75": result["speedup_p75"]})
+        estimate = cost(model)
+        seen.append((estimate, measured))
+        overshot = measured < landing.requested_ms * (1 - LANDING_TOLERANCE)
+        landing.rounds.append({"target_reduction": reduction, "estimate_ms": estimate, "measured_ms": measured,
+                               "speedup": result["speedup"], "speedup_p25": result["speedup_p25"],
+                               "speedup_p75": result["speedup_p75"], "undone": overshot})
+        if overshot:
+            model.__dict__.update(snapshot.__dict__)  # same object, so callers' references stay valid
+            shrink *= 0.5
+            continue
+        now = (estimate, measured)
         if measured <= landing.requested_ms * (1 + LANDING_TOLERANCE):
             break
     return landing
+
+
+def _next_reduction(now: tuple, seen: list, aim: float) -> float:
+    """Fraction of the current estimate to remove next. Far from the request, half-way (geometrically): the
+    LUT also counts each layer's fixed per-run cost, so a proportional step overshoots; near it, a line through
+    the current model and the measured pair closest to it in estimate."""
+    estimate_now, measured_now = now
+    others = [p for p in seen if abs(p[0] - estimate_now) > 1e-9 * estimate_now]
+    far = measured_now > aim * (1 + NEAR)
+    wanted = estimate_now * (aim / measured_now) ** (0.5 if far else 1.0)
+    if others and not far:
+        e, m = min(others, key=lambda p: abs(p[0] - estimate_now))
+        slope = (m - measured_now) / (e - estimate_now)
+        if slope > 0:
+            wanted = estimate_now + (aim - measured_now) / slope
+    return 1.0 - wanted / estimate_now
