@@ -113,6 +113,7 @@ def build(name: str, folder: Path, *, threads: int, with_target: bool, calib: in
         macs = count_macs_params(model, example)[0]
         info.setdefault("macs", {})[label] = macs
         info.setdefault("mac_ratio", {})[label] = base_macs / macs
+        info.setdefault("stage_macs", {})[label] = stage_macs(model, shape)
     info["int8"] = quantize_all(paths, folder, shape, calib)
     info["paths"] = paths
     info["shape"] = shape
@@ -179,8 +180,43 @@ def profile(info: dict, threads: int) -> dict:
         top = sorted(nodes.items(), key=lambda kv: -kv[1]["us"])[:8]
         out[label] = {"total_ms": sum(n["us"] for n in nodes.values()) / 1000,
                       "by_op_ms": {op: us / 1000 for op, us in by_op(nodes).items()},
+                      "by_stage_ms": _by_stage({k: v["us"] / 1000 for k, v in nodes.items()}),
                       "top_nodes": [{"node": k, "op": v["op"], "ms": v["us"] / 1000} for k, v in top]}
     return out
+
+
+def _stage(name: str) -> str:
+    """resnet stage of an ONNX node or module name: layer1..layer4, or stem/head outside them."""
+    for part in name.replace("/", ".").split("."):
+        if part.startswith("layer") and part[5:].isdigit():
+            return part
+    return "stem+head"
+
+
+def _by_stage(values: dict) -> dict:
+    out: dict[str, float] = {}
+    for name, value in values.items():
+        out[_stage(name)] = out.get(_stage(name), 0.0) + value
+    return out
+
+
+def stage_macs(model, shape) -> dict:
+    """MACs of every Conv2d / Linear summed per resnet stage (one forward pass with hooks)."""
+    import torch
+
+    macs = {}
+
+    def hook(module, _inputs, output):
+        per_out = module.weight[0].numel()  # in/groups x kh x kw (conv) or in_features (linear)
+        macs[module] = per_out * output.numel()
+
+    layers = {m: n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    handles = [m.register_forward_hook(hook) for m in layers]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return _by_stage({layers[m]: v for m, v in macs.items()})
 
 
 def render(name: str, info: dict, timings: dict, console) -> None:
@@ -247,7 +283,10 @@ def main(argv=None) -> int:
             entry["timings"] = timings
             if name == "resnet18":
                 entry["profile_b8_fp32"] = profile(info, args.threads)
-                show_profile(entry["profile_b8_fp32"], console)
+                entry["stage_mac_ratio"] = {label: {st: base / max(macs.get(st, 0), 1) for st, base in
+                                                    info["stage_macs"]["original"].items()}
+                                            for label, macs in info["stage_macs"].items()}
+                show_profile(entry["profile_b8_fp32"], entry["stage_mac_ratio"], console)
                 if "latency_target" in info:
                     lt = info["latency_target"]
                     console.print(f"latency target (batch 8, -{100 * LATENCY_REDUCTION:.0f}%): requested "
@@ -299,7 +338,7 @@ def target_only(args) -> int:
     return 0
 
 
-def show_profile(prof: dict, console) -> None:
+def show_profile(prof: dict, stage_ratio: dict, console) -> None:
     from rich import box
     from rich.table import Table
 
@@ -314,6 +353,22 @@ def show_profile(prof: dict, console) -> None:
     console.print(table)
     console.print("Conv = NCHWc (blocked) kernels; FusedConv = NCHW im2col+SGEMM fallback that ONNX Runtime uses "
                   "when a conv's channels are not multiples of its block size; Reorder* convert between the two.")
+    # Per stage: where the removed MACs did (not) become time
+    stages = list(prof["original"]["by_stage_ms"])
+    table = Table(title="resnet18 batch 8, per stage: kernel-time speed-up / MAC ratio of the stage",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("stage")
+    table.add_column("original ms", justify="right")
+    for label in list(prof)[1:]:
+        table.add_column(label, justify="right")
+    for st in stages:
+        base = prof["original"]["by_stage_ms"][st]
+        cells = []
+        for label, p in list(prof.items())[1:]:
+            ms = p["by_stage_ms"].get(st, 0.0)
+            cells.append(f"{base / max(ms, 1e-9):.1f}x / {stage_ratio[label].get(st, 1.0):.1f}x")
+        table.add_row(st, f"{base:.1f}", *cells)
+    console.print(table)
 
 
 if __name__ == "__main__":
