@@ -113,6 +113,7 @@ ABLATIONS = [
     # (configs/synthetic.yaml: round_to 1, global ranking, as the committed results were measured) at equal MACs
     ("channel allocation", "rounded: the target's default", ("ce", "pw"), {"prune": {"round_to": None}}, ALL_METHODS),
     ("channel allocation", "--allocation latency", ("ce", "pw"), {"prune": {"allocation": "latency"}}, ALL_METHODS),
+    ("channel allocation", "--allocation uniform", ("ce", "pw"), {"prune": {"allocation": "uniform"}}, ALL_METHODS),
 ]
 
 # Config keys added after cells were cached, with their defaults (see cell_ident).

@@ -6,6 +6,7 @@
 Per model (random weights: only speed means anything here), every variant removes ~75% of the MACs:
 - ``old``: pwdeploy's global magnitude ranking, no rounding (``--round-to 1``: the behaviour before issue 15);
 - ``round16``: the same with channels rounded to the target's default multiple (16: ONNX Runtime's NCHWc block);
+- ``round16+uniform``: rounded, every group losing the same share (``--allocation uniform``);
 - ``round16+lat`` (resnet18): rounded, with the latency-weighted allocation (``--allocation latency``, LUT at
   batch 8);
 - ``tp-uniform`` / ``tp-uniform16``: Torch-Pruning's MagnitudePruner, one uniform ratio bisected to the same
@@ -47,11 +48,11 @@ def pwdeploy_variant(model, shape, *, round_to: int, allocation: str, threads: i
     from pwdeploy.config import PruneSettings
     from pwdeploy.latency import LatencyCost, LatencyLUT
     from pwdeploy.prune import prune_to_flops
-    from pwdeploy.prune.allocation import LatencyAllocation
+    from pwdeploy.prune.allocation import make_allocation
 
     example = torch.randn(1, *shape)
-    alloc = LatencyAllocation(LatencyCost(LatencyLUT(threads=threads), example, batch=8)) \
-        if allocation == "latency" else None
+    cost = LatencyCost(LatencyLUT(threads=threads), example, batch=8) if allocation == "latency" else None
+    alloc = make_allocation(allocation, cost)
     prune_to_flops(model, example, method="magnitude", flops_reduction=REDUCTION, allocation=alloc,
                    settings=PruneSettings(method="magnitude", round_to=round_to))
     return model
@@ -97,6 +98,8 @@ def build(name: str, folder: Path, *, threads: int, with_target: bool, calib: in
                                        threads=threads)
     variants["round16"] = pwdeploy_variant(copy.deepcopy(original), shape, round_to=16, allocation="global",
                                            threads=threads)
+    variants["round16+uniform"] = pwdeploy_variant(copy.deepcopy(original), shape, round_to=16,
+                                                   allocation="uniform", threads=threads)
     if with_target:  # resnet18 only: the LUT for a deep net's every pruned shape takes long on 2 shared cores
         variants["round16+lat"] = pwdeploy_variant(copy.deepcopy(original), shape, round_to=16,
                                                    allocation="latency", threads=threads)
@@ -175,7 +178,7 @@ def profile(info: dict, threads: int) -> dict:
 
     x = np.random.default_rng(0).standard_normal((8, *info["shape"])).astype(np.float32)
     out = {}
-    for label in ("original", "old", "round16", "round16+lat", "latency-target"):
+    for label in ("original", "old", "round16", "round16+uniform", "round16+lat", "latency-target"):
         nodes = profile_ops(info["paths"][label], x, threads=threads, runs=5)
         top = sorted(nodes.items(), key=lambda kv: -kv[1]["us"])[:8]
         out[label] = {"total_ms": sum(n["us"] for n in nodes.values()) / 1000,
@@ -271,7 +274,7 @@ def main(argv=None) -> int:
         for name in names:
             folder = Path(tmp) / name
             folder.mkdir()
-            console.print(f"pruning {name} five ways (+ INT8) ...")
+            console.print(f"pruning {name} every way (+ INT8) ...")
             info = build(name, folder, threads=args.threads, with_target=name == "resnet18",
                          calib=4 if args.quick else 8)
             timings = {}

@@ -142,7 +142,7 @@ class RunConfig:
 CHOICES = {
     "pseudo_groups": ("none", "error-set"),
     "select": ("last", "worst-group"),
-    "prune.allocation": ("global", "latency"),
+    "prune.allocation": ("global", "latency", "uniform"),
     "pw_applies_to": ("both", "importance", "retraining"),
     "retrain.optimizer": ("adamw", "sgd"),
     "retrain.schedule": ("cosine", "constant"),

@@ -47,7 +47,7 @@ def wants_latency(config: RunConfig) -> bool:
 def prune_for_deploy(config: RunConfig, model, original, example: torch.Tensor, input_shape: tuple, **prune_kwargs):
     """Prune ``model`` in place to the MACs or latency target; returns (PruneResult, speed record)."""
     from .prune import PruneResult, prune_to_flops
-    from .prune.allocation import LatencyAllocation
+    from .prune.allocation import make_allocation
     from .prune.flops import count_macs_params
 
     record = {"round_to": resolve_round_to(config), "allocation": config.prune.allocation}
@@ -59,7 +59,7 @@ def prune_for_deploy(config: RunConfig, model, original, example: torch.Tensor, 
         raise ConfigError("--latency-reduction, --target-latency-ms and --allocation latency run in one process: "
                           "drop --nproc/torchrun for them, or prune to a MACs target (--flops-reduction)")
     cost = _cost(config, example) if needs_lut else None
-    allocation = LatencyAllocation(cost) if config.prune.allocation == "latency" else None
+    allocation = make_allocation(config.prune.allocation, cost)
     if not wants_latency(config):
         return prune_to_flops(model, example, method=config.prune.method,
                               flops_reduction=config.prune.flops_reduction, settings=settings,

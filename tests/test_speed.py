@@ -15,6 +15,7 @@ from pwdeploy.latency.target import LANDING_TOLERANCE, LatencyRequest, prune_to_
 from pwdeploy.models import create_model
 from pwdeploy.prune import prune_to_flops
 from pwdeploy.prune.alignment import group_multiple, round_removals
+from pwdeploy.prune.allocation import make_allocation
 from pwdeploy.prune.flops import count_macs_params
 
 
@@ -53,6 +54,35 @@ def test_every_pruned_group_is_a_multiple_of_round_to(arch):
     assert list(after.values())[-1][1] == 1  # the one logit stays
     assert abs(result.reduction - 0.5) <= 0.01
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1)
+
+
+def test_uniform_allocation_takes_the_same_share_of_every_group():
+    torch.manual_seed(0)
+    model = create_model("torchvision:resnet18", 1).eval()
+    before = _widths(model)
+    x = torch.randn(1, 3, 64, 64)
+    result = prune_to_flops(model, x, method="magnitude", flops_reduction=0.75,
+                            settings=PruneSettings(method="magnitude", round_to=16, allocation="uniform"),
+                            allocation=make_allocation("uniform"))
+    assert abs(result.reduction - 0.75) <= 0.01
+    kept = [after[1] / before[name][1] for name, after in _widths(model).items() if name != "fc"]
+    # ~half of every layer's outputs (MACs fall with the square), within one block of 16 of a 64-wide layer
+    assert all(0.35 <= k <= 0.65 for k in kept), kept
+    # the global ranking, same model and target, empties some layers and leaves others wide
+    torch.manual_seed(0)
+    other = create_model("torchvision:resnet18", 1).eval()
+    prune_to_flops(other, x, method="magnitude", flops_reduction=0.75,
+                   settings=PruneSettings(method="magnitude", round_to=16))
+    spread = [after[1] / before[name][1] for name, after in _widths(other).items() if name != "fc"]
+    assert max(spread) - min(spread) > max(kept) - min(kept)
+
+
+def test_timed_sessions_do_not_spin():
+    """Sessions timed in turn must not keep spinning on the cores the other side needs (README "MACs vs
+    latency": 2.4x measured instead of 3.6x with spinning on)."""
+    from pwdeploy.latency.timing import session_options
+
+    assert session_options(2).get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_lut_is_measured_once_then_read_from_the_cache(tmp_path):

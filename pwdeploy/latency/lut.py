@@ -25,7 +25,7 @@ from torch import nn
 from ..fsutil import read_json, write_json
 from .timing import TimedSession, summarize
 
-METHOD = "ratio-to-reference/2"  # /1 took 5 runs per shape: under load some entries were 100x off
+METHOD = "ratio-to-reference/3"  # /3: no thread-pool spinning (timing.session_options); /1, /2 were skewed by it
 REFERENCE_KEY = "conv:64x64:k3x3:s1x1:p1x1:d1x1:g1:28x28:b1"
 DEFAULT_CACHE = Path(os.environ.get("PWDEPLOY_CACHE", Path.home() / ".cache" / "pwdeploy")) / "latency"
 
