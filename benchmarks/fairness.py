@@ -220,8 +220,8 @@ def cell_ident(overrides: dict, baseline_name: str) -> dict:
         for key in ("pw", "pw_applies_to", "group_balanced", "group_balance_strength"):
             effective.pop(key, None)
     else:  # only the running method's PW settings matter
-        if not effective["group_balanced"]:
-            effective.pop("group_balance_strength", None)
+        if not effective["group_balanced"] and effective.get("pseudo_groups", "none") == "none":
+            effective.pop("group_balance_strength", None)  # the strength scales a balance, dataset or pseudo
         effective["pw"] = {"used": config.to_dict()["pw"].get(config.prune.method) or effective["pw"]["default"]}
     return {"effective": effective, "baseline": baseline_name, "schema": CELL_SCHEMA}
 

@@ -86,8 +86,9 @@ class PruneSettings:
     # kept channels are multiples of this in every pruned group; None: the deployment target's default
     # (pwdeploy.prune.alignment.DEFAULT_ROUND_TO), 1: no rounding
     round_to: int | None = None
-    # how removals are spread over layers: global importance ranking, or weighted by LUT latency saving
-    allocation: str = "global"
+    # how removals are spread over layers: one global importance ranking, the same share of every layer, or the
+    # ranking weighted by LUT latency saving; auto: the deployment target's default (prune.allocation)
+    allocation: str = "auto"
     # latency target on the deploy runtime (ONNX Runtime here); either replaces flops_reduction
     latency_reduction: float | None = None
     target_latency_ms: float | None = None
@@ -142,7 +143,7 @@ class RunConfig:
 CHOICES = {
     "pseudo_groups": ("none", "error-set"),
     "select": ("last", "worst-group"),
-    "prune.allocation": ("global", "latency", "uniform"),
+    "prune.allocation": ("auto", "global", "uniform", "latency"),
     "pw_applies_to": ("both", "importance", "retraining"),
     "retrain.optimizer": ("adamw", "sgd"),
     "retrain.schedule": ("cosine", "constant"),

@@ -47,19 +47,20 @@ def wants_latency(config: RunConfig) -> bool:
 def prune_for_deploy(config: RunConfig, model, original, example: torch.Tensor, input_shape: tuple, **prune_kwargs):
     """Prune ``model`` in place to the MACs or latency target; returns (PruneResult, speed record)."""
     from .prune import PruneResult, prune_to_flops
-    from .prune.allocation import make_allocation
+    from .prune.allocation import make_allocation, resolve_allocation
     from .prune.flops import count_macs_params
 
-    record = {"round_to": resolve_round_to(config), "allocation": config.prune.allocation}
-    settings = dataclasses.replace(config.prune, round_to=record["round_to"]["value"])
+    allocation_name, why = resolve_allocation(config.prune.allocation, config.target)
+    record = {"round_to": resolve_round_to(config), "allocation": allocation_name, "allocation_source": why}
+    settings = dataclasses.replace(config.prune, round_to=record["round_to"]["value"], allocation=allocation_name)
     prune_kwargs["strict_rounding"] = record["round_to"]["strict"]
-    needs_lut = wants_latency(config) or config.prune.allocation == "latency"
+    needs_lut = wants_latency(config) or allocation_name == "latency"
     if needs_lut and distributed.world_size() > 1:
         # each process would time the runtime itself and could decide differently: not supported yet
         raise ConfigError("--latency-reduction, --target-latency-ms and --allocation latency run in one process: "
                           "drop --nproc/torchrun for them, or prune to a MACs target (--flops-reduction)")
     cost = _cost(config, example) if needs_lut else None
-    allocation = make_allocation(config.prune.allocation, cost)
+    allocation = make_allocation(allocation_name, cost)
     if not wants_latency(config):
         return prune_to_flops(model, example, method=config.prune.method,
                               flops_reduction=config.prune.flops_reduction, settings=settings,

@@ -101,6 +101,10 @@ def test_new_arms_plan_only_where_they_apply(tmp_path):
     # keys added by issue 11 stay out of the cache key of cells that leave them at their defaults
     plain = fairness.cell_task("colour", 0, {"path": "b.pt"}, "taylor", "pw", 0.75, 0)["ident"]["effective"]
     assert not {"pseudo_groups", "select", "recipes", "kd"} & set(plain)
+    # the balance strength scales the pseudo-group balance too: a half-way arm is its own cell
+    full, half = (fairness.cell_task("colour", 0, {"path": "b.pt"}, "taylor", arm, 0.75, 0)["ident"]
+                  for arm in ("kd+pseudo", "kd+pseudo/0.5"))
+    assert full != half and half["effective"]["group_balance_strength"] == 0.5
 
 
 def test_summary_table_shows_the_best_label_free_arm_per_row():
