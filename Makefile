@@ -37,20 +37,23 @@ bench-fairness: $(STAMP)
 	$(FAIRNESS) --ablations-only --families "label correction,retraining" --settings "off (soft targets everywhere),on,lr 3e-3"
 	$(FAIRNESS) --ablations-only --families "group balance strength" --ablation-reductions 0.75,0.9
 	$(FAIRNESS) --ablations-only --report-only --ablation-reductions 0.75,0.9
-	$(I11) --variants colour,subtle --reductions 0.75 --arms $(I11_ARMS),pw+pseudo,kd+pseudo
-	$(I11) --variants colour,subtle --reductions 0.9 --arms $(I11_ARMS)
-	$(I11) --variants weak-minority,one-group --methods taylor --reductions 0.75,0.9 --arms $(I11_ARMS),kd/select
-	$(I11) --variants weak-minority,one-group --methods taylor --reductions 0.75 --arms pw+pseudo,kd+pseudo
+	$(FAIRNESS) --ablations-only --variants colour,subtle --families "channel allocation" \
+		--settings "--allocation uniform" --name fairness_allocation_uniform
+	$(I11) --variants colour,subtle --reductions 0.75 --arms $(I11_75)
+	$(I11) --variants weak-minority,one-group --methods taylor --reductions 0.75 --arms $(I11_75),kd/select
+	$(I11) --variants colour,subtle --reductions 0.9 --arms ce,pw,pw+gb
+	$(I11) --variants colour,subtle,weak-minority,one-group --methods taylor --reductions 0.9 \
+		--arms ce,pw,pw+gb,kd+pseudo/0.5,fairgrape
 	$(I11) --report-only --variants colour,subtle,weak-minority,one-group --reductions 0.75,0.9 \
-		--arms $(I11_ARMS),pw+pseudo,kd+pseudo,kd/select
+		--arms $(I11_75),kd/select
 
-# Issue 11 (benchmarks/results/fairness_issue11.*): label-free (kd, kd+pseudo/0.5; full-strength pw+pseudo and
-# kd+pseudo at 75% only: they collapsed there) and group-aware (pw+gb, fairgrape) arms beside CE and PW, on the
-# tuned regimes (every method) and two they were not tuned on (weak-minority, one-group: Taylor only, to fit 2 CPU
-# cores), 75% and 90%, 5 seeds: ~510 cells, about 2 hours on 2 cores. Each line writes fairness_issue11.*; the
-# last (cached cells only) writes the union.
+# Issue 11 (benchmarks/results/fairness_issue11.*): label-free (kd, pw+pseudo, kd+pseudo, kd+pseudo/0.5, kd/select)
+# and group-aware (pw+gb, fairgrape) arms beside CE and PW at 75%; at 90% CE, PW, PW+GB everywhere and the best
+# label-free arm and FairGRAPE on Taylor; the tuned regimes with every method, the two new ones (weak-minority,
+# one-group) with Taylor only: ~470 cells, about 2 hours on 2 cores. Each line writes fairness_issue11.*, the
+# last one (cached cells only) the union.
 I11 := $(FAIRNESS) --seeds 0-4 --name fairness_issue11
-I11_ARMS := ce,pw,pw+gb,kd,kd+pseudo/0.5,fairgrape
+I11_75 := ce,pw,pw+gb,kd,pw+pseudo,kd+pseudo,kd+pseudo/0.5,fairgrape
 
 # The committed calibration study (benchmarks/results/calibration_study.*): trains and compresses its own
 # synthetic model (Taylor, PW + group balance, 75%), then 3 methods x 3 strategies x 3 sizes x 5 seeds.

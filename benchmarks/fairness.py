@@ -507,7 +507,8 @@ def main(argv=None) -> int:
         name = args.name or ("fairness_quick" if args.quick else "fairness")
         write_outputs(out, name, pick(main_cells), meta, console, ablation=False)
     if ablation_cells:
-        write_outputs(out, "fairness_ablations", pick(ablation_cells), meta, console, ablation=True)
+        name = args.name if args.ablations_only and args.name else "fairness_ablations"
+        write_outputs(out, name, pick(ablation_cells), meta, console, ablation=True)
     return _fail(console, errors) if errors else 0
 
 
@@ -579,7 +580,9 @@ def parse_args(argv=None):
     p.add_argument("--time-budget", type=float, default=0,
                    help="seconds: start no new cell after this, write the results of what finished")
     p.add_argument("--report-only", action="store_true", help="write the results from cached cells, run nothing")
-    p.add_argument("--name", default="", help="file name of the grid's results (default fairness, fairness_quick)")
+    p.add_argument("--name", default="",
+                   help="file name of the results (default fairness, fairness_quick; with --ablations-only "
+                        "fairness_ablations)")
     p.add_argument("--fresh", action="store_true", help="ignore cached cells")
     p.add_argument("--fresh-baselines", action="store_true", help="retrain the baselines")
     args = p.parse_args(argv)
