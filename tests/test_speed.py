@@ -211,6 +211,15 @@ def test_round_to_defaults_follow_the_target(target, value):
     assert record["value"] == value and record["strict"] is False and target in record["source"]
 
 
+@pytest.mark.parametrize("target,value", [("onnx-fp32", "uniform"), ("onnx-int8", "global"), ("trt-fp16", "global")])
+def test_allocation_auto_follows_the_measured_target(target, value):
+    from pwdeploy.prune.allocation import resolve_allocation
+
+    name, why = resolve_allocation("auto", target)
+    assert name == value and target in why
+    assert resolve_allocation("latency", target) == ("latency", "--allocation")  # an explicit choice stays
+
+
 def test_cli_latency_target_and_strict_rounding(tiny_baseline, tmp_path, monkeypatch):
     monkeypatch.setenv("PWDEPLOY_CACHE", str(tmp_path / "cache"))
     import pwdeploy.latency.lut as lut
