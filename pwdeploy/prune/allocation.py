@@ -87,9 +87,11 @@ def uniform_allocation(remover, scores: dict[str, torch.Tensor]) -> dict[str, to
 # --allocation auto: per deployment target, and why (report.json speed.allocation_source). Only what was measured
 # (benchmarks/speedup.py) moves off the plain ranking.
 DEFAULT_ALLOCATION = {
-    "onnx-fp32": ("uniform", "measured on ONNX Runtime CPU (resnet18 218x178, 75% fewer MACs, rounded to 16): "
-                             "0.90 / 0.94 of the removed MACs became time at batch 1 / 8, global 0.74 / 0.85; "
-                             "and no worse per group on the synthetic fairness benchmark"),
+    "onnx-fp32": ("uniform", "measured on ONNX Runtime CPU at 75% fewer MACs, rounded to 16: 0.87-0.92 / 0.97 of "
+                             "the removed MACs became time at batch 1 / 8 for resnet18 and resnet50 (global "
+                             "0.77-0.84 / 0.87-0.96), and less harm per group on the synthetic fairness "
+                             "benchmark; depthwise nets (mobilenet_v2: 0.75 / 0.71 vs 0.80 / 0.84) do better "
+                             "with --allocation global"),
 }
 
 
