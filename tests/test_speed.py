@@ -114,9 +114,9 @@ def test_latency_cost_keys_every_layer_and_resizes_depthwise(tmp_path):
     assert resize_key(depthwise, cout=16) == depthwise.replace("32x32", "16x16").replace(":g32:", ":g16:")
 
 
-def test_latency_target_lands_within_tolerance_on_a_modelled_runtime():
-    """The control loop against a runtime whose latency is affine in MACs plus a fixed overhead (which the
-    cost does not see): the measured latency must land within 5% of the request."""
+def _land_on_modelled_runtime(runtime_of_macs, reduction: float):
+    """prune_to_latency on tinyresnet against a runtime modelled as a function of MACs (the cost the rounds are
+    steered by): (landing, latency of the pruned model, latency of the original)."""
     torch.manual_seed(0)
     original = create_model("tinyresnet", 2).eval()
     model = copy.deepcopy(original)
@@ -126,19 +126,26 @@ def test_latency_target_lands_within_tolerance_on_a_modelled_runtime():
         return float(count_macs_params(m, x)[0])
 
     def runtime_ms(m):
-        return 0.2 + macs(m) / 5e6
+        return runtime_of_macs(macs(m))
 
     def measure(a, b):
         return {"original_ms": runtime_ms(a), "speedup": runtime_ms(a) / runtime_ms(b), "speedup_p25": 0,
                 "speedup_p75": 0}
 
     landing = prune_to_latency(
-        model, original, (3, 16, 16), LatencyRequest(reduction=0.5), cost=macs, measure=measure,
+        model, original, (3, 16, 16), LatencyRequest(reduction=reduction), cost=macs, measure=measure,
         prune_round=lambda r: prune_to_flops(model, x, method="magnitude", flops_reduction=r, cost=macs,
                                              settings=PruneSettings(method="magnitude", round_to=1)))
+    return landing, runtime_ms(model), runtime_ms(original)
+
+
+def test_latency_target_lands_within_tolerance_on_a_modelled_runtime():
+    """The control loop against a runtime whose latency is affine in MACs plus a fixed overhead (which the
+    cost does not see): the measured latency must land within 5% of the request."""
+    landing, pruned_ms, original_ms = _land_on_modelled_runtime(lambda macs: 0.2 + macs / 5e6, 0.5)
     assert landing.rounds and abs(landing.error) <= LANDING_TOLERANCE
-    assert runtime_ms(model) == pytest.approx(landing.measured_ms)
-    assert landing.requested_ms == pytest.approx(0.5 * runtime_ms(original))
+    assert pruned_ms == pytest.approx(landing.measured_ms)
+    assert landing.requested_ms == pytest.approx(0.5 * original_ms)
 
 
 def test_per_layer_floor_holds_across_pruning_rounds():
@@ -162,30 +169,12 @@ def test_per_layer_floor_holds_across_pruning_rounds():
 
 
 def test_latency_target_undoes_a_round_that_overshoots():
-    """A runtime whose latency falls much faster than the cost (MACs to the fourth power): a proportional round lands
-    far below the request; it is undone and retried smaller, and the final model lands inside the band."""
-    torch.manual_seed(0)
-    original = create_model("tinyresnet", 2).eval()
-    model = copy.deepcopy(original)
-    x = torch.randn(1, 3, 16, 16)
-
-    def macs(m):
-        return float(count_macs_params(m, x)[0])
-
-    def runtime_ms(m):
-        return (macs(m) / 1e6) ** 4
-
-    def measure(a, b):
-        return {"original_ms": runtime_ms(a), "speedup": runtime_ms(a) / runtime_ms(b), "speedup_p25": 0,
-                "speedup_p75": 0}
-
-    landing = prune_to_latency(
-        model, original, (3, 16, 16), LatencyRequest(reduction=0.3), cost=macs, measure=measure,
-        prune_round=lambda r: prune_to_flops(model, x, method="magnitude", flops_reduction=r, cost=macs,
-                                             settings=PruneSettings(method="magnitude", round_to=1)))
+    """A runtime whose latency falls much faster than the cost (MACs to the fourth power): a proportional round
+    lands far below the request; it is undone and retried smaller, and the final model lands inside the band."""
+    landing, pruned_ms, _ = _land_on_modelled_runtime(lambda macs: (macs / 1e6) ** 4, 0.3)
     assert any(r["undone"] for r in landing.rounds)
     assert abs(landing.error) <= LANDING_TOLERANCE
-    assert runtime_ms(model) == pytest.approx(landing.measured_ms)  # the undone rounds left no trace
+    assert pruned_ms == pytest.approx(landing.measured_ms)  # the undone rounds left no trace
 
 
 def test_report_records_rounding_and_measured_latency(tiny_run):
