@@ -45,9 +45,10 @@ bench-fairness: $(STAMP)
 	$(I11) --variants colour,subtle,weak-minority,one-group --methods taylor --reductions 0.9 \
 		--arms ce,pw,pw+gb,kd+pseudo/0.5,fairgrape
 	$(I11) --report-only --variants colour,subtle,weak-minority,one-group --reductions 0.75,0.9 \
-		--arms $(I11_75),kd/select
+		--arms $(I11_75),kd/select,ce/uniform,pw/uniform
 
-# Issue 11 (benchmarks/results/fairness_issue11.*): label-free (kd, pw+pseudo, kd+pseudo, kd+pseudo/0.5, kd/select)
+# Issue 11 (benchmarks/results/fairness_issue11.*): label-free (kd, pw+pseudo, kd+pseudo, kd+pseudo/0.5, kd/select;
+# ce/uniform and pw/uniform are the uniform-allocation sweep's cells)
 # and group-aware (pw+gb, fairgrape) arms beside CE and PW at 75%; at 90% CE, PW, PW+GB everywhere and the best
 # label-free arm and FairGRAPE on Taylor; the tuned regimes with every method, the two new ones (weak-minority,
 # one-group) with Taylor only: ~470 cells, about 2 hours on 2 cores. Each line writes fairness_issue11.*, the

@@ -56,6 +56,10 @@ ARMS = {"ce": {"loss": "ce"}, "pw": {"loss": "pw", "group_balanced": False},
         "kd+pseudo/0.5": {"loss": "kd", "group_balanced": False, "pseudo_groups": "error-set",
                           "group_balance_strength": 0.5},
         "kd/select": {"loss": "kd", "group_balanced": False, "select": "worst-group"},
+        # issue 15's uniform allocation (every layer loses the same share): label-free too; the same cells as the
+        # "channel allocation" sweep's "--allocation uniform" setting
+        "ce/uniform": {"loss": "ce", "prune": {"allocation": "uniform"}},
+        "pw/uniform": {"loss": "pw", "group_balanced": False, "prune": {"allocation": "uniform"}},
         # Group-aware: FairGRAPE (channel-level adaptation; Taylor-based, so only in the taylor rows, with CE as
         # in its paper), and the recipe comparison chosen on validation (every recipe costs a cell).
         "fairgrape": {"loss": "ce", "prune": {"method": "fairgrape"}},

@@ -134,7 +134,8 @@ def markdown_main(meta: dict, series: list[dict], comparisons: list[dict]) -> st
              "total weight (needs group labels for training). Issue 11's arms: label-free `kd` (distillation from the "
              "original), `kd+pw` (PW-weighted), `pw+pseudo` / `kd+pseudo` (balance over label x original right/wrong "
              "pseudo-groups; `kd+pseudo/0.5` half-way: each pseudo-group's factor square-rooted), `kd/select` "
-             "(checkpoint chosen on validation worst-group accuracy); group-aware "
+             "(checkpoint chosen on validation worst-group accuracy), `ce/uniform` / `pw/uniform` (`--allocation uniform`: "
+             "every layer loses the same share of its channels); group-aware "
              "`fairgrape` (channel-level adaptation of Lin et al. 2022) and `recipes` (the recipe chosen on "
              "validation).", ""]
     if len({s["baseline_seed"] for s in all_series}) > 1:
@@ -169,7 +170,8 @@ def markdown_main(meta: dict, series: list[dict], comparisons: list[dict]) -> st
     return "\n".join(lines)
 
 
-LABEL_FREE = ("kd", "kd+pw", "pw+pseudo", "kd+pseudo", "kd+pseudo/0.5", "kd/select")  # beyond the paper's PW
+LABEL_FREE = ("kd", "kd+pw", "pw+pseudo", "kd+pseudo", "kd+pseudo/0.5", "kd/select",  # beyond the paper's PW
+              "ce/uniform", "pw/uniform")
 
 
 def markdown_summary(series: list[dict]) -> list[str]:
@@ -253,7 +255,7 @@ def markdown_ablations(meta: dict, series: list[dict], comparisons: list[dict]) 
 METHOD_COLOURS = {"taylor": "tab:blue", "autobot": "tab:orange", "magnitude": "tab:green"}
 ARM_STYLES = {"ce": ("--", "o"), "pw": ("-", "s"), "pw+gb": (":", "^"), "kd": ("-", "D"), "kd+pw": ("-", "d"),
               "pw+pseudo": ("-.", "v"), "kd+pseudo": ("-.", "P"), "kd+pseudo/0.5": ("-", "p"), "kd/select": ("-", "*"),
-              "fairgrape": (":", "X"), "recipes": (":", "h")}
+              "fairgrape": (":", "X"), "recipes": (":", "h"), "ce/uniform": ("--", "8"), "pw/uniform": ("-", "H")}
 
 
 def plot(series: list[dict], path: Path, title: str) -> None:
