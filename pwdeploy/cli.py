@@ -202,8 +202,8 @@ def compress(
     max_float_layers: Optional[int] = typer.Option(None, "--max-float-layers", help=MaxFloatHelp),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Kept channels a multiple of N in every pruned "
                                            "group (default per --target: 16 ONNX/INT8, 8 TensorRT fp16; 1: off)."),
-    allocation: Optional[str] = typer.Option(None, "--allocation", help="auto (default: uniform for onnx-fp32, "
-                                             "global otherwise), global (one importance ranking), uniform (every layer "
+    allocation: Optional[str] = typer.Option(None, "--allocation", help="auto (default: uniform for Taylor on "
+                                             "onnx-fp32, global otherwise), global (one importance ranking), uniform (every layer "
                                              "loses the same share) or latency (ranking weighted by each layer's "
                                              "measured latency saving)."),
     latency_reduction: Optional[float] = typer.Option(None, "--latency-reduction", help="Prune until the measured "

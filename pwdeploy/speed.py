@@ -50,7 +50,7 @@ def prune_for_deploy(config: RunConfig, model, original, example: torch.Tensor, 
     from .prune.allocation import make_allocation, resolve_allocation
     from .prune.flops import count_macs_params
 
-    allocation_name, why = resolve_allocation(config.prune.allocation, config.target)
+    allocation_name, why = resolve_allocation(config.prune.allocation, config.target, config.prune.method)
     record = {"round_to": resolve_round_to(config), "allocation": allocation_name, "allocation_source": why}
     settings = dataclasses.replace(config.prune, round_to=record["round_to"]["value"], allocation=allocation_name)
     prune_kwargs["strict_rounding"] = record["round_to"]["strict"]

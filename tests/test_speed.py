@@ -200,13 +200,14 @@ def test_round_to_defaults_follow_the_target(target, value):
     assert record["value"] == value and record["strict"] is False and target in record["source"]
 
 
-@pytest.mark.parametrize("target,value", [("onnx-fp32", "uniform"), ("onnx-int8", "global"), ("trt-fp16", "global")])
-def test_allocation_auto_follows_the_measured_target(target, value):
+@pytest.mark.parametrize("target,method,value", [("onnx-fp32", "taylor", "uniform"), ("onnx-fp32", "autobot", "global"),
+                                                 ("onnx-int8", "taylor", "global"), ("trt-fp16", "taylor", "global")])
+def test_allocation_auto_follows_what_was_measured(target, method, value):
     from pwdeploy.prune.allocation import resolve_allocation
 
-    name, why = resolve_allocation("auto", target)
-    assert name == value and target in why
-    assert resolve_allocation("latency", target) == ("latency", "--allocation")  # an explicit choice stays
+    name, why = resolve_allocation("auto", target, method)
+    assert name == value and target in why and method in why
+    assert resolve_allocation("latency", target, method) == ("latency", "--allocation")  # explicit choices stay
 
 
 def test_cli_latency_target_and_strict_rounding(tiny_baseline, tmp_path, monkeypatch):
