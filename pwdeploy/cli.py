@@ -175,8 +175,8 @@ def compress(
     pw_min_weight: Optional[float] = typer.Option(None, "--pw-min-weight", help="PW minimum weight w_min."),
     group_balanced: Optional[bool] = typer.Option(None, "--group-balanced/--no-group-balanced",
                                                   help="Extension, not the paper: equal total PW weight per group "
-                                                       "(needs group labels; default from the dataset config, on for "
-                                                       "synthetic)."),
+                                                       "(needs group labels; default from the dataset config: on for "
+                                                       "synthetic and celeba, the recipe the benchmark supports)."),
     group_balance_strength: Optional[float] = typer.Option(
         None, "--group-balance-strength", help="With --group-balanced: 1 equal group totals, 0.5 halfway (in log "
                                                "scale), any value in (0, 1]."),
