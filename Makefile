@@ -41,7 +41,7 @@ bench-fairness: $(STAMP)
 		--settings "--allocation uniform" --name fairness_allocation_uniform
 	$(I11) --variants colour,subtle --reductions 0.75 --arms $(I11_75)
 	$(I11) --variants weak-minority,one-group --methods taylor --reductions 0.75 --arms $(I11_75),kd/select
-	$(I11) --variants colour,subtle --reductions 0.9 --arms ce,pw,pw+gb
+	$(I11) --variants colour,subtle --reductions 0.9 --arms ce,pw,pw+gb,kd,kd+pseudo/0.5
 	$(I11) --variants colour,subtle,weak-minority,one-group --methods taylor --reductions 0.9 \
 		--arms ce,pw,pw+gb,kd+pseudo/0.5,fairgrape
 	$(I11) --report-only --variants colour,subtle,weak-minority,one-group --reductions 0.75,0.9 \
@@ -49,10 +49,10 @@ bench-fairness: $(STAMP)
 
 # Issue 11 (benchmarks/results/fairness_issue11.*): label-free (kd, pw+pseudo, kd+pseudo, kd+pseudo/0.5, kd/select;
 # ce/uniform and pw/uniform are the uniform-allocation sweep's cells)
-# and group-aware (pw+gb, fairgrape) arms beside CE and PW at 75%; at 90% CE, PW, PW+GB everywhere and the best
-# label-free arm and FairGRAPE on Taylor; the tuned regimes with every method, the two new ones (weak-minority,
-# one-group) with Taylor only: ~470 cells, about 2 hours on 2 cores. Each line writes fairness_issue11.*, the
-# last one (cached cells only) the union.
+# and group-aware (pw+gb, fairgrape) arms beside CE and PW at 75%; at 90% CE, PW, PW+GB, kd, kd+pseudo/0.5 and
+# (Taylor) FairGRAPE; the tuned regimes with every method, the two new ones (weak-minority, one-group) with Taylor
+# only: ~500 cells, about 2 hours on 2 idle cores. Each line writes fairness_issue11.*, the last one (cached cells
+# only) the union.
 I11 := $(FAIRNESS) --seeds 0-4 --name fairness_issue11
 I11_75 := ce,pw,pw+gb,kd,pw+pseudo,kd+pseudo,kd+pseudo/0.5,fairgrape
 
