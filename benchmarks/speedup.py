@@ -107,7 +107,7 @@ def build(name: str, folder: Path, *, threads: int, with_target: bool, calib: in
     variants["tp-uniform"], info["tp_uniform_ratio"] = tp_uniform(original, shape, goal, None)
     variants["tp-uniform16"], info["tp_uniform16_ratio"] = tp_uniform(original, shape, goal, 16)
     if with_target:
-        variants["latency-target"], info["latency_target"] = latency_target(original, shape, threads, variants)
+        variants["latency-target"], info["latency_target"] = latency_target(original, shape, threads)
     info["prune_seconds"] = time.time() - t0
     base_macs = count_macs_params(original, example)[0]
     paths = {}
@@ -123,33 +123,20 @@ def build(name: str, folder: Path, *, threads: int, with_target: bool, calib: in
     return info
 
 
-def latency_target(original, shape, threads: int, variants: dict):
-    """--latency-reduction LATENCY_REDUCTION at batch 8, rounded to 16, latency-weighted allocation."""
+def latency_target(original, shape, threads: int):
+    """--latency-reduction LATENCY_REDUCTION at batch 8, rounded to 16, latency-weighted allocation, through the
+    product's own path (pwdeploy.speed.prune_for_deploy)."""
     import torch
 
-    from pwdeploy.config import PruneSettings
-    from pwdeploy.latency import LatencyCost, LatencyLUT
-    from pwdeploy.latency.measure import measure_pair
-    from pwdeploy.latency.target import LatencyRequest, prune_to_latency
-    from pwdeploy.prune import prune_to_flops
-    from pwdeploy.prune.allocation import LatencyAllocation
-    from pwdeploy.prune.flops import count_macs_params
+    from pwdeploy.config import build_config
+    from pwdeploy.speed import prune_for_deploy
 
-    example = torch.randn(1, *shape)
-    cost = LatencyCost(LatencyLUT(threads=threads), example, batch=8)
+    config = build_config({"prune": {"method": "magnitude", "round_to": 16, "allocation": "latency",
+                                     "latency_reduction": LATENCY_REDUCTION, "latency_batch": 8,
+                                     "latency_threads": threads}})
     model = copy.deepcopy(original)
-    settings = PruneSettings(method="magnitude", round_to=16)
-    request = LatencyRequest(reduction=LATENCY_REDUCTION, batch=8)
-    rounds = []  # every round's per-layer floor is relative to the original widths (rounds[0].widths)
-    landing = prune_to_latency(
-        model, original, shape, request, cost=cost,
-        prune_round=lambda r: rounds.append(prune_to_flops(
-            model, example, method="magnitude", flops_reduction=r, cost=cost, allocation=LatencyAllocation(cost),
-            settings=settings, widths=rounds[0].widths if rounds else None)),
-        measure=lambda a, b: measure_pair(a, b, shape, batch=8, threads=threads, rounds=15))
-    out = landing.to_dict()
-    out["mac_ratio"] = count_macs_params(original, example)[0] / count_macs_params(model, example)[0]
-    return model, out
+    result, record = prune_for_deploy(config, model, original, torch.randn(1, *shape), shape)
+    return model, dict(record["latency_target"], mac_ratio=result.macs_before / result.macs_after)
 
 
 def quantize_all(paths: dict, folder: Path, shape, calib: int) -> dict:
@@ -320,7 +307,7 @@ def target_only(args) -> int:
     arch, shape, classes = MODELS["resnet18"]
     torch.manual_seed(0)
     original = create_model(arch, classes).eval()
-    model, landing = latency_target(original, shape, args.threads, {})
+    model, landing = latency_target(original, shape, args.threads)
     with tempfile.TemporaryDirectory(prefix="pwdeploy-speedup-") as tmp:
         paths = {label: export_onnx(m.eval(), Path(tmp) / f"{label}.onnx", shape)
                  for label, m in (("original", original), ("latency-target", model))}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -46,6 +47,8 @@ def wants_latency(config: RunConfig) -> bool:
 
 def prune_for_deploy(config: RunConfig, model, original, example: torch.Tensor, input_shape: tuple, **prune_kwargs):
     """Prune ``model`` in place to the MACs or latency target; returns (PruneResult, speed record)."""
+    from exporters.onnx_export import export_onnx
+
     from .prune import PruneResult, prune_to_flops
     from .prune.allocation import make_allocation, resolve_allocation
     from .prune.flops import count_macs_params
@@ -79,8 +82,11 @@ def prune_for_deploy(config: RunConfig, model, original, example: torch.Tensor, 
 
     request = LatencyRequest(config.prune.latency_reduction, config.prune.target_latency_ms,
                              config.prune.latency_batch)
-    landing = prune_to_latency(model, original, input_shape, request, cost=cost, prune_round=prune_round,
-                               measure=measure)
+    with tempfile.TemporaryDirectory(prefix="pwdeploy-lat-") as tmp:
+        # the original is timed against every round: export it once
+        original_onnx = export_onnx(_cpu_eval(original), Path(tmp) / "original.onnx", tuple(input_shape))
+        landing = prune_to_latency(model, original_onnx, request, cost=cost, prune_round=prune_round,
+                                   measure=measure)
     record["latency_target"] = {"latency_reduction": request.reduction, "target_latency_ms": request.target_ms,
                                 "batch": request.batch, "lut": cost.lut.key, "lut_file": str(cost.lut.path),
                                 **landing.to_dict()}

@@ -133,7 +133,7 @@ def _land_on_modelled_runtime(runtime_of_macs, reduction: float):
                 "speedup_p75": 0}
 
     landing = prune_to_latency(
-        model, original, (3, 16, 16), LatencyRequest(reduction=reduction), cost=macs, measure=measure,
+        model, original, LatencyRequest(reduction=reduction), cost=macs, measure=measure,
         prune_round=lambda r: prune_to_flops(model, x, method="magnitude", flops_reduction=r, cost=macs,
                                              settings=PruneSettings(method="magnitude", round_to=1)))
     return landing, runtime_ms(model), runtime_ms(original)

@@ -56,12 +56,12 @@ class LatencyLanding:
                 "rounds": self.rounds}
 
 
-def prune_to_latency(model, original, input_shape: tuple, request: LatencyRequest, *, cost, prune_round,
-                     measure, max_rounds: int = 8) -> LatencyLanding:
+def prune_to_latency(model, original, request: LatencyRequest, *, cost, prune_round, measure,
+                     max_rounds: int = 8) -> LatencyLanding:
     """Remove channels from ``model`` until its measured latency lands near the request.
 
     ``prune_round(reduction)`` removes that fraction of ``cost`` (the LUT estimate) from the current model;
-    ``measure(original, model)`` returns measure_pair's dict. A round that lands faster than the band is undone
+    ``measure(original, model)`` returns measure_pair's dict; ``original`` is only passed through to it. A round that lands faster than the band is undone
     (channels cannot be put back otherwise) and retried smaller: the request is a budget, not a minimum.
     """
     first = measure(original, model)
