@@ -15,10 +15,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import CHOICES
-
-ALLOCATIONS = CHOICES["prune.allocation"]  # one list: the config check and the CLI help read it too
-
 
 def _affected_layers(graph, group) -> list[tuple[nn.Module, str]]:
     """(module, 'out' | 'in') for every Conv2d / Linear whose channels this DG group changes."""
@@ -52,13 +48,12 @@ class LatencyAllocation:
 
         lut = self.cost.lut
         keys = layer_keys(remover.model, self.cost.example_inputs, self.cost.batch)
-        names = {m: n for n, m in remover.model.named_modules()}
         step = remover.round_to
         out = {}
         for name, group in remover.groups():
             saved = 0.0
             for module, side in _affected_layers(remover.graph, group):
-                key = keys.get(names[module])
+                key = keys.get(remover.names[module])
                 if key is None:
                     continue
                 channels = int(key.split(":")[1].split("x")[0 if side == "in" else 1])
