@@ -379,13 +379,16 @@ def package(
     sign_key: Optional[str] = typer.Option(None, "--sign-key", help="SSH private key (e.g. ~/.ssh/id_ed25519) to "
                                                                     "sign manifest.json with (ssh-keygen -Y sign)."),
     allow_empty_groups: bool = AllowEmptyOpt,
+    release: Optional[int] = typer.Option(None, "--release", help="Release number of this bundle for its model "
+                                                                  "(signed; devices refuse older ones). Default: the "
+                                                                  "packaging time as YYYYMMDDHHMMSS."),
 ):
     """Bundle a run for a Jetson: model, verification set + reference results, build_engine.sh, device verifier."""
     from .package import package_run
 
     package_run(run_dir, output, target=target, verification_size=verification_size, seed=seed,
                 engine_for=engine_for, tolerance=tolerance, max_group_drop=max_group_drop, sign_key=sign_key,
-                allow_empty_groups=allow_empty_groups)
+                allow_empty_groups=allow_empty_groups, release=release)
 
 
 @app.command()
@@ -409,6 +412,11 @@ def ship(
                                                   help="OpenSSH allowed-signers file: refuse an unsigned or wrongly "
                                                        "signed bundle before sending it (the device checks its own "
                                                        "DIR/allowed_signers too)."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a release older than the one the "
+                                                                          "device runs for this model."),
+    bootstrap: bool = typer.Option(False, "--bootstrap", help="Also install the trust anchor as "
+                                                              "DIR/.pwdeploy/anchor/pwdeploy-device.py (prints its "
+                                                              "sha256)."),
 ):
     """Copy a bundle over SSH, install it as DIR/current only if its hashes check out, optionally verify it there."""
     from .errors import GateFailed
@@ -416,13 +424,27 @@ def ship(
 
     result = ship_bundle(bundle, destination, verify=verify, port=port, identity=identity, ssh_config=ssh_config,
                          ssh_options=ssh_option, remote_python=remote_python, runner=runner,
-                         verify_timeout=verify_timeout, keep=keep, allowed_signers=allowed_signers)
+                         verify_timeout=verify_timeout, keep=keep, allowed_signers=allowed_signers,
+                         allow_downgrade=allow_downgrade, bootstrap=bootstrap)
     if result.passed is False:
         failed = ", ".join(result.verify.get("gate", {}).get("failed_groups", [])) or "integrity"
         kept = f"still points at {result.previous}" if result.previous else "was not created"
         raise GateFailed(f"device verify FAILED on {result.destination} ({failed}); see {result.verify_path}; "
                          f"`current` {kept}")
 
+
+
+@app.command()
+def anchor(
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the device trust anchor here "
+                                                                       "(pwdeploy-device.py); without it, print its "
+                                                                       "sha256 only."),
+):
+    """The device trust anchor (pwdeploy-device.py): write it for a hand install and print the sha256 to pin."""
+    from .anchor import anchor_sha256, write_anchor
+
+    digest = write_anchor(output) if output is not None else anchor_sha256()
+    print(f"{digest}  {output if output is not None else 'pwdeploy-device.py'}")
 
 
 def _put(d: dict, section: str, key: str, value) -> None:

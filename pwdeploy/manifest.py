@@ -27,10 +27,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SIGNATURE_FILE = "manifest.json.sig"  # OpenSSH signature of manifest.json: the one file the manifest cannot list
 MAX_MANIFEST_BYTES = 16 << 20
-# What the device verifier itself writes into a release (engine, its build log and cache, the result, and
-# their .partial files while being written): data, never imported. Anything else unlisted is refused.
-DEVICE_OUTPUTS = re.compile(r"^(model\.plan|timing\.cache|build_engine\.log|verify_result\.json)(\.[0-9]+)?"
-                            r"(\.partial)?$")
+MAX_RELEASE = 2 ** 63 - 1
 
 
 class ManifestError(_BaseError):
@@ -74,6 +71,7 @@ SPEC: Dict[str, Any] = {
     "bundle_id": str,
     "created": str,
     "pwdeploy_version": str,
+    "release": Opt(int),  # signed, monotonic per model.name; absent in older bundles (counts as 0)
     "target": str,
     "precision": str,
     "model": {
@@ -208,6 +206,8 @@ def validate_manifest(data: Any) -> Dict[str, Any]:
     if not _SAFE_ID.match(data["bundle_id"]):
         raise _fail("bundle_id", "must use only letters, digits, '.', '_' and '-', got {}".format(
             _short(data["bundle_id"])))
+    if not 0 <= data.get("release", 0) <= MAX_RELEASE:
+        raise _fail("release", "must be an integer from 0 to {}, got {}".format(MAX_RELEASE, _short(data["release"])))
     if data["precision"] not in PRECISIONS:
         raise _fail("precision", "must be one of {}, got {}".format(", ".join(PRECISIONS), _short(data["precision"])))
     files = data["files"]
@@ -299,17 +299,15 @@ def allowed_paths(manifest: Dict[str, Any]) -> set:
 
 def unlisted_entries(bundle_dir: str, manifest: Dict[str, Any]) -> list:
     """Files and folders under ``bundle_dir`` that the manifest does not list (a ``numpy.py`` dropped beside
-    the code, a ``__pycache__``): the isolated verifier refuses them before importing anything. The device's
-    own outputs (DEVICE_OUTPUTS, plain files at the top) are allowed."""
+    the code, a ``__pycache__``, a planted ``model.plan`` or ``verify_result.json``): the trust anchor refuses
+    them before importing anything. The device writes its own outputs into a state folder outside the bundle."""
     allowed = allowed_paths(manifest)
     extra = []
     for dirpath, dirs, files in os.walk(str(bundle_dir)):
         for name in sorted(dirs) + sorted(files):
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, str(bundle_dir)).replace(os.sep, "/")
-            output = "/" not in rel and DEVICE_OUTPUTS.match(rel) and os.path.isfile(path) \
-                and not os.path.islink(path)
-            if rel not in allowed and not output:
+            if rel not in allowed:
                 extra.append(rel)
         dirs[:] = [d for d in dirs if os.path.relpath(os.path.join(dirpath, d), str(bundle_dir)).replace(
             os.sep, "/") in allowed]

@@ -24,7 +24,6 @@ import numpy as np
 from . import __version__, rundir
 from .errors import DataError, PwdeployError
 from .fsutil import atomic_path, sha256_file, write_json, write_text
-from .device import LAUNCHER
 from .manifest import MANIFEST, SCHEMA, SIGNATURE_FILE, validate_manifest
 from .metrics import group_metrics, predict
 from .safe_extract import check_archive, single_root
@@ -41,7 +40,7 @@ DEVICE_CODE = (
     "pwdeploy/manifest.py", "pwdeploy/safe_extract.py", "pwdeploy/verification_set.py",
     "pwdeploy/device/__init__.py", "pwdeploy/device/__main__.py", "pwdeploy/device/verify.py",
     "pwdeploy/device/runners.py", "pwdeploy/device/build_engine.py", "pwdeploy/device/install.py",
-    "pwdeploy/signature.py", "pwdeploy/device/launch.py",
+    "pwdeploy/signature.py", "pwdeploy/device/args.py", "pwdeploy/device/state.py", "pwdeploy/device/releases.py",
     "pwdeploy/runners/__init__.py", "pwdeploy/runners/base.py", "pwdeploy/runners/onnxruntime_runner.py",
 )
 _ONNX_DTYPES = {1: "float32", 10: "float16"}
@@ -49,13 +48,15 @@ _ONNX_DTYPES = {1: "float32", 10: "float16"}
 DEVICE_README = """pwdeploy bundle {bundle_id}
 target {target}, model {model_file}, packaged {created} by pwdeploy {version}
 
-On the device (Python 3.8+, numpy, and TensorRT or onnxruntime; no torch needed):
-    cd {bundle_id}
-    python3 -I -B pwdeploy/device/launch.py verify .
-        # isolated: refuses unlisted files, checks every sha256 (and the signature where
-        # DEPLOY_DIR/allowed_signers or --allowed-signers applies) before importing anything,
-        # builds the engine when TensorRT is here, reruns the per-group gate; exit 0 PASSED, 1 FAILED
-    ./build_engine.sh                       # only the engine build (trtexec, TensorRT 10 or 11)
+release {release} of model {model_name}.
+
+On the device (Python 3.8+, numpy, and TensorRT or onnxruntime; no torch needed), with the device's trust
+anchor (installed once by `pwdeploy ship --bootstrap`, or `pwdeploy anchor -o pwdeploy-device.py` copied
+there by hand; a bundle never checks itself):
+    python3 -I -B DEPLOY_DIR/.pwdeploy/anchor/pwdeploy-device.py verify {bundle_id} [--allowed-signers F]
+        # refuses unlisted files, checks the signature (DEPLOY_DIR/allowed_signers or --allowed-signers)
+        # and every sha256 before importing anything of the bundle, then reruns the per-group gate
+        # (engine built into {bundle_id}.pwdeploy-state/); exit 0 PASSED, 1 FAILED, 2 refused
 manifest.json lists every file with its sha256, the preprocessing, the groups and the reference results.
 """
 
@@ -73,12 +74,13 @@ class _Evidence:
 def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target: str | None = None,
                 verification_size: int = 300, seed: int = 0, engine_for: str | None = None,
                 max_group_drop: float | None = None, tolerance: float | None = None, quiet: bool = False,
-                sign_key: str | None = None, allow_empty_groups: bool = False) -> Path:
+                sign_key: str | None = None, allow_empty_groups: bool = False, release: int | None = None) -> Path:
     """Write the bundle ``output`` (.tar.gz) for ``run_dir``; returns its path. Nothing is written on error.
-    With ``sign_key`` (an SSH private key) manifest.json is signed (manifest.json.sig, OpenSSH ``-Y sign``)."""
+    With ``sign_key`` (an SSH private key) manifest.json is signed (manifest.json.sig, OpenSSH ``-Y sign``).
+    ``release``: the bundle's release number for its model (default: the packaging time, YYYYMMDDHHMMSS)."""
     run = rundir.RunDir.open(run_dir)
     output = Path(output)
-    _check_options(output, verification_size, tolerance, max_group_drop)
+    _check_options(output, verification_size, tolerance, max_group_drop, release)
     config, report = run.config, run.report
     spec = get_target(target or config["target"])
     model_path = run.file(spec.onnx_file)
@@ -89,18 +91,20 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
     io_info = onnx_io(model_path)
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     bundle_id = _bundle_id(run.path.name, spec.name, created)
+    release = default_release(created) if release is None else int(release)
     evidence = _evidence(run, config, report, model_path, io_info, verification_size, seed, max_group_drop)
     engine_file, engine_trt = _engine(run, report, spec, engine_for)
 
     with tempfile.TemporaryDirectory(prefix=".pwdeploy-package-", dir=output.parent if output.parent.exists() else None) as tmp:
         root = Path(tmp) / bundle_id
         root.mkdir()
-        _stage_files(root, run, spec, model_path, io_info, engine_file, evidence, bundle_id, created)
+        _stage_files(root, run, spec, model_path, io_info, engine_file, evidence, bundle_id, created, release)
         manifest = {
             "schema": SCHEMA,
             "bundle_id": bundle_id,
             "created": created.isoformat(),
             "pwdeploy_version": __version__,
+            "release": release,
             "target": spec.name,
             "precision": spec.precision,
             "model": _model_entry(run, config, report, spec, io_info),
@@ -131,12 +135,22 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
     return output
 
 
-def _check_options(output: Path, verification_size: int, tolerance, max_group_drop) -> None:
+def default_release(created: dt.datetime) -> int:
+    """The default release number: the packaging time in UTC as YYYYMMDDHHMMSS. It grows with every bundle
+    packaged later (on hosts with a sane clock) with nothing to remember, and a CI build number passed
+    with --release stays far below it, so mixing the two is refused rather than silently misordered."""
+    return int(created.strftime("%Y%m%d%H%M%S"))
+
+
+def _check_options(output: Path, verification_size: int, tolerance, max_group_drop, release=None) -> None:
     if not (output.name.endswith(".tar.gz") or output.name.endswith(".tgz")):
         raise PwdeployError(f"-o {output}: a bundle is a .tar.gz file: name it e.g. {output.name}.tar.gz")
     if verification_size < 10:
         raise PwdeployError(f"--verification-size {verification_size} is too small for a per-group gate: use 100 or more")
+    from .manifest import MAX_RELEASE
     from .validate import POINTS, Range, check
+
+    check("--release", release, Range(0, MAX_RELEASE, integer=True))
 
     check("--verification-size", verification_size, Range(10, 100_000, integer=True))
     check("--tolerance", tolerance, POINTS)
@@ -168,7 +182,8 @@ def _evidence(run: rundir.RunDir, config: dict, report: dict, model_path: Path, 
 
 
 def _stage_files(root: Path, run: rundir.RunDir, spec: Target, model_path: Path, io_info: dict,
-                 engine_file: Optional[str], evidence: _Evidence, bundle_id: str, created: dt.datetime) -> None:
+                 engine_file: Optional[str], evidence: _Evidence, bundle_id: str, created: dt.datetime,
+                 release: int) -> None:
     """Everything but the manifest: model (+ external data), engine, verification set, build script, device code."""
     from .device.build_engine import SCRIPT_NAME, render_script
 
@@ -190,7 +205,7 @@ def _stage_files(root: Path, run: rundir.RunDir, spec: Target, model_path: Path,
         shutil.copyfile(PACKAGE_DIR.parent / rel, dest)
     write_text(root / "README.txt", DEVICE_README.format(
         bundle_id=bundle_id, target=spec.name, model_file=spec.onnx_file, created=created.isoformat(),
-        version=__version__))
+        version=__version__, release=release, model_name=run.path.name))
 
 
 def _model_entry(run: rundir.RunDir, config: dict, report: dict, spec: Target, io_info: dict) -> dict:
@@ -230,32 +245,36 @@ def _seal(root: Path, manifest: dict, sign_key: Optional[str], output: Path, cre
 
 def verify_locally(bundle: str | os.PathLike, workdir: str | os.PathLike, *, runner: str = "auto",
                    block_torch: bool = True, timeout: float = 900.0, echo: bool = True) -> dict:
-    """Unpack ``bundle`` into the new folder ``workdir`` and run the bundle's own device verifier there, in a
-    subprocess of this Python with torch made unimportable: exactly what the device runs. Returns
-    its result (``result["passed"]``: the gate); raises PwdeployError when the verifier cannot run."""
+    """Unpack ``bundle`` into the new folder ``workdir`` and verify it there with the trust anchor (the file
+    `pwdeploy ship` sends), in a subprocess of this Python with torch made unimportable: exactly what the
+    device runs. Returns its result (``result["passed"]``: the gate); raises PwdeployError when the
+    verifier cannot run."""
     import json
     import subprocess
     import sys
 
+    from .anchor import ANCHOR_NAME, write_anchor
     from .device import RESULT_PREFIX
     from .safe_extract import safe_extract
 
     workdir = Path(workdir)
     names = safe_extract(str(bundle), str(workdir / "bundle"))
     root = workdir / "bundle" / names[0].split("/")[0]
+    anchor = workdir / ANCHOR_NAME
+    write_anchor(anchor)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    args = ["verify", ".", "--runner", runner, "--result-line"]
-    command = [sys.executable, "-I", "-B", LAUNCHER, *args]
+    args = ["verify", str(root), "--runner", runner, "--result-line"]
+    command = [sys.executable, "-I", "-B", str(anchor), *args]
     if block_torch:  # a `torch` that refuses to import shadows the real one: the verifier must not need it
         blocker = workdir / "no-torch" / "torch"
         blocker.mkdir(parents=True)
         (blocker / "__init__.py").write_text('raise ImportError("torch is not available on the device")\n')
-        # -I ignores PYTHONPATH: put the blocker on the path, then run the launcher as the device would
+        # -I ignores PYTHONPATH: put the blocker on the path, then run the anchor as the device would
         command = [sys.executable, "-I", "-B", "-c", "import runpy, sys; sys.path.insert(0, sys.argv[1]); "
                    "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')",
-                   str(blocker.parent), LAUNCHER, *args]
+                   str(blocker.parent), str(anchor), *args]
     try:
-        proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise PwdeployError(f"the device verifier ran longer than {timeout:.0f} s on {root}") from None
     lines = proc.stdout.splitlines()
@@ -475,6 +494,7 @@ def _print_summary(output: Path, manifest: dict, source: str) -> None:
     console.print(f"wrote [bold]{output}[/] ({size:.1f} MB, {len(manifest['files'])} files; target "
                   f"{manifest['target']}, gate tolerance {manifest['gate']['tolerance']} points; verification set: "
                   f"{source})")
-    console.print(f"on the device: tar xzf {output.name} && cd {manifest['bundle_id']} && "
-                  f"python3 -I -B {LAUNCHER} verify .   (or: pwdeploy ship ... --verify)")
+    console.print(f"release {manifest['release']} of {manifest['model']['name']}; on the device: pwdeploy ship "
+                  f"{output.name} HOST:DIR --verify (or by hand: tar xzf {output.name} && python3 -I -B "
+                  f"pwdeploy-device.py verify {manifest['bundle_id']})")
 

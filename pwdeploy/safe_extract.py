@@ -178,14 +178,20 @@ def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) ->
 
 
 def read_member(archive_path: str, name: str, max_bytes: int = 16 << 20) -> Optional[bytes]:
-    """The bytes of one regular-file member (e.g. ``ROOT/manifest.json``), or None when absent."""
+    """The bytes of one regular-file member (e.g. ``ROOT/manifest.json``), or None when absent; a member that
+    is not a regular file or is larger than ``max_bytes`` is refused (UnsafeArchiveError)."""
     with tarfile.open(str(archive_path), "r:*") as tar:
         try:
             member = tar.getmember(name)
         except KeyError:
             return None
-        if not member.isfile() or member.size > max_bytes:
-            return None
+        if not member.isfile():
+            raise UnsafeArchiveError("{}: member {} is not a regular file: refused".format(
+                os.path.basename(str(archive_path)), name))
+        if member.size > max_bytes:
+            raise UnsafeArchiveError("{}: member {} is {} bytes, over the {} byte limit: refused (not a pwdeploy "
+                                     "bundle's)".format(os.path.basename(str(archive_path)), name, member.size,
+                                                        max_bytes))
         fh = tar.extractfile(member)
         return fh.read() if fh is not None else None
 

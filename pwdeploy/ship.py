@@ -4,17 +4,20 @@ Uses the system's OpenSSH (`ssh`, `scp`), so ~/.ssh/config, keys, agents and jum
 shell; -p/-i/-F/-o are passed through, and BatchMode makes a refused key fail at once instead of prompting.
 
 Steps: (1) check the bundle here (safe member names, valid manifest) and hash it; (2) `mkdir -p DIR/.incoming`
-and check python3 on the device; (3) `scp` the archive to DIR/.incoming/; (4) run pwdeploy's installer on
-the device's python3 (its source goes over ssh's stdin: nothing needs to be installed there first), which
-checks the archive's sha256, unpacks it safely into DIR/releases/<bundle_id> and checks every file's sha256;
-(5) switch the DIR/current symlink atomically. With --verify, the bundle's own device verifier runs in the new
-release first and `current` is switched only if it PASSES; its result comes back as NAME.verify.json.
-A refused or failing bundle leaves `current` where it was.
+and check python3 on the device; (3) `scp` the archive to DIR/.incoming/; (4) run the trust anchor
+(pwdeploy-device.py, see pwdeploy.anchor: host code, sent over ssh's stdin and run `python3 -I -B -`) on the
+device, which checks the archive's sha256, the signature, the release order, unpacks it safely into
+DIR/releases/<bundle_id> and checks every file's sha256; (5) switch the DIR/current symlink atomically. With
+--verify, the anchor checks the new release again and only then hands over to the bundle's device code for
+the per-group gate; `current` is switched only if it PASSES; its result comes back as NAME.verify.json.
+A refused or failing bundle leaves `current` where it was. --bootstrap also installs the anchor as
+DIR/.pwdeploy/anchor/pwdeploy-device.py, for checks and rollbacks run on the device itself.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -23,48 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .device import LAUNCHER, RESULT_PREFIX
+from .anchor import anchor_source, anchor_sha256
+from .device import RESULT_PREFIX
+from .device.anchor import ANCHOR_PATH
 from .device.install import DEFAULT_KEEP
 from .errors import PwdeployError
 from .fsutil import sha256_file, write_json
 from .manifest import MANIFEST, SIGNATURE_FILE, parse_manifest
 from .safe_extract import ARCHIVE_ERRORS, check_archive, read_member, single_root
-from .signature import verify as verify_signature
+from .signature import check_trust_file, verify as verify_signature
 from .validate import NON_NEGATIVE_INT, Range, check
 
 _DEST = re.compile(r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):"
                    r"(?P<path>.+)$")
 _SAFE_PATH = re.compile(r"^(~/|/)?[A-Za-z0-9._+-][A-Za-z0-9._+/-]*$|^~$")
-# What runs the installer: the modules it needs, sent as source over ssh's stdin.
-_INSTALLER_MODULES = (
-    ("pwdeploy", "__init__.py", True),
-    ("pwdeploy.errors", "errors.py", False),
-    ("pwdeploy.safe_extract", "safe_extract.py", False),
-    ("pwdeploy.manifest", "manifest.py", False),
-    ("pwdeploy.signature", "signature.py", False),
-    ("pwdeploy.device", "device/__init__.py", True),
-    ("pwdeploy.device.install", "device/install.py", False),
-)
-_LOADER = '''
-def _load():
-    for name, is_pkg, source in SOURCES:
-        module = types.ModuleType(name)
-        module.__file__ = "<pwdeploy ship: %s>" % name
-        module.__package__ = name if is_pkg else name.rpartition(".")[0]
-        if is_pkg:
-            module.__path__ = []
-        sys.modules[name] = module
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], child, module)
-        exec(compile(source, module.__file__, "exec"), module.__dict__)
-
-
-_load()
-sys.exit(sys.modules["pwdeploy.device.install"].main(sys.argv[1:]))
-'''
-
-
 @dataclass
 class Destination:
     user: str | None
@@ -159,32 +134,30 @@ def inspect_bundle(bundle: Path, allowed_signers: str | None = None) -> dict:
         raise PwdeployError(f"{bundle} has no {root}/{MANIFEST}: not a pwdeploy bundle (use `pwdeploy package`)")
     manifest = parse_manifest(raw, f"{bundle.name}:{root}/{MANIFEST}")
     if allowed_signers:
-        if not Path(allowed_signers).is_file():
+        if not os.path.lexists(allowed_signers):
             raise PwdeployError(f"--allowed-signers {allowed_signers}: file not found")
-        verify_signature(raw, signature, allowed_signers, what=bundle.name)
+        verify_signature(raw, signature, check_trust_file(allowed_signers, "--allowed-signers"), what=bundle.name)
     if manifest["bundle_id"] != root:
         raise PwdeployError(f"{bundle}: top folder {root!r} is not the manifest's bundle_id: package it again")
     return manifest
 
 
 def installer_script() -> str:
-    """Python source, run by the device's python3 from stdin, that installs an uploaded archive."""
-    base = Path(__file__).resolve().parent
-    lines = ["import sys", "import types", "", "SOURCES = ["]
-    for name, rel, is_pkg in _INSTALLER_MODULES:
-        lines.append(f"    ({name!r}, {is_pkg!r}, {(base / rel).read_text()!r}),")
-    lines.append("]")
-    return "\n".join(lines) + "\n" + _LOADER
+    """Python source, run by the device's python3 from stdin: the trust anchor (install, switch, verify)."""
+    return anchor_source()
 
 
 def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: int | None = None,
          identity: str | None = None, ssh_config: str | None = None, ssh_options: list[str] | None = None,
          remote_python: str = "python3", runner: str = "auto", upload_timeout: float | None = None,
          verify_timeout: float = 3600.0, keep: int = DEFAULT_KEEP, allowed_signers: str | None = None,
+         allow_downgrade: bool = False, bootstrap: bool = False,
          log: Callable[[str], None] | None = None) -> ShipResult:
     """Copy ``bundle`` to ``destination`` (user@host:DIR), install it as DIR/current, optionally verify it there.
     With ``allowed_signers`` the bundle's signature is checked here before anything is sent; the device
-    checks it again against its own DIR/allowed_signers when that file exists."""
+    checks it again against its own DIR/allowed_signers when that file exists. A release older than the
+    device's for the same model is refused unless ``allow_downgrade``; ``bootstrap`` installs the trust
+    anchor as DIR/.pwdeploy/anchor/pwdeploy-device.py first."""
     log = log or _default_log
     bundle = Path(bundle)
     dest = parse_destination(destination)
@@ -196,6 +169,8 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
     digest = sha256_file(bundle)
     py = remote_python
     remote_dir = _prepare_remote(dest, settings, py)  # 1. the folder and python3 on the device
+    if bootstrap:
+        install_anchor(dest, settings, remote_dir, py, log)
     remote_archive = f"{remote_dir}/.incoming/{bundle_id}.tar.gz"
 
     # 2. upload (a partial upload is refused by the installer's sha256 check; `current` is untouched)
@@ -206,9 +181,9 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
     _raise_for(out, dest, settings, "copying the bundle failed")
 
     # 3. install: unpack into releases/<id>, check every sha256; switch `current` now, or after the verify
-    command = " ".join([py, "-", "install", shlex.quote(remote_archive), shlex.quote(remote_dir), "--sha256", digest,
-                        "--remove-archive", "--keep", str(int(keep)), "--result-line"]
-                       + (["--no-switch"] if verify else []))
+    command = " ".join([py, "-I", "-B", "-", "install", shlex.quote(remote_archive), shlex.quote(remote_dir),
+                        "--sha256", digest, "--remove-archive", "--keep", str(int(keep)), "--result-line"]
+                       + (["--no-switch"] if verify else []) + (["--allow-downgrade"] if allow_downgrade else []))
     installed = _installer(settings, dest, command)
     release = installed["release"]
     shown = release[len(remote_dir) + 1:] if release.startswith(remote_dir + "/") else release
@@ -225,8 +200,8 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
     result.verify_path = bundle.with_name(re.sub(r"(\.tar\.gz|\.tgz)$", "", bundle.name) + ".verify.json")
     write_json(result.verify_path, result.verify)
     if result.verify.get("passed"):
-        command = " ".join([py, "-", "switch", shlex.quote(release), shlex.quote(remote_dir), "--keep", str(int(keep)),
-                            "--result-line"])
+        command = " ".join([py, "-I", "-B", "-", "switch", shlex.quote(release), shlex.quote(remote_dir), "--keep",
+                            str(int(keep)), "--result-line"] + (["--allow-downgrade"] if allow_downgrade else []))
         _installer(settings, dest, command)
         result.switched = True
         log(f"device result: PASSED (saved to {result.verify_path}); {remote_dir}/current -> {shown}{was}")
@@ -234,6 +209,28 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
         log(f"device result: FAILED (saved to {result.verify_path}); `current` not switched"
             + (f", still {installed['previous']}" if installed.get("previous") else ""))
     return result
+
+
+def install_anchor(dest: Destination, settings: SshSettings, remote_dir: str, py: str,
+                   log: Callable[[str], None]) -> str:
+    """Install the trust anchor as DIR/.pwdeploy/anchor/pwdeploy-device.py (written beside, then renamed);
+    returns its sha256 (the operator can pin it: `pwdeploy anchor` prints the same)."""
+    path = f"{remote_dir}/{ANCHOR_PATH}"
+    folder = path.rsplit("/", 1)[0]
+    tmp = f"{path}.partial"
+    command = (f"mkdir -p -- {shlex.quote(folder)} && cat > {shlex.quote(tmp)} && chmod 0755 {shlex.quote(tmp)} && "
+               f"mv -f -- {shlex.quote(tmp)} {shlex.quote(path)} && {py} -I -c 'import hashlib, sys; "
+               f"print(hashlib.sha256(open(sys.argv[1], \"rb\").read()).hexdigest())' {shlex.quote(path)}")
+    out = _run(settings.ssh(dest, command), dest, settings, timeout=settings.connect_timeout + 60,
+               stdin=anchor_source())
+    _raise_for(out, dest, settings, "installing the trust anchor failed")
+    digest = anchor_sha256()
+    landed = (out.stdout.strip().splitlines() or [""])[-1].strip()
+    if landed != digest:
+        raise PwdeployError(f"{dest.target}:{path} has sha256 {landed[:12] or '?'}..., not the anchor's {digest[:12]}...: "
+                            "the copy was damaged; run --bootstrap again")
+    log(f"trust anchor installed: {dest.target}:{path} (sha256 {digest})")
+    return digest
 
 
 def _prepare_remote(dest: Destination, settings: SshSettings, py: str) -> str:
@@ -257,11 +254,11 @@ def _prepare_remote(dest: Destination, settings: SshSettings, py: str) -> str:
 
 def _verify_on_device(dest: Destination, settings: SshSettings, py: str, release: str, runner: str,
                       timeout: float, log: Callable[[str], None]) -> dict:
-    """Run the isolated verifier in ``release`` on the device; returns its result (``passed`` decides the switch).
-    It refuses unlisted files and checks hashes (and the signature, where the device has DIR/allowed_signers)
-    before it imports anything from the release."""
-    command = f"cd {shlex.quote(release)} && {py} -I -B {LAUNCHER} verify . --runner {runner} --result-line"
-    out = _run(settings.ssh(dest, command), dest, settings, timeout=timeout, on_line=log)
+    """Verify ``release`` on the device with the trust anchor (sent over stdin); returns its result (``passed``
+    decides the switch). The anchor refuses unlisted files and checks the signature (where the device has
+    DIR/allowed_signers) and every hash before it imports anything from the release."""
+    command = f"{py} -I -B - verify {shlex.quote(release)} --runner {runner} --result-line"
+    out = _run(settings.ssh(dest, command), dest, settings, timeout=timeout, on_line=log, stdin=installer_script())
     if out.returncode == 255:
         _raise_for(out, dest, settings, "running the verifier failed")
     remote = _result_line(out.stdout)
@@ -314,8 +311,12 @@ def _run(cmd: list[str], dest: Destination, settings: SshSettings, *, timeout: f
         if on_line is None:
             proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
             return _Out(proc.returncode, proc.stdout, proc.stderr)
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        if stdin is not None:  # python reads the whole script before it runs: no output to drain meanwhile
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            proc.stdin.close()
     except FileNotFoundError:
         raise PwdeployError(f"{cmd[0]} not found: install the OpenSSH client (Debian/Ubuntu: sudo apt install "
                             "openssh-client)") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from typing import Optional
@@ -23,6 +24,8 @@ NAMESPACE = "pwdeploy"
 ALLOWED_SIGNERS = "allowed_signers"  # default trust file: DEPLOY_DIR/allowed_signers
 MAX_SIGNATURE_BYTES = 64 * 1024
 _TIMEOUT = 60
+_MAX_PRINCIPALS = 32  # principals tried per signature
+_MAX_SIGNERS_BYTES = 4 << 20
 
 
 class SignatureError(_BaseError):
@@ -51,50 +54,111 @@ def sign(message: bytes, key: str) -> bytes:
 
 def verify(message: bytes, signature: Optional[bytes], allowed_signers: str, what: str = "bundle") -> str:
     """The principal whose key signed ``message``; raises SignatureError when the signature is missing, bad,
-    or from a key ``allowed_signers`` does not list for the pwdeploy namespace."""
+    or from a key ``allowed_signers`` does not list for the pwdeploy namespace. The message says which:
+    changed after signing, a key that is not listed, listed for another namespace, or expired."""
     if signature is None:
         raise SignatureError("{} is not signed but {} requires a signature: package it with "
                              "`pwdeploy package --sign-key KEY`".format(what, allowed_signers))
     if len(signature) > MAX_SIGNATURE_BYTES:
         raise SignatureError("{}: the signature file is too large to be an SSH signature".format(what))
+    check_trust_file(allowed_signers, "allowed-signers file")
     exe = _ssh_keygen()
     with tempfile.TemporaryDirectory(prefix="pwdeploy-sig-") as tmp:
         sig_path = os.path.join(tmp, "manifest.json.sig")
         with open(sig_path, "wb") as fh:
             fh.write(signature)
+        intact = _run([exe, "-Y", "check-novalidate", "-n", NAMESPACE, "-s", sig_path], message)
+        if intact.returncode != 0:
+            raise SignatureError("{}: the signature does not match manifest.json (changed after signing, or not a "
+                                 "{!r} signature): refused; re-create the bundle with `pwdeploy package --sign-key "
+                                 "KEY`".format(what, NAMESPACE))
         found = _run([exe, "-Y", "find-principals", "-s", sig_path, "-f", allowed_signers], b"")
         principals = [p for p in found.stdout.decode("utf-8", "replace").splitlines() if p.strip()]
-        if found.returncode != 0 or not principals:
-            raise SignatureError("{} is signed by a key that {} does not list: refused (add the signer's public "
-                                 "key there, or package with a listed key)".format(what, allowed_signers))
-        for principal in principals:
+        reasons = [found.stderr]
+        # find-principals names only the first line that lists the key: try every principal the file names
+        for principal in _unique(principals + listed_principals(allowed_signers))[:_MAX_PRINCIPALS]:
             checked = _run([exe, "-Y", "verify", "-f", allowed_signers, "-I", principal, "-n", NAMESPACE,
                             "-s", sig_path], message)
             if checked.returncode == 0:
                 return principal
-    raise SignatureError("{}: the signature does not match manifest.json (changed after signing): refused; "
-                         "re-create the bundle with `pwdeploy package --sign-key KEY`".format(what))
+            reasons.append(checked.stderr)
+    raise SignatureError(_refusal(what, allowed_signers, b"\n".join(reasons).decode("utf-8", "replace")))
+
+
+def _refusal(what: str, allowed_signers: str, stderr: str) -> str:
+    """Why ssh-keygen refused a signature that is intact: the key is expired, listed for another
+    namespace, or not listed at all."""
+    if "key has expired" in stderr or "not yet valid" in stderr:
+        return ("{} is signed by a key whose entry in {} is expired or not yet valid (valid-before/valid-after): "
+                "refused; renew the entry or sign with a current key".format(what, allowed_signers))
+    if "not permitted for use in signature namespace" in stderr:
+        return ("{} is signed by a key that {} lists, but not for the {!r} namespace: refused; add "
+                "namespaces=\"{}\" to that key's line".format(what, allowed_signers, NAMESPACE, NAMESPACE))
+    return ("{} is signed by a key that {} does not list: refused (add the signer's public key there, or "
+            "package with a listed key)".format(what, allowed_signers))
+
+
+def listed_principals(allowed_signers: str) -> list:
+    """The literal principal names of an allowed-signers file (its first column; patterns skipped). Only
+    names to try: ssh-keygen does every check."""
+    names = []
+    with open(allowed_signers, "rb") as fh:
+        for raw in fh.read(_MAX_SIGNERS_BYTES).decode("utf-8", "replace").splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#") or line.startswith('"'):
+                continue
+            for name in line.split(None, 1)[0].split(","):
+                if name and not any(c in name for c in "*?!"):
+                    names.append(name)
+    return names
+
+
+def _unique(items: list) -> list:
+    seen = set()
+    return [x for x in items if not (x in seen or seen.add(x))]
+
+
+def check_trust_file(path: str, what: str = "allowed-signers file") -> str:
+    """``path`` when it is a readable regular file; raises SignatureError otherwise (fails closed: a folder,
+    a dangling symlink or an unreadable file must not mean "no signature required")."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        dangling = " (a dangling symlink)" if os.path.islink(path) else ""
+        raise SignatureError("{} {}: cannot be read{} ({}): refused; make it a readable file listing the "
+                             "signing keys".format(what, path, dangling, exc.strerror or exc)) from None
+    if not stat.S_ISREG(mode):
+        raise SignatureError("{} {} is not a regular file: refused; make it a readable file listing the signing "
+                             "keys".format(what, path))
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise SignatureError("{} {}: cannot be read ({}): refused; fix its permissions".format(
+            what, path, exc.strerror or exc)) from None
+    return path
 
 
 def default_allowed_signers(deploy_dir: str) -> Optional[str]:
-    """DEPLOY_DIR/allowed_signers when that file exists."""
+    """DEPLOY_DIR/allowed_signers when anything exists at that path (it must then be a readable regular
+    file: SignatureError otherwise), else None."""
     path = os.path.join(deploy_dir, ALLOWED_SIGNERS)
-    return path if os.path.isfile(path) else None
+    return check_trust_file(path) if os.path.lexists(path) else None
 
 
 def deploy_dir_of(bundle_dir: str) -> Optional[str]:
     """DEPLOY_DIR for a release folder DEPLOY_DIR/releases/<id> (or DEPLOY_DIR/current), else None."""
-    real = os.path.realpath(bundle_dir)
-    parent = os.path.dirname(real)
+    path = os.path.abspath(bundle_dir)
+    if os.path.islink(path):  # DEPLOY_DIR/current: followed once (a symlinked release is refused elsewhere)
+        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+    parent = os.path.dirname(path)
     return os.path.dirname(parent) if os.path.basename(parent) == "releases" else None
 
 
 def signers_for(bundle_dir: str, explicit: Optional[str]) -> Optional[str]:
     """The allowed-signers file that applies to ``bundle_dir``: ``explicit``, else DEPLOY_DIR's, else None."""
     if explicit:
-        if not os.path.isfile(explicit):
-            raise SignatureError("--allowed-signers {}: file not found".format(explicit))
-        return explicit
+        return check_trust_file(explicit, "--allowed-signers")
     deploy = deploy_dir_of(bundle_dir)
     return default_allowed_signers(deploy) if deploy else None
 

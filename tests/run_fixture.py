@@ -158,12 +158,17 @@ def rehash(root: Path, names) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
-def repack(root: Path, out: Path, bundle_id: str | None = None) -> Path:
-    """Tar ``root`` again (optionally renamed to a new bundle_id, recorded in the manifest)."""
+def repack(root: Path, out: Path, bundle_id: str | None = None, release: int | None = None) -> Path:
+    """Tar ``root`` again (optionally renamed to a new bundle_id and/or given a new release number, recorded
+    in the manifest; an existing signature no longer matches then)."""
     import datetime as dt
 
     from pwdeploy.package import _write_tar
 
+    if release is not None:
+        manifest = read_json(root / "manifest.json")
+        manifest["release"] = int(release)
+        (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if bundle_id and bundle_id != root.name:
         manifest = read_json(root / "manifest.json")
         manifest["bundle_id"] = bundle_id
@@ -171,3 +176,19 @@ def repack(root: Path, out: Path, bundle_id: str | None = None) -> Path:
         root = root.rename(root.parent / bundle_id)
     _write_tar(root, out, dt.datetime.now(dt.timezone.utc))
     return out
+
+
+def anchor_file(base: Path) -> Path:
+    """The device trust anchor (pwdeploy-device.py) written once per session under ``base``."""
+    if "anchor" not in _CACHE:
+        from pwdeploy.anchor import ANCHOR_NAME, write_anchor
+
+        path = Path(base) / "anchor" / ANCHOR_NAME
+        write_anchor(path)
+        _CACHE["anchor"] = path
+    return _CACHE["anchor"]
+
+
+def state_of(bundle_dir: Path) -> Path:
+    """Where the device writes its outputs for an unpacked bundle outside a deploy folder."""
+    return Path(str(bundle_dir) + ".pwdeploy-state")

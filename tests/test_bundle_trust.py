@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_fixture import damage_classifier, extract, read_json, rehash, repack, tiny_bundle_run  # noqa: E402
+from run_fixture import anchor_file, damage_classifier, extract, read_json, rehash, repack, state_of, \
+    tiny_bundle_run  # noqa: E402
 
 from pwdeploy.cli import main  # noqa: E402
-from pwdeploy.device import LAUNCHER  # noqa: E402
 from pwdeploy.device.install import InstallError, install  # noqa: E402
 from pwdeploy.manifest import ManifestError, parse_manifest  # noqa: E402
 from pwdeploy.package import package_run  # noqa: E402
@@ -41,6 +41,7 @@ def _keypair(folder: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     run = tiny_bundle_run(tmp_path_factory.getbasetemp())
+    _BASE[:] = [tmp_path_factory.getbasetemp()]
     out = tmp_path_factory.mktemp("trust-bundles")
     made = {"unsigned": package_run(run, out / "unsigned.tar.gz", quiet=True)}
     if not NO_SSH_KEYGEN:
@@ -60,10 +61,15 @@ def _deploy(tmp_path: Path, bundles) -> Path:
     return deploy
 
 
-def launch(root: Path, *args: str, env=None) -> subprocess.CompletedProcess:
-    """The device's command, from inside the bundle: the isolated launcher."""
-    return subprocess.run([sys.executable, "-I", "-B", LAUNCHER, "verify", ".", *args], cwd=root, env=env,
+def launch(root: Path, *args: str, env=None, isolated: bool = True) -> subprocess.CompletedProcess:
+    """The device's command, from inside the bundle: the trust anchor (installed outside the bundle)."""
+    anchor = anchor_file(_BASE[0])
+    flags = ["-I", "-B"] if isolated else []
+    return subprocess.run([sys.executable, *flags, str(anchor), "verify", ".", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
+
+
+_BASE = []  # the session's temp base, for the anchor file (set by the bundles fixture)
 
 
 # --- signatures --------------------------------------------------------------------------------------------------
@@ -78,7 +84,7 @@ def test_signed_bundle_installs_and_the_isolated_verifier_checks_the_signature(b
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "signature: good, signed by ci@example.com" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1].startswith("PASSED")
-    verdict = read_json(Path(result["release"]) / "verify_result.json")
+    verdict = read_json(deploy / ".pwdeploy" / "state" / Path(result["release"]).name / "verify_result.json")
     assert verdict["signature"]["signer"] == "ci@example.com"
     # the device's own output files do not make the release "unlisted" when it is verified again
     assert launch(Path(result["release"])).returncode == 0
@@ -153,8 +159,7 @@ def test_a_planted_bytecode_cache_is_refused(unsigned_root):
 
 def test_the_launcher_isolates_itself_and_refuses_a_changed_verifier(unsigned_root):
     # run without -I -B: it re-executes itself isolated (so the bundle's code, not the host's, runs)
-    proc = subprocess.run([sys.executable, LAUNCHER, "verify", "."], cwd=unsigned_root, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+    proc = launch(unsigned_root, isolated=False)
     assert proc.returncode == 0, proc.stderr
     assert "signature: not checked (no allowed_signers)" in proc.stdout
     assert not list(unsigned_root.rglob("__pycache__"))  # -B: no bytecode written into the release
@@ -265,13 +270,14 @@ def test_release_order_is_recorded_at_install_not_read_from_folder_times(bundles
     from pwdeploy.device.install import prune_releases
 
     archives = [bundles["unsigned"]]
-    for suffix in ("b", "c"):
+    for step, suffix in enumerate(("b", "c"), 1):
         root = extract(bundles["unsigned"], tmp_path / f"x-{suffix}")
-        archives.append(repack(root, tmp_path / f"{suffix}.tar.gz", bundle_id=f"{root.name}-{suffix}"))
+        number = read_json(root / "manifest.json")["release"] + step
+        archives.append(repack(root, tmp_path / f"{suffix}.tar.gz", bundle_id=f"{root.name}-{suffix}", release=number))
     deploy = tmp_path / "deploy"
     first, second, third = (install(str(a), str(deploy), keep=0, log=lambda _: None) for a in archives)
     # the oldest release is verified again: its folder becomes the newest by mtime
-    (Path(first["release"]) / "verify_result.json").write_text("{}\n")
+    (Path(first["release"]) / "manifest.json").touch()
     os.utime(first["release"], (time.time() + 3600,) * 2)
     assert prune_releases(str(deploy), 2, log=lambda _: None) == [os.path.basename(first["release"])]
     assert os.path.isdir(second["release"]) and os.path.isdir(third["release"])
@@ -383,11 +389,11 @@ def test_python38_runs_the_isolated_preflight(unsigned_root):
     if PY38 is None:
         pytest.skip("no Python 3.8 interpreter here (the device minimum)")
     (unsigned_root / "numpy.py").write_text("raise SystemExit('planted numpy ran')\n")
-    proc = subprocess.run([PY38, LAUNCHER, "verify", "."], cwd=unsigned_root, capture_output=True, text=True,
+    proc = subprocess.run([PY38, str(anchor_file(_BASE[0])), "verify", "."], cwd=unsigned_root, capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert proc.returncode == 2 and "numpy.py is in the bundle but not listed" in proc.stderr
     (unsigned_root / "numpy.py").unlink()
-    proc = subprocess.run([PY38, LAUNCHER, "verify", "."], cwd=unsigned_root, capture_output=True, text=True,
+    proc = subprocess.run([PY38, str(anchor_file(_BASE[0])), "verify", "."], cwd=unsigned_root, capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert "preflight: no unlisted files, every sha256 matches" in proc.stdout, proc.stderr
     assert not list(unsigned_root.rglob("__pycache__"))

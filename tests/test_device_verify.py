@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_fixture import damage_classifier, extract, read_json, rehash, tiny_bundle_run  # noqa: E402
+from run_fixture import anchor_file, damage_classifier, extract, read_json, rehash, state_of, \
+    tiny_bundle_run  # noqa: E402
 
 from pwdeploy.package import DEVICE_CODE, PACKAGE_DIR, package_run  # noqa: E402
 
@@ -26,7 +27,8 @@ TIMEOUT = 180
 def bundles(tmp_path_factory):
     run = tiny_bundle_run(tmp_path_factory.getbasetemp())
     out = tmp_path_factory.mktemp("bundles")
-    return {t: package_run(run, out / f"{t}.tar.gz", target=t, quiet=True) for t in ("onnx-fp32", "onnx-fp16", "onnx-int8")}
+    return {t: package_run(run, out / f"{t}.tar.gz", target=t, quiet=True, release=i)
+            for i, t in enumerate(("onnx-fp32", "onnx-fp16", "onnx-int8"), 1)}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_good_bundle_passes_on_cpu_without_torch(bundles, no_torch, tmp_path, ta
     for group in ("majority", "minority"):
         assert any(line.split()[:1] == [group] and line.rstrip().endswith("PASSED") for line in out.splitlines())
     assert out.strip().splitlines()[-1].startswith("PASSED")
-    result = read_json(root / "verify_result.json")
+    result = read_json(state_of(root) / "verify_result.json")
     assert result["passed"] is True and result["n"] == 300
     assert result["runner"]["runtime"] == "onnxruntime"
     assert Path(result["verifier"]["code_dir"]).resolve() == (root / "pwdeploy" / "device").resolve()
@@ -77,7 +79,7 @@ def test_damaged_weights_with_valid_hashes_fail_the_gate(bundles, no_torch, tmp_
     failed = [line for line in proc.stdout.splitlines() if "FAILED" in line and "points below reference" in line]
     assert failed
     assert proc.stdout.strip().splitlines()[-1].startswith("FAILED")
-    result = read_json(root / "verify_result.json")
+    result = read_json(state_of(root) / "verify_result.json")
     assert result["passed"] is False and result["gate"]["failed_groups"]
 
 
@@ -92,7 +94,7 @@ def test_hash_mismatch_fails_before_anything_runs(bundles, no_torch, tmp_path):
     assert "model.onnx does not match its sha256" in proc.stdout
     assert "build_engine.sh is missing" in proc.stdout
     assert "runtime:" not in proc.stdout  # nothing was run
-    result = read_json(root / "verify_result.json")
+    result = read_json(state_of(root) / "verify_result.json")
     assert result["passed"] is False and len(result["integrity"]["problems"]) == 2
 
 
@@ -133,7 +135,7 @@ def test_verify_bundle_api_and_result_line(bundles, no_torch, tmp_path):
     passed = result["passed"]
     assert passed is True and result["gate"]["tolerance"] == 2.0 and result["precision"] == "int8"
     assert any("PASSED" in line for line in lines)
-    assert not (root / "verify_result.json").exists()
+    assert not (root / "verify_result.json").exists() and not state_of(root).exists()
     proc = device_verify(root, no_torch, "--result-line", "--json", str(tmp_path / "r.json"))
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith(RESULT_PREFIX) and json.loads(last[len(RESULT_PREFIX):])["passed"] is True
@@ -238,7 +240,8 @@ def fake_tensorrt(monkeypatch, tmp_path):
             loads.append(engine_path)
             if Path(engine_path).read_text() != "fake engine\n":
                 raise runners.EngineIncompatible("built for another GPU")
-            model = Path(engine_path).parent / read_json(Path(engine_path).parent / "manifest.json")["model"]["file"]
+            root = Path(str(Path(engine_path).parent).removesuffix(".pwdeploy-state"))  # state folder -> bundle
+            model = root / read_json(root / "manifest.json")["model"]["file"]
             self._ort = runners.OnnxRuntimeRunner(str(model), provider="cpu", input_name=input_name)
             self.description = {"runtime": "tensorrt", "version": "10.3.0", "via": "fake", "engine": engine_path}
 
@@ -261,28 +264,41 @@ def test_auto_builds_the_engine_on_the_device_when_tensorrt_is_present(bundles, 
     passed = result["passed"]
     assert passed is True and result["runner"]["runtime"] == "tensorrt"
     assert result["runner"]["note"] == "engine built on this device with TensorRT 10.3.0"
-    assert (root / "model.plan").read_text() == "fake engine\n"
-    log = (root / "build_engine.log").read_text()
-    assert "--fp16" in log and "--timingCacheFile=" in log  # TensorRT 10 command line for an fp16 bundle
+    state = state_of(root)  # the engine, its log and record live outside the bundle
+    assert (state / "model.plan").read_text() == "fake engine\n" and not (root / "model.plan").exists()
+    assert read_json(state / "engine.json")["tensorrt"] == "10.3.0"
+    log = (state / "build_engine.log").read_text()
+    assert "--fp16" in log and f"--timingCacheFile={state / 'timing.cache'}" in log  # TensorRT 10, fp16 bundle
     # a second verify reuses the engine built here instead of rebuilding
-    (root / "build_engine.log").unlink()
+    (state / "build_engine.log").unlink()
     result = verify_bundle(str(root), log=lines.append)
     passed = result["passed"]
     assert passed and result["runner"]["note"] == "engine built earlier on this device"
-    assert not (root / "build_engine.log").exists()
+    assert not (state / "build_engine.log").exists()
+    # the recorded engine replaced behind the verifier's back is not used: rebuilt
+    (state / "model.plan").write_text("fake engine\n\n")
+    result = verify_bundle(str(root), log=lines.append)
+    assert result["passed"] and result["runner"]["note"].startswith("engine built on this device")
+    assert any("changed after it was built" in line for line in lines)
+    assert not list(root.rglob("__pycache__")) and sorted(p.name for p in root.iterdir()) == sorted(
+        {n.split("/")[0] for n in read_json(root / "manifest.json")["files"]} | {"manifest.json"})
 
 
 def test_an_engine_that_does_not_load_is_rebuilt(bundles, fake_tensorrt, tmp_path):
     from pwdeploy.device.verify import verify_bundle
 
     root = extract(bundles["onnx-fp32"], tmp_path / "x")
-    (root / "model.plan").write_text("plan from another Jetson\n")
+    (root / "shipped.plan").write_text("plan from another Jetson\n")  # listed, hashed, same TensorRT: does not load
+    manifest = read_json(root / "manifest.json")
+    manifest["engine"].update(file="shipped.plan", tensorrt="10.3.0")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    rehash(root, ["shipped.plan"])
     lines = []
     result = verify_bundle(str(root), log=lines.append)
     passed = result["passed"]
     assert passed and result["runner"]["note"].startswith("engine built on this device")
     assert any("does not load" in line and "rebuilding" in line for line in lines)
-    assert len(fake_tensorrt) == 2 and (root / "model.plan").read_text() == "fake engine\n"
+    assert len(fake_tensorrt) == 2 and (state_of(root) / "model.plan").read_text() == "fake engine\n"
 
 
 def test_a_failed_engine_build_is_a_one_line_error(bundles, fake_tensorrt, tmp_path, monkeypatch):
@@ -295,7 +311,7 @@ def test_a_failed_engine_build_is_a_one_line_error(bundles, fake_tensorrt, tmp_p
         verify_bundle(str(root), log=lambda _: None)
     message = str(info.value)
     assert "fake parser failure" in message and "build_engine.log" in message and "\n" not in message
-    assert not (root / "model.plan").exists() and not list(root.glob("model.plan*"))
+    assert not list(root.glob("model.plan*")) and not list(state_of(root).glob("model.plan*"))
 
 
 def test_a_shipped_engine_is_used_when_tensorrt_versions_match(bundles, fake_tensorrt, tmp_path):
@@ -310,7 +326,7 @@ def test_a_shipped_engine_is_used_when_tensorrt_versions_match(bundles, fake_ten
     result = verify_bundle(str(root), log=lambda _: None)
     passed = result["passed"]
     assert passed and result["runner"]["note"] == "engine shipped in the bundle"
-    assert not (root / "model.plan").exists()  # nothing was built
+    assert not state_of(root).joinpath("model.plan").exists()  # nothing was built
     manifest = read_json(root / "manifest.json")
     manifest["engine"]["tensorrt"] = "10.2.0"  # built with another TensorRT: ignored, built here instead
     (root / "manifest.json").write_text(json.dumps(manifest))
@@ -330,11 +346,18 @@ def test_install_switch_and_rollback_on_the_device(bundles, no_torch, tmp_path):
     assert os.readlink(deploy / "current") == rel_b and b["previous"] == rel_a
     with pytest.raises(InstallError, match="arrived damaged.*still points at " + rel_b):
         install(str(bundles["onnx-int8"]), str(deploy), expected_sha256="0" * 64, log=lambda _: None)
-    # roll back with the documented command, run from inside the current release
-    proc = subprocess.run([sys.executable, "-m", "pwdeploy.device", "switch", a["release"], str(deploy)],
+    # switching back to the older release is refused; the documented roll-back command (the trust anchor,
+    # isolated, run from inside the current release) does it and writes nothing into any release
+    with pytest.raises(InstallError, match="older than release 2.*refused as a downgrade.*rollback DEPLOY_DIR"):
+        switch(a["release"], str(deploy), log=lambda _: None)
+    proc = subprocess.run([sys.executable, "-I", "-B", str(anchor_file(tmp_path)), "rollback", str(deploy)],
                           cwd=deploy / "current", env=no_torch, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert os.readlink(deploy / "current") == rel_a
+    line = json.loads(proc.stdout)  # exactly one JSON line
+    assert line["from"] == {"release": rel_b, "bundle_id": b["bundle_id"], "release_number": 2}
+    assert line["to"] == {"release": rel_a, "bundle_id": a["bundle_id"], "release_number": 1}
+    assert not list((deploy / "releases").rglob("__pycache__"))
     # an intact copy of a bundle is reused; a damaged one is not: the bundle is unpacked afresh beside it
     again = install(str(bundles["onnx-fp16"]), str(deploy), log=lambda _: None)
     assert again["release"] == b["release"]

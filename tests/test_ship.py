@@ -36,18 +36,18 @@ def bundles(tmp_path_factory):
     """Three bundles of one run with distinct bundle ids: a good one, a second good one, a damaged-weights one."""
     run = tiny_bundle_run(tmp_path_factory.getbasetemp())
     out = tmp_path_factory.mktemp("ship-bundles")
-    first = package_run(run, out / "first.tar.gz", quiet=True)
+    first = package_run(run, out / "first.tar.gz", quiet=True, release=10)
     second_root = extract(first, out / "second")
-    second = repack(second_root, out / "second.tar.gz", bundle_id=second_root.name + "-b")
+    second = repack(second_root, out / "second.tar.gz", bundle_id=second_root.name + "-b", release=11)
     bad_root = extract(first, out / "bad")
     damage_classifier(bad_root / "model.onnx")
     rehash(bad_root, ["model.onnx"])
-    bad = repack(bad_root, out / "bad.tar.gz", bundle_id=bad_root.name + "-damaged")
+    bad = repack(bad_root, out / "bad.tar.gz", bundle_id=bad_root.name + "-damaged", release=12)
     tampered_root = extract(first, out / "tampered")
     data = bytearray((tampered_root / "model.onnx").read_bytes())
     data[-100] ^= 0x01  # same size, different content: only the sha256 can tell
     (tampered_root / "model.onnx").write_bytes(bytes(data))
-    tampered = repack(tampered_root, out / "tampered.tar.gz", bundle_id=tampered_root.name + "-tampered")
+    tampered = repack(tampered_root, out / "tampered.tar.gz", bundle_id=tampered_root.name + "-tampered", release=13)
     ids = {name: read_json(extract(path, out / f"ids-{name}") / "manifest.json")["bundle_id"]
            for name, path in (("first", first), ("second", second), ("bad", bad), ("tampered", tampered))}
     return {"first": first, "second": second, "bad": bad, "tampered": tampered, "ids": ids}
@@ -60,9 +60,11 @@ def device_python(tmp_path_factory):
     (tmp / "block" / "torch").mkdir(parents=True)
     (tmp / "block" / "torch" / "__init__.py").write_text('raise ImportError("no torch on the device")\n')
     wrapper = tmp / "python3"
-    # `-I -B SCRIPT ...` (the isolated verifier) ignores PYTHONPATH: put the blocker on its path explicitly
-    isolated = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); sys.argv = sys.argv[2:]; "
-                "runpy.run_path(sys.argv[0], run_name='__main__')")
+    # `-I -B SCRIPT ...` / `-I -B - ...` (the trust anchor, from a file or stdin) ignores PYTHONPATH: put the
+    # blocker on its path explicitly
+    isolated = ("import sys; sys.path.insert(0, sys.argv[1]); sys.argv = sys.argv[2:]; "
+                "src = sys.stdin.read() if sys.argv[0] == '-' else open(sys.argv[0]).read(); "
+                "exec(compile(src, sys.argv[0], 'exec'), {'__name__': '__main__'})")
     wrapper.write_text(f'#!/bin/sh\nif [ "$1" = "-I" ] && [ "$2" = "-B" ]; then shift 2; exec {sys.executable} -I -B '
                        f'-c "{isolated}" {tmp / "block"} "$@"; fi\n'
                        f'exec env PYTHONPATH={tmp / "block"} PYTHONNOUSERSITE=1 {sys.executable} "$@"\n')
@@ -105,9 +107,14 @@ def test_clean_ship_and_remote_verify(server, bundles, device_python, tmp_path):
     assert os.readlink(deploy / "current") == f"releases/{bundles['ids']['second']}"
     assert sorted(_releases(deploy)) == sorted([first, bundles["ids"]["second"]])
 
-    # --keep 1: after switching back to the first bundle only `current` stays on the device
+    # the older first bundle again: refused as a downgrade (nothing moves, nothing is deleted) ...
+    with pytest.raises(PwdeployError, match="release 10 .* older than release 11 .*--allow-downgrade"):
+        ship_module.ship(bundles["first"], keep=1, log=lines.append, **_explicit(server, deploy))
+    assert os.readlink(deploy / "current") == f"releases/{bundles['ids']['second']}"
+    # ... unless asked: --keep 1 then leaves only `current` (nothing is older for it to fall back to)
     os.utime(deploy / "releases" / first, (1, 1))  # so reuse of the old folder cannot look newest by accident
-    result = ship_module.ship(bundles["first"], keep=1, log=lines.append, **_explicit(server, deploy))
+    result = ship_module.ship(bundles["first"], keep=1, allow_downgrade=True, log=lines.append,
+                              **_explicit(server, deploy))
     assert result.switched and _releases(deploy) == [first]
 
 

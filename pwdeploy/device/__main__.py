@@ -1,29 +1,32 @@
-"""``python3 -m pwdeploy.device verify BUNDLE_DIR`` / ``install ARCHIVE DEPLOY_DIR`` (argparse: no typer here)."""
+"""The bundle's device commands: ``verify BUNDLE_DIR`` (run by the trust anchor once it has checked the bundle),
+``install``/``switch``/``rollback`` (argparse, exact flag names: no typer here)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from . import EXIT_ERROR, EXIT_FAILED, EXIT_INTERNAL, EXIT_PASSED, RESULT_PREFIX
+from .args import Parser
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("install", "switch"):
+    if argv and argv[0] in ("install", "switch", "rollback"):
         from .install import main as install_main
 
         return install_main(argv)
-    parser = argparse.ArgumentParser(prog="python3 -m pwdeploy.device",
-                                     description="Check a pwdeploy bundle on this device.")
+    parser = Parser(prog="python3 -m pwdeploy.device", description="Check a pwdeploy bundle on this device.")
     sub = parser.add_subparsers(dest="command")
     verify = sub.add_parser("verify", help="check hashes, build the engine if needed, run the per-group gate")
     verify.add_argument("bundle_dir", help="folder of an unpacked bundle (e.g. DEPLOY_DIR/current)")
     verify.add_argument("--runner", default="auto", choices=("auto", "tensorrt", "onnxruntime"),
                         help="auto: TensorRT when installed, else ONNX Runtime (default)")
     verify.add_argument("--json", dest="json_path", default="",
-                        help="where to write the result (default BUNDLE_DIR/verify_result.json)")
+                        help="where to write the result (default STATE_DIR/verify_result.json)")
+    verify.add_argument("--state-dir", default=None,
+                        help="where the engine, its build log and the result go (default "
+                             "DEPLOY_DIR/.pwdeploy/state/<release>, or BUNDLE_DIR.pwdeploy-state)")
     verify.add_argument("--build-timeout", type=float, default=3600.0, help="seconds allowed for the engine build")
     verify.add_argument("--result-line", action="store_true", help="end with a machine-readable result line")
     verify.add_argument("--allowed-signers", default=None,
@@ -32,6 +35,7 @@ def main(argv=None) -> int:
     verify.add_argument("--debug", action="store_true", help="show tracebacks")
     sub.add_parser("install", help="install ARCHIVE into DEPLOY_DIR/releases and switch DEPLOY_DIR/current")
     sub.add_parser("switch", help="point DEPLOY_DIR/current at an installed release")
+    sub.add_parser("rollback", help="switch DEPLOY_DIR/current to the previous verified release")
     args = parser.parse_args(argv)
     if args.command != "verify":
         parser.print_help()
@@ -43,7 +47,8 @@ def main(argv=None) -> int:
         from .verify import verify_bundle
 
         result = verify_bundle(args.bundle_dir, runner=args.runner, result_path=args.json_path,
-                               build_timeout=args.build_timeout, allowed_signers=args.allowed_signers)
+                               build_timeout=args.build_timeout, allowed_signers=args.allowed_signers,
+                               state_dir=args.state_dir)
         passed = result["passed"]
     except PwdeployError as exc:
         if args.debug:

@@ -135,16 +135,19 @@ def render_script(*, bundle_id: str, version: str, model_file: str, precision: s
 
 
 def build_engine(bundle_dir: str, manifest: Dict[str, Any], *, engine_path: Optional[str] = None,
-                 timeout: float = 3600.0, log=print) -> str:
-    """Run the bundle's build_engine.sh; returns the engine path. Output goes to build_engine.log."""
+                 timeout: float = 3600.0, log=print, state_dir: Optional[str] = None) -> str:
+    """Run the bundle's build_engine.sh; returns the engine path. The engine, the timing cache and
+    build_engine.log go to ``state_dir`` (default: beside the bundle's files, for a hand build)."""
     script = os.path.join(bundle_dir, manifest["engine"]["build_script"])
-    engine_path = engine_path or os.path.join(bundle_dir, ENGINE_NAME)
-    log_path = os.path.join(bundle_dir, BUILD_LOG)
+    out_dir = state_dir or bundle_dir
+    engine_path = engine_path or os.path.join(out_dir, ENGINE_NAME)
+    log_path = os.path.join(out_dir, BUILD_LOG)
+    env = dict(os.environ, PWDEPLOY_TIMING_CACHE=os.path.join(out_dir, TIMING_CACHE))
     log("building the TensorRT engine on this device (log: {}) ...".format(log_path))
     try:
         with open(log_path, "wb") as out:
             proc = subprocess.run(["bash", script, engine_path], stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=timeout, cwd=bundle_dir)
+                                  timeout=timeout, cwd=out_dir, env=env)
     except subprocess.TimeoutExpired:
         raise EngineBuildError("build_engine.sh ran longer than {:.0f} s: see {} (a first build on a small "
                                "Jetson can take minutes; raise --build-timeout)".format(timeout, log_path)) from None

@@ -16,6 +16,7 @@ import numpy as np
 from ..runners.base import EngineIncompatible, RunnerError, run_batches  # noqa: F401 - the device's names
 from ..runners.onnxruntime_runner import OnnxRuntimeRunner
 from .build_engine import ENGINE_NAME, build_engine
+from .state import record_engine, recorded_engine, state_dir as state_dir_of
 
 
 def tensorrt_version() -> Optional[str]:
@@ -162,9 +163,11 @@ class _BindingsImpl:
 
 
 def select_runner(bundle_dir: str, manifest: Dict[str, Any], runner: str = "auto", *, log=print,
-                  build_timeout: float = 3600.0):
+                  build_timeout: float = 3600.0, state_dir: Optional[str] = None, manifest_sha256: str = ""):
     """The runner to verify with and a note on why. 'auto': TensorRT when installed (engine built here when
-    missing or not loadable), else ONNX Runtime on the shipped ONNX, said out loud."""
+    missing or not loadable), else ONNX Runtime on the shipped ONNX, said out loud. Only two engines are
+    ever loaded: the one the manifest lists (hashed), or one built here into the state folder and recorded
+    there (state/engine.json); an engine file anywhere else is never used."""
     if runner not in ("auto", "tensorrt", "onnxruntime"):
         raise RunnerError("--runner must be auto, tensorrt or onnxruntime, got {!r}".format(runner))
     model = manifest["model"]
@@ -183,9 +186,13 @@ def select_runner(bundle_dir: str, manifest: Dict[str, Any], runner: str = "auto
     candidates = []
     if shipped and engine["tensorrt"] == trt_version:
         candidates.append((os.path.join(bundle_dir, shipped), "engine shipped in the bundle"))
-    built = os.path.join(bundle_dir, ENGINE_NAME)
-    if os.path.isfile(built) and built not in [c[0] for c in candidates]:
+    state = state_dir_of(bundle_dir, state_dir)
+    built = os.path.join(state, ENGINE_NAME)
+    stale = recorded_engine(state, built, trt_version, manifest_sha256) if os.path.lexists(built) else "absent"
+    if stale is None:
         candidates.append((built, "engine built earlier on this device"))
+    elif stale != "absent":
+        log("not using {}: {}: rebuilding".format(built, stale))
     for path, origin in candidates:
         try:
             r = TensorRTRunner(path, model["input"]["name"], model["output"]["name"])
@@ -196,7 +203,9 @@ def select_runner(bundle_dir: str, manifest: Dict[str, Any], runner: str = "auto
     if shipped and engine["tensorrt"] != trt_version:
         log("the shipped engine was built with TensorRT {}, this device has {}: rebuilding".format(
             engine["tensorrt"], trt_version))
-    path = build_engine(bundle_dir, manifest, engine_path=built, timeout=build_timeout, log=log)
+    os.makedirs(state, exist_ok=True)
+    path = build_engine(bundle_dir, manifest, engine_path=built, timeout=build_timeout, log=log, state_dir=state)
+    record_engine(state, path, trt_version, manifest_sha256)
     note = "engine built on this device with TensorRT {}".format(trt_version)
     log(note)
     return TensorRTRunner(path, model["input"]["name"], model["output"]["name"]), note

@@ -6,7 +6,8 @@
    shipped ONNX, said out loud;
 4. run the shipped verification set, compute per-group metrics and apply the same per-group gate as
    `pwdeploy verify` against the reference results recorded at packaging time;
-5. print PASSED/FAILED per group, write verify_result.json, exit 0 (passed) or 1 (failed).
+5. print PASSED/FAILED per group, write verify_result.json into the state folder (never into the bundle: see
+   device/state.py), exit 0 (passed) or 1 (failed).
 
 numpy plus one runtime; Python 3.8 compatible; no torch.
 """
@@ -14,6 +15,7 @@ numpy plus one runtime; Python 3.8 compatible; no torch.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -30,6 +32,7 @@ from ..metrics import fmt_points, predict
 from ..verification_set import load_verification_set
 from ..signature import signers_for, verify as verify_signature
 from .runners import describe, run_batches, select_runner
+from .state import state_dir as state_dir_of
 
 RESULT_SCHEMA = "pwdeploy.device_verify/1"
 RESULT_FILE = "verify_result.json"
@@ -37,13 +40,15 @@ RESULT_FILE = "verify_result.json"
 
 def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callable[[str], None]] = None,
                   result_path: Optional[str] = "", build_timeout: float = 3600.0,
-                  allowed_signers: Optional[str] = None) -> Dict[str, Any]:
+                  allowed_signers: Optional[str] = None, state_dir: Optional[str] = None) -> Dict[str, Any]:
     """Verify an unpacked bundle; returns the result (``result["passed"]`` says whether the gate passed). ``result_path`` '' writes
-    BUNDLE_DIR/verify_result.json, None writes nothing. Raises PwdeployError for unusable input
+    STATE_DIR/verify_result.json, None writes nothing; the state folder (device/state.py) also holds an engine
+    built here. Raises PwdeployError for unusable input
     (invalid manifest, missing runtime, a missing or bad signature where an allowed-signers file applies);
     a hash mismatch, an unlisted file or a failed gate is a result, not an error."""
     log = log or (lambda line: print(line, flush=True))
     bundle_dir = os.path.abspath(bundle_dir)
+    state = state_dir_of(bundle_dir, state_dir)
     started = time.time()
     raw = read_manifest(bundle_dir)
     manifest = parse_manifest(raw, os.path.join(bundle_dir, "manifest.json"))
@@ -71,13 +76,14 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
             log("FAILED  integrity: " + problem)
         log("FAILED: {} of {} files do not match the manifest; nothing was run. Copy the bundle again "
             "(pwdeploy ship refuses such a bundle before switching `current`)".format(len(problems), len(manifest["files"])))
-        _write(result, bundle_dir, result_path)
+        _write(result, state, result_path)
         return result
     log("files: {} checked, every sha256 matches the manifest".format(len(manifest["files"])))
 
     vs = load_verification_set(os.path.join(bundle_dir, manifest["verification"]["file"]))
     _check_set(vs, manifest)
-    model_runner, note = select_runner(bundle_dir, manifest, runner, log=log, build_timeout=build_timeout)
+    model_runner, note = select_runner(bundle_dir, manifest, runner, log=log, build_timeout=build_timeout,
+                                       state_dir=state, manifest_sha256=hashlib.sha256(raw).hexdigest())
     try:
         t0 = time.time()
         logits = run_batches(model_runner, vs.images, batch_size=manifest["verification"]["batch_size"])
@@ -102,7 +108,7 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
         "total_seconds": round(time.time() - started, 3),
     })
     _print_table(log, metrics, gate, result["agreement"], len(vs), model_runner)
-    _write(result, bundle_dir, result_path)
+    _write(result, state, result_path)
     return result
 
 
@@ -156,12 +162,13 @@ def _print_table(log, metrics, gate, agreement, n, model_runner) -> None:
             ", ".join(gate.failed_groups)))
 
 
-def _write(result: Dict[str, Any], bundle_dir: str, result_path: Optional[str]) -> None:
+def _write(result: Dict[str, Any], state: str, result_path: Optional[str]) -> None:
     if result_path is None:
         return
-    path = result_path or os.path.join(bundle_dir, RESULT_FILE)
+    path = result_path or os.path.join(state, RESULT_FILE)
     tmp = "{}.{}.partial".format(path, os.getpid())
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(tmp, "w") as fh:
             json.dump(result, fh, indent=2, default=_json_default)
             fh.write("\n")
