@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from .errors import DataError
 from .gate import GateResult, check_groups
 from .metrics import accuracy_change, group_metrics, predict
 
@@ -33,6 +34,19 @@ def agreement(preds: np.ndarray, other: np.ndarray, groups: np.ndarray, group_na
     return out
 
 
+def check_logit_shape(logits: np.ndarray, n: int, reference_logits: Optional[np.ndarray]) -> None:
+    """An artifact with another number of outputs than its reference is the wrong model (bad input, exit
+    2), not a gate failure."""
+    if logits.ndim != 2 or logits.shape[0] != n:
+        raise DataError("the artifact gave logits of shape {} for {} images: it is not an image classifier of "
+                        "this run; verify the model exported from this run".format(list(logits.shape), n))
+    if reference_logits is not None and np.ndim(reference_logits) == 2 \
+            and logits.shape[1] != np.shape(reference_logits)[1]:
+        raise DataError("the artifact gives {} logits per image but its reference gives {}: it is the wrong model "
+                        "for this run; verify the model exported from this run".format(
+                            logits.shape[1], np.shape(reference_logits)[1]))
+
+
 def evaluate_artifact(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray, group_names: List[str],
                       reference: Dict[str, Any], *, tolerance: float, original: Optional[Dict[str, Any]] = None,
                       max_group_drop: Optional[float] = None, allow_empty_groups: bool = False,
@@ -42,6 +56,7 @@ def evaluate_artifact(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray
     tolerance, max_group_drop, metrics, changes, agreement, max_abs_logit_diff, gate (dict), notes; and
     ``gate_result`` (the GateResult object, not for JSON)."""
     logits = np.asarray(logits)
+    check_logit_shape(logits, len(labels), reference_logits)
     notes = []  # type: List[str]
     if not np.all(np.isfinite(logits)):
         notes.append("{} non-finite logits: the artifact overflows".format(int((~np.isfinite(logits)).sum())))

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -53,6 +54,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a regular file (None when it is): "not found", "is a folder", "is a FIFO" ..."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found" if not os.path.islink(path) else "is a dangling symbolic link"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return "is " + next((name for test, name in kinds if test(mode)), "not a regular file") + ", not a file"
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -36,8 +36,33 @@ def is_complete_run(path: Path) -> bool:
             and (path / rundir.REPORT).is_file() and (path / rundir.COMPLETE).is_file())
 
 
+# room for the ".NAME.partial-PID" / ".NAME.lock" names built beside --out
+_SIBLING_ROOM = 32
+
+
+def check_path_name(path: Path, flag: str) -> None:
+    """A path pwdeploy can create and record: valid UTF-8 (report.json stores it), every name within the
+    file system's limit (with room for the temporary names beside it), the whole path within PATH_MAX.
+    Checked before any work, so a bad name fails in a second, not after the training."""
+    text = str(path)
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PwdeployError(f"{flag} {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8: use a name of "
+                            "UTF-8 characters (it is recorded in config.json/report.json)") from None
+    name_max, path_max = 255, 4096
+    if len(os.path.abspath(encoded)) + _SIBLING_ROOM > path_max:
+        raise PwdeployError(f"{flag} is a path of {len(os.path.abspath(encoded))} bytes: over the {path_max}-byte limit "
+                            "of the file system; choose a shorter path")
+    for part in path.parts:
+        if len(part.encode("utf-8")) + _SIBLING_ROOM > name_max:
+            raise PwdeployError(f"{flag}: the name {part[:40]!r}... has {len(part.encode('utf-8'))} bytes; names may "
+                                f"have at most {name_max - _SIBLING_ROOM} here: choose a shorter name")
+
+
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse an --out that is a file, or an existing folder unless ``overwrite`` and it is provably ours."""
+    check_path_name(out, "--out")
     if out.is_symlink():
         raise PwdeployError(f"--out {out} is a symbolic link: pass the real folder (or a new name)")
     if out.exists() and not out.is_dir():

@@ -93,6 +93,8 @@ def load_verification_set(path) -> VerificationSet:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("its meta is not a JSON object")
     except Exception as exc:  # noqa: BLE001 - zip, json and numpy errors all mean the same thing here
         raise DataError("{} is not a readable verification set ({}): re-run 'pwdeploy export' to rewrite "
                         "it".format(path, exc)) from exc
@@ -100,6 +102,8 @@ def load_verification_set(path) -> VerificationSet:
         raise DataError("{} has schema {!r}, expected {!r}: re-run 'pwdeploy export' to rewrite it".format(
             path, meta.get("schema"), SCHEMA))
     missing = [k for k in ("images", "labels", "groups", "indices") if k not in arrays]
+    missing += [k for k in ("group_names", "class_names") if not isinstance(meta.get(k), list) or not meta[k]
+                or not all(isinstance(x, str) for x in meta[k])]
     if missing:
         raise DataError("{} lacks {}: re-run 'pwdeploy export' to rewrite it".format(path, ", ".join(missing)))
     vs = VerificationSet(
@@ -123,6 +127,8 @@ def _validate(vs: VerificationSet, where: str) -> None:
         raise DataError("{}: images must be finite floats (got {}, or NaN/inf values): rewrite it with "
                         "'pwdeploy export'".format(where, vs.images.dtype))
     n = vs.labels.shape[0]
+    if n == 0:
+        raise DataError("{}: the verification set holds no images: rewrite it with 'pwdeploy export'".format(where))
     if vs.images.ndim != 4 or vs.images.shape[0] != n:
         raise DataError("{}: images must be N×C×H×W with one row per label, got {} for {} labels: rewrite it "
                         "with 'pwdeploy export'".format(where, tuple(vs.images.shape), n))
@@ -130,10 +136,17 @@ def _validate(vs: VerificationSet, where: str) -> None:
         if getattr(vs, name).shape[0] != n:
             raise DataError("{}: {} has {} entries for {} labels: rewrite it with 'pwdeploy export'".format(
                 where, name, getattr(vs, name).shape[0], n))
+    classes = len(vs.class_names)
     for name, logits in vs.logits.items():
-        if logits.shape[0] != n:
-            raise DataError("{}: logits_{} has {} rows for {} labels: rewrite it with 'pwdeploy export'".format(
-                where, name, logits.shape[0], n))
+        if logits.ndim != 2 or logits.shape[0] != n or (classes and logits.shape[1] != classes):
+            raise DataError("{}: logits_{} has shape {}, expected {} rows of {} class logits: rewrite it with "
+                            "'pwdeploy export'".format(where, name, list(logits.shape), n, classes))
+        if logits.dtype.kind != "f" or not np.isfinite(logits).all():
+            raise DataError("{}: logits_{} holds NaN/inf values: the reference is damaged; rewrite it with "
+                            "'pwdeploy export'".format(where, name))
+    if classes and (vs.labels.min() < 0 or vs.labels.max() >= classes):
+        raise DataError("{}: labels outside 0..{} (the {} classes {}): the set is damaged or from another run; "
+                        "rewrite it with 'pwdeploy export'".format(where, classes - 1, classes, vs.class_names))
     if n and (vs.groups.min() < 0 or vs.groups.max() >= len(vs.group_names)):
         raise DataError("{}: group ids outside 0..{}: rewrite it with 'pwdeploy export'".format(
             where, len(vs.group_names) - 1))

@@ -75,6 +75,17 @@ def read_manifest(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def check_inside_root(rows, path: Path) -> None:
+    """Every row's image must resolve (symlinks followed) inside the folder holding the CSV: a manifest from
+    elsewhere must not make pwdeploy read ``../secret.png`` or ``/etc/...``."""
+    root = path.parent.resolve()
+    for line, row in rows:
+        target = (path.parent / row["path"]).resolve()
+        if target != root and root not in target.parents:
+            raise DataError(f"{path.name} line {line}: path {row['path']!r} resolves outside the data root {root}: "
+                            "refused; move the image under the data root or pass -D allow_outside_root=true")
+
+
 def label_indices(rows, classes, name: str) -> tuple[list[int], list[str]]:
     """Labels as indices and the class names, from ints or names (checked against ``classes`` if given)."""
     values = [row["label"] for _, row in rows]
@@ -136,8 +147,11 @@ def group_indices(rows, groups, name: str) -> tuple[list[int], list[str]]:
 @register_dataset("csv")
 def create_csv(root=None, split: str = "train", *, manifest: str = "manifest.csv", size=224,
                mean=IMAGENET_MEAN, std=IMAGENET_STD, classes: list | None = None, groups: list | None = None,
-               skip_bad_images: bool = False, augment: bool = False, **unknown) -> ImageFileDataset:
+               skip_bad_images: bool = False, augment: bool = False, allow_outside_root: bool = False,
+               **unknown) -> ImageFileDataset:
     check_unknown_options("csv", unknown)
+    if not isinstance(allow_outside_root, bool):
+        raise DataError(f"--data csv option allow_outside_root must be true or false, got {allow_outside_root!r}")
     h, w = parse_size(size, "csv")
     for key, value in (("mean", mean), ("std", std)):
         if not (isinstance(value, (list, tuple)) and len(value) == 3
@@ -147,6 +161,8 @@ def create_csv(root=None, split: str = "train", *, manifest: str = "manifest.csv
         raise DataError(f"--data csv option std must be positive, got {std!r}")
     path = find_manifest(root, manifest)
     rows = read_manifest(path)
+    if not allow_outside_root:
+        check_inside_root(rows, path)
     labels, class_names = label_indices(rows, classes, path.name)
     group_ids, group_names = group_indices(rows, groups, path.name)
     splits = np.array([row["split"] for _, row in rows])

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..fsutil import atomic_path
+from ..fsutil import atomic_path, not_a_file
 from . import create_model
 
 FORMAT = "pwdeploy.checkpoint/1"
@@ -75,8 +75,11 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     Returns the model (eval mode, CPU) and a description: arch, num_classes, meta, kind.
     """
     path = Path(path)
-    if not path.is_file():
+    problem = not_a_file(path)
+    if problem == "not found":
         raise ModelError(f"model file not found: {path}")
+    if problem:
+        raise ModelError(f"MODEL {path} {problem}: pass a model file (a pwdeploy checkpoint or a state dict .pt)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises several types for non-weights files
@@ -105,6 +108,7 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
                              "with pwdeploy") from exc
         _check_finite(model, path)
         _check_layer_shapes(model, path)
+        _check_class_count(model, int(payload["num_classes"]), path)
         return model.eval(), {"kind": "checkpoint", "arch": payload["arch"],
                               "num_classes": payload["num_classes"], "meta": payload.get("meta", {})}
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -142,6 +146,14 @@ def _check_layer_shapes(model: nn.Module, path: Path) -> None:
         if want is not None and isinstance(weight, torch.Tensor) and tuple(weight.shape) != want:
             raise ModelError(f"{path} is an inconsistent pwdeploy checkpoint: layer {name!r} records shape {want} "
                              f"but its weight is {tuple(weight.shape)}; save it again with pwdeploy")
+
+
+def _check_class_count(model: nn.Module, num_classes: int, path: Path) -> None:
+    """The classifier (last Linear layer) must give one logit per class the checkpoint claims."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears and linears[-1].out_features != num_classes:
+        raise ModelError(f"{path} claims {num_classes} classes but its classifier gives {linears[-1].out_features} "
+                         "logits: the checkpoint is inconsistent; save it again with pwdeploy")
 
 
 def _check_finite(model: nn.Module, path: Path) -> None:
