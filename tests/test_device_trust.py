@@ -85,8 +85,14 @@ def test_1_an_older_signed_release_shipped_over_a_newer_one_is_refused(made, tmp
     deploy = _deploy(tmp_path, made)
     with sshd.running_sshd(tmp_path / "sshd") as server:
         target = [f"{server.alias}:{deploy}", "-F", str(server.client_config)]
-        assert main(["ship", str(made["r1"]), *target, "--keep", "1"]) == 0
+        assert main(["ship", str(made["r1"]), *target, "--keep", "1", "--bootstrap"]) == 0
         r1 = os.readlink(deploy / "current").split("/", 1)[1]
+        from pwdeploy.anchor import anchor_sha256
+
+        installed = deploy / ".pwdeploy" / "anchor" / "pwdeploy-device.py"  # the device's own trust anchor
+        assert installed.read_bytes() == made["anchor"].read_bytes()
+        out = " ".join(capsys.readouterr().out.split())
+        assert "trust anchor installed" in out and f"(sha256 {anchor_sha256()})" in out
         assert main(["ship", str(made["r2"]), *target, "--keep", "1"]) == 0
         r2 = os.readlink(deploy / "current").split("/", 1)[1]
         # --keep 1 never removes the release `current` would fall back to
@@ -98,8 +104,9 @@ def test_1_an_older_signed_release_shipped_over_a_newer_one_is_refused(made, tmp
         assert "--allow-downgrade" in err and f"still points at releases/{r2}" in err
         assert os.readlink(deploy / "current") == f"releases/{r2}" and (deploy / "releases" / r1).is_dir()
         assert not list((deploy / ".incoming").iterdir())
-    # rollback is the one way back (the device subcommand, through the anchor): one JSON line
-    proc = anchor(made, "rollback", deploy)
+    # rollback is the one way back (the device subcommand, through the anchor --bootstrap installed): one JSON line
+    proc = subprocess.run([sys.executable, "-I", "-B", str(installed), "rollback", str(deploy)], capture_output=True,
+                          text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     line = json.loads(proc.stdout)
     assert line["from"]["release_number"] == 2 and line["to"]["release"] == f"releases/{r1}"

@@ -32,6 +32,7 @@ from ..signature import default_allowed_signers, verify as verify_signature
 from . import releases as ordered
 from .args import Parser
 from .releases import CURRENT, RELEASES
+from .state import STATE
 
 DEFAULT_KEEP = 3  # current + two to roll back to: a Jetson's eMMC is small
 INCOMING = ".incoming"
@@ -270,6 +271,7 @@ def prune_releases(deploy_dir: str, keep: int, *, log: Callable[[str], None] = p
     removed = [entry[-1] for entry in sorted(found, reverse=True)[max(0, keep - len(protected)):]]
     for name in removed:
         shutil.rmtree(os.path.join(releases, name))
+        shutil.rmtree(os.path.join(deploy_dir, STATE, name), ignore_errors=True)  # its engine and results
     if removed and order:
         _write_order(releases, [n for n in _read_order(releases) if n not in removed])
         log("removed {} old release(s), keeping the newest {}: {}".format(len(removed), keep, ", ".join(removed)))
