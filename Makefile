@@ -51,7 +51,7 @@ bench-fairness: $(STAMP)
 	$(I11) --report-only --variants colour,subtle,weak-minority,one-group --reductions 0.75,0.9 \
 		--arms $(I11_75),kd/select,ce/uniform,pw/uniform
 
-# Issue 11 (benchmarks/results/fairness_issue11.*): label-free (kd, pw+pseudo, kd+pseudo, kd+pseudo/0.5, kd/select;
+# Label-free and group-aware methods (benchmarks/results/fairness_issue11.*): label-free (kd, pw+pseudo, kd+pseudo, kd+pseudo/0.5, kd/select;
 # ce/uniform and pw/uniform are the uniform-allocation sweep's cells)
 # and group-aware (pw+gb, fairgrape) arms beside CE and PW at 75%; at 90% CE, PW, PW+GB, kd, kd+pseudo/0.5 and
 # (Taylor) FairGRAPE; the tuned regimes with every method, the two new ones (weak-minority, one-group) with Taylor

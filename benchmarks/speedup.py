@@ -4,7 +4,7 @@
     python benchmarks/speedup.py --quick    # resnet18 only, fewer timing rounds
 
 Per model (random weights: only speed means anything here), every variant removes ~75% of the MACs:
-- ``old``: pwdeploy's global magnitude ranking, no rounding (``--round-to 1``: the behaviour before issue 15);
+- ``old``: pwdeploy's global magnitude ranking, no rounding (``--round-to 1``: pwdeploy before channel rounding);
 - ``round16``: the same with channels rounded to the target's default multiple (16: ONNX Runtime's NCHWc block);
 - ``round16+uniform``: rounded, every group losing the same share (``--allocation uniform``);
 - ``round16+lat`` (resnet18): rounded, with the latency-weighted allocation (``--allocation latency``, LUT at

@@ -64,3 +64,19 @@ def test_cli_reference_lists_every_option_of_every_command(site):
                 if param.name != "help" and not re.search(rf"(?<![\w-]){re.escape(shown)}(?![\w-])", section):
                     missing.append(f"{name} {shown}")
     assert not missing, f"not in the generated CLI reference: {missing}"
+
+
+def test_no_internal_work_item_numbers_where_users_read():
+    # upstream references such as onnx/onnx-tensorrt#850 are fine; "issue 11", "(issue 11)", "issue-6" are not
+    pattern = re.compile(r"\bissues?[ -]?\d+|\(#\d+\)", re.IGNORECASE)
+    paths = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *(ROOT / "docs").rglob("*.md"),
+             *(ROOT / "pwdeploy").rglob("*.py"), *(ROOT / "exporters").rglob("*.py"),
+             *(ROOT / "calibration").rglob("*.py"), *(ROOT / "configs").glob("*.yaml")]
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in paths for i, line in enumerate(p.read_text().splitlines(), 1)
+            if pattern.search(line)]
+    assert not hits, f"internal work-item numbers in user-facing text: {hits}"
+    from typer.testing import CliRunner
+
+    for command in typer.main.get_command(app).commands:
+        text = CliRunner().invoke(app, [command, "--help"]).output
+        assert not pattern.search(text), command

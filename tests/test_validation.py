@@ -1,4 +1,4 @@
-"""Issue 12, host side: every bad value refused (exit 2, one line), a fail-closed gate, safe --out, verify
+"""Security, host side: every bad value refused (exit 2, one line), a fail-closed gate, safe --out, verify
 --reference of another model, bad data, exit codes. Each case of the issue's "Why" list is a test here."""
 
 from __future__ import annotations
