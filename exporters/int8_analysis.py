@@ -25,10 +25,8 @@ def open_probe(run: Path, config: dict, *, method: str, weight_bits: int, tolera
     """An Int8Probe on ``run``'s validation split with its recorded calibration ranges."""
     from calibration.probe import Int8Probe, load_split
 
-    from .targets import CALIBRATION_RANGES
-
     data = load_split(config, VALIDATION_SPLIT, max_samples=max_samples, seed=int(config.get("seed", 0)))
-    return Int8Probe(run / rundir.MODEL_ONNX, run / CALIBRATION_RANGES, data, method=method,
+    return Int8Probe(run / rundir.MODEL_ONNX, run / rundir.CALIBRATION_RANGES, data, method=method,
                      weight_bits=weight_bits, tolerance=tolerance_for("int8") if tolerance is None else tolerance,
                      provider=provider)
 
@@ -60,15 +58,13 @@ def _recorded_int8(run: Path, report: dict) -> tuple:
     """(calibration method, weight bits) of the run's INT8 export; its ranges must belong to model.onnx."""
     from calibration import check_fresh
 
-    from .targets import CALIBRATION_JSON, CALIBRATION_RANGES
-
-    calib, ranges = run / CALIBRATION_JSON, run / CALIBRATION_RANGES
+    calib, ranges = run / rundir.CALIBRATION_JSON, run / rundir.CALIBRATION_RANGES
     if not calib.is_file() or not ranges.is_file():
         raise PwdeployError(f"{run} has no INT8 calibration: run 'pwdeploy export {run} --target onnx-int8' first")
     provenance = read_json(calib)
     check_fresh(provenance, sha256_file(run / rundir.MODEL_ONNX))
     if provenance.get("ranges_sha256") != sha256_file(ranges):
-        raise PwdeployError(f"{CALIBRATION_RANGES} does not match {CALIBRATION_JSON}: re-export with "
+        raise PwdeployError(f"{rundir.CALIBRATION_RANGES} does not match {rundir.CALIBRATION_JSON}: re-export with "
                             f"'pwdeploy export {run} --target onnx-int8 --recalibrate'")
     record = report.get("artifacts", {}).get(rundir.INT8_ONNX, {})
     return provenance["method"], int(record.get("quantization", {}).get("weight_bits", 7))

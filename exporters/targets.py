@@ -23,8 +23,7 @@ from pwdeploy.rundir import ArtifactRecord, EngineRecord, RunDir
 from pwdeploy.targets import DEFAULT_CALIB_SIZE, Target, get_target
 from pwdeploy.verification_set import FILENAME as VERIFICATION_SET
 
-CALIBRATION_JSON = "calibration.json"  # provenance of the INT8 scales
-CALIBRATION_RANGES = "calibration_ranges.json"  # ONNX Runtime's calibrated tensor ranges (reusable cache)
+CALIBRATION_JSON, CALIBRATION_RANGES = rundir.CALIBRATION_JSON, rundir.CALIBRATION_RANGES  # named in rundir
 
 
 @dataclass
