@@ -40,7 +40,7 @@ def _root(
 ProtectHelp = ("INT8: keep the layers whose quantization hurts the worst group in float, greedily, until every "
                "group is within the INT8 tolerance of fp32 on the validation split (or the budget is reached).")
 def _max_float_help() -> str:
-    from calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
+    from pwdeploy.calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
 
     return f"INT8 with --protect-groups: at most this many layers kept in float (default {DEFAULT_MAX_FLOAT_LAYERS})."
 
@@ -289,7 +289,7 @@ def export(
     seed: int = SeedOpt,
 ):
     """Make a precision target (fp16 / INT8 Q/DQ ONNX, TensorRT engine or its build script) for an existing run."""
-    from exporters.targets import export_target
+    from pwdeploy.exporters.targets import export_target
 
     from .rundir import RunDir
     from .validate import COUNT, check
@@ -315,7 +315,7 @@ def analyze(
     ort_provider: str = typer.Option("cpu", "--ort-provider", help="ONNX Runtime: cpu or cuda."),
 ):
     """Which layers' quantization costs which group: a table, int8_sensitivity.png and report.json."""
-    from exporters.int8_analysis import analyze_int8
+    from pwdeploy.exporters.int8_analysis import analyze_int8
 
     if not int8:
         raise PwdeployError("say what to analyze: 'pwdeploy analyze RUN --int8' (per-group INT8 sensitivity)")

@@ -283,7 +283,7 @@ def test_verify_reference_refuses_another_runs_model_unless_forced(tmp_path, cap
 
 
 def test_an_onnx_with_another_input_shape_is_bad_input(tmp_path, capsys):
-    from exporters.onnx_export import export_onnx
+    from pwdeploy.exporters.onnx_export import export_onnx
     from pwdeploy.models.small import SmallCNN
 
     run = tiny_bundle_run(tmp_path)
