@@ -103,3 +103,17 @@ def test_no_import_cycles():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_source_imports_the_old_top_level_names():
+    """exporters/ and calibration/ are pwdeploy.exporters / pwdeploy.calibration; nothing imports them bare."""
+    sources = [p for folder in ("pwdeploy", "exporters", "calibration", "tests", "benchmarks", "docs")
+               for p in (ROOT / folder).rglob("*.py")]
+    bare = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            bare += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                     if n.split(".")[0] in ("exporters", "calibration")]
+    assert not bare, f"import pwdeploy.exporters / pwdeploy.calibration instead: {bare}"
