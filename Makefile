@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-fairness bench-calibration clean
+.PHONY: demo test docs bench bench-fairness bench-calibration clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests
+
+# The documentation site (MkDocs + Material, offline) into site/; the CLI reference is generated from the app.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 bench: $(STAMP)
 	$(PY) benchmarks/latency.py
@@ -47,7 +51,7 @@ bench-fairness: $(STAMP)
 	$(I11) --report-only --variants colour,subtle,weak-minority,one-group --reductions 0.75,0.9 \
 		--arms $(I11_75),kd/select,ce/uniform,pw/uniform
 
-# Issue 11 (benchmarks/results/fairness_issue11.*): label-free (kd, pw+pseudo, kd+pseudo, kd+pseudo/0.5, kd/select;
+# Label-free and group-aware methods (benchmarks/results/fairness_issue11.*): label-free (kd, pw+pseudo, kd+pseudo, kd+pseudo/0.5, kd/select;
 # ce/uniform and pw/uniform are the uniform-allocation sweep's cells)
 # and group-aware (pw+gb, fairgrape) arms beside CE and PW at 75%; at 90% CE, PW, PW+GB, kd, kd+pseudo/0.5 and
 # (Taylor) FairGRAPE; the tuned regimes with every method, the two new ones (weak-minority, one-group) with Taylor
@@ -62,4 +66,4 @@ bench-calibration: $(STAMP)
 	$(PY) benchmarks/calibration_study.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache site

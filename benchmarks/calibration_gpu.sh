@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14, item 4: the calibration study on ONNX Runtime's CUDA provider, to separate the quantization itself
+# The calibration study on ONNX Runtime's CUDA provider, to separate the quantization itself
 # from CPU kernel effects (the CUDA provider computes the Q/DQ graph without the CPU's fused INT8 kernels).
 # NOT RUN YET: no GPU was lent when it was written. Needs onnxruntime-gpu matching the machine's CUDA:
 #   pip install onnxruntime-gpu      (offline machine: put the wheel in .whl/ and carry it)

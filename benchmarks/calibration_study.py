@@ -57,8 +57,8 @@ def build_run(folder: Path, settings: dict) -> Path:
 
 
 def draw(strategy: str, groups: np.ndarray, names: list, size: int, seed: int):
-    from calibration import stratified_sample
-    from calibration.sampler import random_sample
+    from pwdeploy.calibration import stratified_sample
+    from pwdeploy.calibration.sampler import random_sample
 
     if strategy == "random":
         return random_sample(groups, names, size, seed=seed)
@@ -99,8 +99,8 @@ class Evaluator:
 
 def study(run: Path, settings: dict, *, provider: str, methods, console) -> list:
     """One cell per (method, strategy, size, seed, weight bits, runtime): per-group change vs fp32."""
-    from calibration.quantize import IndexedCalibrationReader, prepare, quantize_int8
-    from exporters.onnx_export import INPUT_NAME
+    from pwdeploy.calibration.quantize import IndexedCalibrationReader, prepare, quantize_int8
+    from pwdeploy.exporters.onnx_export import INPUT_NAME
     from pwdeploy.data import DataSpec, create_dataset
     from pwdeploy.fsutil import read_json
 

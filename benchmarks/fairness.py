@@ -1,4 +1,4 @@
-"""Fairness benchmark (issue 6): per-group harm of pruning with CE vs the PW loss, over seeds, on synthetic data.
+"""Fairness benchmark: per-group harm of pruning with CE vs the PW loss, over seeds, on synthetic data.
 
     PYTHONPATH=. python3 benchmarks/fairness.py                 # full grid (make bench-fairness)
     PYTHONPATH=. python3 benchmarks/fairness.py --quick         # tiny grid (make bench), minutes on 2 cores
@@ -45,7 +45,7 @@ ALL_METHODS = ("taylor", "autobot", "magnitude")
 # Each arm names every switch it depends on, so a config default cannot move a cell into another arm.
 ARMS = {"ce": {"loss": "ce"}, "pw": {"loss": "pw", "group_balanced": False},
         "pw+gb": {"loss": "pw", "group_balanced": True},
-        # issue 11. Label-free: distillation, PW-weighted distillation, balance over pseudo-groups (label x
+        # Label-free: distillation, PW-weighted distillation, balance over pseudo-groups (label x
         # original right/wrong), checkpoint chosen on validation groups (labels on the val split only).
         "kd": {"loss": "kd", "group_balanced": False},
         "kd+pw": {"loss": "kd", "group_balanced": False, "kd": {"pw_weights": True}},
@@ -56,7 +56,7 @@ ARMS = {"ce": {"loss": "ce"}, "pw": {"loss": "pw", "group_balanced": False},
         "kd+pseudo/0.5": {"loss": "kd", "group_balanced": False, "pseudo_groups": "error-set",
                           "group_balance_strength": 0.5},
         "kd/select": {"loss": "kd", "group_balanced": False, "select": "worst-group"},
-        # issue 15's uniform allocation (every layer loses the same share): label-free too; the same cells as the
+        # the uniform allocation (every layer loses the same share): label-free too; the same cells as the
         # "channel allocation" sweep's "--allocation uniform" setting
         "ce/uniform": {"loss": "ce", "prune": {"allocation": "uniform"}},
         "pw/uniform": {"loss": "pw", "group_balanced": False, "prune": {"allocation": "uniform"}},
@@ -70,7 +70,7 @@ ARM_METHODS = {"fairgrape": ("taylor",), "recipes": ("taylor",)}
 GROUP_AWARE_ARMS = ("pw+gb", "fairgrape", "recipes")
 
 # Regimes ("variants"): synthetic data options, baseline changes, and whether the train split has groups.
-# colour / subtle: the grid the defaults were tuned on. Two regimes they were not tuned on (issue 11):
+# colour / subtle: the grid the defaults were tuned on. Two regimes they were not tuned on:
 # weak-minority: the baseline trained 7 epochs instead of 20 leaves the minority's cue half-learned, so the
 #   original model's errors concentrate in the minority (baseline seed 0: minority 77.5% at 7 epochs; 49% at 4,
 #   58% at 6, 91% at 8 to 20: the cue is learned abruptly, so 7 is the only length in the asked 60-80% band);
@@ -113,7 +113,7 @@ ABLATIONS = [
     ("group balanced", "extension, gamma 1, w_min 0.1", ("pw+gb",), _pw(gamma=1.0, min_weight=0.1), ALL_METHODS),
     ("group balance strength", "0.5", ("pw+gb",), {"group_balance_strength": 0.5}, ALL_METHODS),
     ("group balance strength", "0.25", ("pw+gb",), {"group_balance_strength": 0.25}, ALL_METHODS),
-    # issue 15: the target's default rounding and the latency-weighted allocation, against the default cells
+    # the target's default rounding and the latency-weighted allocation, against the default cells
     # (configs/synthetic.yaml: round_to 1, global ranking, as the committed results were measured) at equal MACs
     ("channel allocation", "rounded: the target's default", ("ce", "pw"), {"prune": {"round_to": None}}, ALL_METHODS),
     ("channel allocation", "--allocation latency", ("ce", "pw"), {"prune": {"allocation": "latency"}}, ALL_METHODS),
@@ -124,7 +124,7 @@ ABLATIONS = [
 ADDED_KEYS = {"group_balance_strength": 1.0, "pseudo_groups": "none", "select": "last", "recipes": [],
               "kd": {"temperature": 4.0, "alpha": 0.9, "pw_weights": False}}
 
-DEFAULT_ARMS = ("ce", "pw", "pw+gb")  # the issue-6 grid; the sweeps compare against these
+DEFAULT_ARMS = ("ce", "pw", "pw+gb")  # the original grid; the sweeps compare against these
 QUICK = {"variants": "colour", "seeds": "0,1", "methods": "magnitude,taylor", "reductions": "0.75", "arms": "ce,pw"}
 
 

@@ -131,7 +131,7 @@ def markdown_main(meta: dict, series: list[dict], comparisons: list[dict]) -> st
              "seeds with a 95% bootstrap interval over seeds in brackets. *Worst drop* is the largest group drop "
              "per seed, averaged. Arms: `ce` cross-entropy, `pw` the paper's performance-weighted loss, "
              "`pw+gb` **extension, not the paper's method**: PW weights re-normalised so each group carries equal "
-             "total weight (needs group labels for training). Issue 11's arms: label-free `kd` (distillation from the "
+             "total weight (needs group labels for training). Label-free arms: `kd` (distillation from the "
              "original), `kd+pw` (PW-weighted), `pw+pseudo` / `kd+pseudo` (balance over label x original right/wrong "
              "pseudo-groups; `kd+pseudo/0.5` half-way: each pseudo-group's factor square-rooted), `kd/select` "
              "(checkpoint chosen on validation worst-group accuracy), `ce/uniform` / `pw/uniform` (`--allocation uniform`: "
@@ -176,7 +176,7 @@ LABEL_FREE = ("kd", "kd+pw", "pw+pseudo", "kd+pseudo", "kd+pseudo/0.5", "kd/sele
 
 def markdown_summary(series: list[dict]) -> list[str]:
     """Per regime, method and reduction: worst drop of CE, PW, the best label-free option, PW + group balance
-    and FairGRAPE (issue 11's table). Only written when a label-free or FairGRAPE arm was run."""
+    and FairGRAPE (the label-free/group-aware table). Only written when a label-free or FairGRAPE arm was run."""
     rows = defaultdict(dict)
     for s in series:
         if s["setting"] == "default":

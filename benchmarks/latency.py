@@ -67,9 +67,9 @@ def build_resnet18(folder: Path, *, calib: int) -> dict:
     """Random-weight resnet18 @224, pruned 75% (magnitude), exported fp32 / fp16 / INT8."""
     import torch
 
-    from calibration.quantize import IndexedCalibrationReader, quantize_int8
-    from exporters.fp16 import convert_fp16
-    from exporters.onnx_export import export_onnx
+    from pwdeploy.calibration.quantize import IndexedCalibrationReader, quantize_int8
+    from pwdeploy.exporters.fp16 import convert_fp16
+    from pwdeploy.exporters.onnx_export import export_onnx
     from pwdeploy.fsutil import atomic_path
     from pwdeploy.models import create_model
     from pwdeploy.prune import prune_to_flops
@@ -96,7 +96,7 @@ def build_synthetic(folder: Path, *, quick: bool, existing: Path | None = None) 
     the int8 and fp16 targets. ``existing``: a finished run (e.g. from `make demo`) is copied instead."""
     import shutil
 
-    from exporters.targets import export_target
+    from pwdeploy.exporters.targets import export_target
     from pwdeploy.api import compress_model, train_baseline
     from pwdeploy.fsutil import read_json
 

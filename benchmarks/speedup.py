@@ -4,7 +4,7 @@
     python benchmarks/speedup.py --quick    # resnet18 only, fewer timing rounds
 
 Per model (random weights: only speed means anything here), every variant removes ~75% of the MACs:
-- ``old``: pwdeploy's global magnitude ranking, no rounding (``--round-to 1``: the behaviour before issue 15);
+- ``old``: pwdeploy's global magnitude ranking, no rounding (``--round-to 1``: pwdeploy before channel rounding);
 - ``round16``: the same with channels rounded to the target's default multiple (16: ONNX Runtime's NCHWc block);
 - ``round16+uniform``: rounded, every group losing the same share (``--allocation uniform``);
 - ``round16+lat`` (resnet18): rounded, with the latency-weighted allocation (``--allocation latency``, LUT at
@@ -84,7 +84,7 @@ def tp_uniform(original, shape, macs_goal: int, round_to: int | None):
 def build(name: str, folder: Path, *, threads: int, with_target: bool, calib: int) -> dict:
     import torch
 
-    from exporters.onnx_export import export_onnx
+    from pwdeploy.exporters.onnx_export import export_onnx
     from pwdeploy.models import create_model
     from pwdeploy.prune.flops import count_macs_params
 
@@ -140,7 +140,7 @@ def latency_target(original, shape, threads: int):
 
 
 def quantize_all(paths: dict, folder: Path, shape, calib: int) -> dict:
-    from calibration.quantize import IndexedCalibrationReader, quantize_int8
+    from pwdeploy.calibration.quantize import IndexedCalibrationReader, quantize_int8
 
     images = np.random.default_rng(0).standard_normal((calib, *shape)).astype(np.float32)
     out = {}
@@ -296,7 +296,7 @@ def target_only(args) -> int:
     """resnet18 218x178 pruned to the latency target at batch 8, then timed against the original."""
     import torch
 
-    from exporters.onnx_export import export_onnx
+    from pwdeploy.exporters.onnx_export import export_onnx
     from pwdeploy.fsutil import write_json
     from pwdeploy.latency import runtime_key
     from pwdeploy.models import create_model

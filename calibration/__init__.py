@@ -1,6 +1,6 @@
 """INT8 post-training calibration: a group-stratified calibration set, its provenance, and Q/DQ quantization.
 
-Heavy imports (onnxruntime.quantization) live in ``calibration.quantize`` and load only when quantizing.
+Heavy imports (onnxruntime.quantization) live in ``pwdeploy.calibration.quantize`` and load only when quantizing.
 """
 
 from .provenance import METADATA_KEY, StaleCalibrationError, check_fresh, indices_sha256, make_provenance

@@ -81,7 +81,7 @@ def score_logits(logits: np.ndarray, reference_logits: np.ndarray, data: ProbeDa
 class Int8Probe:
     """INT8 variants of ``model_onnx`` with the calibrated ranges in ``ranges``, scored on ``data``.
 
-    ``weight_bits`` 7 or 8 (see calibration.quantize); ``provider`` the ONNX Runtime provider the variants run
+    ``weight_bits`` 7 or 8 (see pwdeploy.calibration.quantize); ``provider`` the ONNX Runtime provider the variants run
     on (the fp32 reference runs on the same one). Use as a context manager: variants live in a temp folder.
     """
 

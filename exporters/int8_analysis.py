@@ -23,12 +23,10 @@ MAX_VALIDATION_SAMPLES = 2000
 def open_probe(run: Path, config: dict, *, method: str, weight_bits: int, tolerance: float | None = None,
                max_samples: int = MAX_VALIDATION_SAMPLES, provider: str = "cpu"):
     """An Int8Probe on ``run``'s validation split with its recorded calibration ranges."""
-    from calibration.probe import Int8Probe, load_split
-
-    from .targets import CALIBRATION_RANGES
+    from pwdeploy.calibration.probe import Int8Probe, load_split
 
     data = load_split(config, VALIDATION_SPLIT, max_samples=max_samples, seed=int(config.get("seed", 0)))
-    return Int8Probe(run / rundir.MODEL_ONNX, run / CALIBRATION_RANGES, data, method=method,
+    return Int8Probe(run / rundir.MODEL_ONNX, run / rundir.CALIBRATION_RANGES, data, method=method,
                      weight_bits=weight_bits, tolerance=tolerance_for("int8") if tolerance is None else tolerance,
                      provider=provider)
 
@@ -37,7 +35,7 @@ def analyze_int8(run_dir, *, tolerance: float | None = None, max_samples: int = 
                  provider: str = "cpu", console=None) -> dict:
     """Leave-one-in-float sensitivity of the run's INT8 model, per group on validation: rich table, heatmap PNG
     (int8_sensitivity.png) and report.json ``int8_sensitivity``. Returns the table."""
-    from calibration.sensitivity import plot_heatmap, rich_table, sensitivity
+    from pwdeploy.calibration.sensitivity import plot_heatmap, rich_table, sensitivity
     from pwdeploy.progress import console as default_console, task
 
     console = console or default_console
@@ -58,17 +56,15 @@ def analyze_int8(run_dir, *, tolerance: float | None = None, max_samples: int = 
 
 def _recorded_int8(run: Path, report: dict) -> tuple:
     """(calibration method, weight bits) of the run's INT8 export; its ranges must belong to model.onnx."""
-    from calibration import check_fresh
+    from pwdeploy.calibration import check_fresh
 
-    from .targets import CALIBRATION_JSON, CALIBRATION_RANGES
-
-    calib, ranges = run / CALIBRATION_JSON, run / CALIBRATION_RANGES
+    calib, ranges = run / rundir.CALIBRATION_JSON, run / rundir.CALIBRATION_RANGES
     if not calib.is_file() or not ranges.is_file():
         raise PwdeployError(f"{run} has no INT8 calibration: run 'pwdeploy export {run} --target onnx-int8' first")
     provenance = read_json(calib)
     check_fresh(provenance, sha256_file(run / rundir.MODEL_ONNX))
     if provenance.get("ranges_sha256") != sha256_file(ranges):
-        raise PwdeployError(f"{CALIBRATION_RANGES} does not match {CALIBRATION_JSON}: re-export with "
+        raise PwdeployError(f"{rundir.CALIBRATION_RANGES} does not match {rundir.CALIBRATION_JSON}: re-export with "
                             f"'pwdeploy export {run} --target onnx-int8 --recalibrate'")
     record = report.get("artifacts", {}).get(rundir.INT8_ONNX, {})
     return provenance["method"], int(record.get("quantization", {}).get("weight_bits", 7))
@@ -76,12 +72,12 @@ def _recorded_int8(run: Path, report: dict) -> tuple:
 
 def protect_int8(run: Path, config: dict, out: Path, *, method: str, weight_bits: int, budget: int,
                  console, provider: str = "cpu") -> dict:
-    """Choose the float layers (calibration.protect), write the mixed Q/DQ model to ``out`` and return the record:
+    """Choose the float layers (pwdeploy.calibration.protect), write the mixed Q/DQ model to ``out`` and return the record:
     chosen layers, per-group results on validation and test, ONNX Runtime latency against plain INT8 and fp32."""
     import tempfile
 
-    from calibration.latency import compare_latency
-    from calibration.protect import select_float_layers
+    from pwdeploy.calibration.latency import compare_latency
+    from pwdeploy.calibration.protect import select_float_layers
 
     with open_probe(run, config, method=method, weight_bits=weight_bits, provider=provider) as probe, \
             tempfile.TemporaryDirectory(prefix="pwdeploy-protect-") as tmp:
@@ -106,7 +102,7 @@ def protect_int8(run: Path, config: dict, out: Path, *, method: str, weight_bits
 def _test_results(run: Path, models: dict) -> dict | None:
     """Per-group results of ``models`` on the run's verification set (test split) against the pruned PyTorch
     reference, with the INT8 gate; None when the run has no verification set."""
-    from calibration.probe import ProbeData, score_logits
+    from pwdeploy.calibration.probe import ProbeData, score_logits
     from pwdeploy.runners import run_batches
     from pwdeploy.runners.onnxruntime_runner import OnnxRuntimeRunner
     from pwdeploy.verification_set import FILENAME, load_verification_set

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from pwdeploy.errors import PwdeployError
-from calibration.quantize import LAYER_OP_TYPES
+from pwdeploy.calibration.quantize import LAYER_OP_TYPES
 
 
 class QdqCheckError(PwdeployError):

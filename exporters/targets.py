@@ -23,8 +23,7 @@ from pwdeploy.rundir import ArtifactRecord, EngineRecord, RunDir
 from pwdeploy.targets import DEFAULT_CALIB_SIZE, Target, get_target
 from pwdeploy.verification_set import FILENAME as VERIFICATION_SET
 
-CALIBRATION_JSON = "calibration.json"  # provenance of the INT8 scales
-CALIBRATION_RANGES = "calibration_ranges.json"  # ONNX Runtime's calibrated tensor ranges (reusable cache)
+CALIBRATION_JSON, CALIBRATION_RANGES = rundir.CALIBRATION_JSON, rundir.CALIBRATION_RANGES  # named in rundir
 
 
 @dataclass
@@ -74,7 +73,7 @@ def make_target(run: Path, config: dict, report: dict, target: str, *, calib_siz
     """Write ``target``'s artifacts into ``run`` (atomically) and return their records, without touching
     report.json: ``{"target", "precision", "artifact", "verify", "engine", "artifacts", "all_artifacts"}`` where
     ``verify`` is the file `pwdeploy verify` checks (the engine if built here, else the ONNX it is built from)."""
-    from calibration import METHODS
+    from pwdeploy.calibration import METHODS
 
     spec = get_target(target)
     if calib_method not in METHODS:
@@ -153,7 +152,7 @@ def _export_fp16(run: Path, model_onnx: Path, model_sha: str, console) -> dict:
 
 def _check_protection(target: Target, protect: bool, max_float_layers: int | None) -> int:
     """--protect-groups applies to INT8 targets only; the float-layer budget is >= 0."""
-    from calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
+    from pwdeploy.calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
 
     if protect and target.precision != "int8":
         raise PwdeployError(f"--protect-groups keeps INT8 layers in float: use it with --target onnx-int8 or "
@@ -167,8 +166,8 @@ def _check_protection(target: Target, protect: bool, max_float_layers: int | Non
 def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, *, calib_size: int,
                  method: str, seed: int, recalibrate: bool, shares: dict | None, full_range: bool,
                  console, protect: bool = False, max_float_layers: int = 0) -> dict:
-    from calibration import check_fresh
-    from calibration.quantize import RecordedRangesOnly, quantize_int8, stamp_provenance
+    from pwdeploy.calibration import check_fresh
+    from pwdeploy.calibration.quantize import RecordedRangesOnly, quantize_int8, stamp_provenance
 
     calib_json, ranges = run / CALIBRATION_JSON, run / CALIBRATION_RANGES
     previous = read_json(calib_json) if calib_json.is_file() else None
@@ -216,8 +215,8 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
 def _calibrate(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, out: Path, *,
                calib_size: int, method: str, seed: int, shares: dict | None, full_range: bool, console):
     """Draw the stratified calibration set, quantize into ``out``, record ranges and provenance."""
-    from calibration import make_provenance, stratified_sample
-    from calibration.quantize import IndexedCalibrationReader, quantize_int8
+    from pwdeploy.calibration import make_provenance, stratified_sample
+    from pwdeploy.calibration.quantize import IndexedCalibrationReader, quantize_int8
     from pwdeploy.data import DataSpec, create_dataset
     from pwdeploy.progress import task
 

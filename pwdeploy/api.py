@@ -393,7 +393,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
 def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict, started: float) -> dict:
     """Save ``result`` into the (temporary) run directory: checkpoints, ONNX, the precision target, config.json
     and report.json (each written once), then the completion marker. Returns the report."""
-    from exporters.onnx_export import export_onnx, onnx_parity
+    from pwdeploy.exporters.onnx_export import export_onnx, onnx_parity
     from .speed import measured_latency
 
     config, shape = result.config, result.input_shape
@@ -419,7 +419,7 @@ def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict,
 
 def _report(result: CompressResult, parity: float) -> dict:
     """report.json's content for a fresh run (artifacts are added by the target export)."""
-    from exporters.onnx_export import INPUT_NAME, OUTPUT_NAME
+    from pwdeploy.exporters.onnx_export import INPUT_NAME, OUTPUT_NAME
 
     config, prune, train_set = result.config, result.prune, result.train_set
     report = {
@@ -466,7 +466,7 @@ def _report(result: CompressResult, parity: float) -> dict:
 
 def _export_target(run: rundir.RunDir, config: dict, report: dict, result: CompressResult) -> None:
     """The configured precision target, from the logits compress computed; its records go into ``report``."""
-    from exporters.targets import InMemoryResults, make_target, record_target
+    from pwdeploy.exporters.targets import InMemoryResults, make_target, record_target
 
     c = result.config
     info = make_target(run.path, config, report, c.target, seed=c.seed, calib_size=c.calib_size,

@@ -11,6 +11,7 @@ import typer
 from . import __version__
 from .data import list_datasets
 from .device.install import DEFAULT_KEEP
+from .cli_panels import COMPRESS as COMPRESS_PANELS, panels
 from .errors import EXIT_INTERNAL, PwdeployError
 from .models import list_models
 from .targets import DEFAULT_CALIB_SIZE, help_text as targets_help
@@ -35,11 +36,11 @@ def _root(
     _state["debug"] = debug
 
 
-# --- INT8 group protection options (issue 14), shared by compress and export ---
+# --- INT8 group protection options, shared by compress and export ---
 ProtectHelp = ("INT8: keep the layers whose quantization hurts the worst group in float, greedily, until every "
                "group is within the INT8 tolerance of fp32 on the validation split (or the budget is reached).")
 def _max_float_help() -> str:
-    from calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
+    from pwdeploy.calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
 
     return f"INT8 with --protect-groups: at most this many layers kept in float (default {DEFAULT_MAX_FLOAT_LAYERS})."
 
@@ -47,7 +48,7 @@ def _max_float_help() -> str:
 MaxFloatHelp = _max_float_help()
 
 
-# --- commands: train / compress / demo (issue 2) ---
+# --- commands: train / compress / demo ---
 TargetHelp = targets_help()  # the targets registry (pwdeploy.targets) is the one list
 DataOpt = typer.Option(None, "--data", help=f"Dataset: {', '.join(list_datasets())}; "
                                             "default: the --config file's dataset, else synthetic.")
@@ -61,10 +62,10 @@ TargetAttrOpt = typer.Option(None, "--target-attr", help="CelebA: attribute to p
 GroupAttrOpt = typer.Option(None, "--group-attr", help="CelebA: attribute that defines the groups (default Male).")
 SkipBadOpt = typer.Option(False, "--skip-bad-images",
                           help="Count, report and skip missing or unreadable image files instead of failing.")
-# --- scale options (issue 13): torchrun, mixed precision, data pipeline ---
+# --- scale options: torchrun, mixed precision, data pipeline ---
 NprocOpt = typer.Option(None, "--nproc", help="Run in N processes on this machine through torchrun (DDP: gloo on "
                                               "CPU, nccl on CUDA, one GPU each). Several machines: run torchrun "
-                                              "yourself, see the README.")
+                                              "yourself (docs: Several GPUs or machines).")
 PrecisionOpt = typer.Option(None, "--precision", help="Training precision: auto (bf16 on GPUs that have it, else "
                                                       "fp16; fp32 on the CPU), bf16, fp16 or fp32.")
 ImageCacheOpt = typer.Option(None, "--image-cache", help="Decoded-image cache for image-file datasets: auto (when "
@@ -154,6 +155,7 @@ def _compress_flags(overrides: dict, flags: dict) -> None:
 
 
 @app.command()
+@panels(COMPRESS_PANELS)
 def compress(
     model: Path = typer.Argument(..., help="model.pt: pwdeploy checkpoint, or state dict with --arch/--num-classes."),
     out: Path = typer.Option(..., "--out", help="Run directory to create (runs/NAME)."),
@@ -266,7 +268,7 @@ def demo(
     run_demo(out, seed=seed, device=device)
 
 
-# --- commands: export / verify (issue 3) ---
+# --- commands: export / verify ---
 AllowEmptyOpt = typer.Option(False, "--allow-empty-groups",
                              help="Let a group with no verification samples pass (default: it FAILS, since "
                                   "nothing shows it is unharmed).")
@@ -287,7 +289,7 @@ def export(
     seed: int = SeedOpt,
 ):
     """Make a precision target (fp16 / INT8 Q/DQ ONNX, TensorRT engine or its build script) for an existing run."""
-    from exporters.targets import export_target
+    from pwdeploy.exporters.targets import export_target
 
     from .rundir import RunDir
     from .validate import COUNT, check
@@ -299,7 +301,7 @@ def export(
                   max_float_layers=max_float_layers)
 
 
-# --- commands: analyze (issue 14) ---
+# --- commands: analyze ---
 @app.command()
 def analyze(
     run_dir: Path = typer.Argument(..., help="Run directory with an INT8 export ('pwdeploy export RUN --target "
@@ -313,7 +315,7 @@ def analyze(
     ort_provider: str = typer.Option("cpu", "--ort-provider", help="ONNX Runtime: cpu or cuda."),
 ):
     """Which layers' quantization costs which group: a table, int8_sensitivity.png and report.json."""
-    from exporters.int8_analysis import analyze_int8
+    from pwdeploy.exporters.int8_analysis import analyze_int8
 
     if not int8:
         raise PwdeployError("say what to analyze: 'pwdeploy analyze RUN --int8' (per-group INT8 sensitivity)")
@@ -360,7 +362,7 @@ def verify_command(
         raise GateFailed(summary["failure"])
 
 
-# --- commands: package / ship (issue 5) ---
+# --- commands: package / ship ---
 @app.command()
 def package(
     run_dir: Path = typer.Argument(..., help="Run directory written by 'pwdeploy compress' (and 'pwdeploy export')."),

@@ -124,7 +124,7 @@ class RunConfig:
     # INT8 calibration: images drawn stratified by group from the training split, and the range method
     calib_size: int = DEFAULT_CALIB_SIZE
     calib_method: str = "minmax"
-    # INT8 group protection: keep the layers that hurt the worst group in float (None: calibration.protect's default)
+    # INT8 group protection: keep the layers that hurt the worst group in float (None: pwdeploy.calibration.protect's default)
     protect_groups: bool = False
     max_float_layers: int | None = None
     seed: int = 0

@@ -30,6 +30,8 @@ ORIGINAL_ONNX = "original.onnx"
 FP16_ONNX = "model.fp16.onnx"
 INT8_ONNX = "model.int8.onnx"
 ENGINE = "model.plan"
+CALIBRATION_JSON = "calibration.json"  # provenance of the INT8 scales
+CALIBRATION_RANGES = "calibration_ranges.json"  # ONNX Runtime's calibrated tensor ranges (reusable cache)
 COMPLETE = ".complete"  # written last: a directory without it is an interrupted run
 
 REPORT_SCHEMA = "pwdeploy.report/1"

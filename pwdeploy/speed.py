@@ -47,7 +47,7 @@ def wants_latency(config: RunConfig) -> bool:
 
 def prune_for_deploy(config: RunConfig, model, original, example: torch.Tensor, input_shape: tuple, **prune_kwargs):
     """Prune ``model`` in place to the MACs or latency target; returns (PruneResult, speed record)."""
-    from exporters.onnx_export import export_onnx
+    from pwdeploy.exporters.onnx_export import export_onnx
 
     from .prune import PruneResult, prune_to_flops
     from .prune.allocation import make_allocation, resolve_allocation

@@ -301,7 +301,7 @@ def _check_not_stale(artifacts: list, run: Path, report: dict) -> None:
             continue
         current = current or sha256_file(model)
         if record.get("calibration"):
-            from calibration.provenance import check_fresh
+            from pwdeploy.calibration.provenance import check_fresh
 
             check_fresh(record["calibration"], current, what=f"INT8 calibration of {art.name}")
         if record["source_sha256"] != current:
@@ -314,12 +314,12 @@ def _check_embedded_calibration(art: Artifact, runner, run: Path) -> None:
     (its scales were computed on another model), wherever the file was copied to."""
     meta = runner.metadata() if hasattr(runner, "metadata") else {}
     model = run / rundir.MODEL_ONNX
-    from calibration.provenance import METADATA_KEY
+    from pwdeploy.calibration.provenance import METADATA_KEY
 
     if METADATA_KEY in meta and model.is_file():
         import json
 
-        from calibration.provenance import check_fresh
+        from pwdeploy.calibration.provenance import check_fresh
 
         check_fresh(json.loads(meta[METADATA_KEY]), sha256_file(model), what=f"INT8 calibration of {art.name}")
 

@@ -35,8 +35,8 @@ def _build(run: Path) -> Path:
     import torch
     from torch import nn
 
-    from exporters.fp16 import convert_fp16
-    from exporters.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+    from pwdeploy.exporters.fp16 import convert_fp16
+    from pwdeploy.exporters.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
     from pwdeploy import rundir
     from pwdeploy.data import DataSpec, create_dataset
     from pwdeploy.fsutil import sha256_file, write_json

@@ -1,4 +1,4 @@
-"""Issue 12, bundle side: signed manifests (real ssh-keygen), the isolated device verifier, install checking
+"""Security, bundle side: signed manifests (real ssh-keygen), the isolated device verifier, install checking
 tar members against the manifest before writing, archive caps and hostile manifests."""
 
 from __future__ import annotations

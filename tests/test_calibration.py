@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from calibration import StaleCalibrationError, check_fresh, indices_sha256, make_provenance, stratified_sample
+from pwdeploy.calibration import StaleCalibrationError, check_fresh, indices_sha256, make_provenance, stratified_sample
 from pwdeploy.errors import DataError
 from pwdeploy.fsutil import read_json, sha256_file
 from pwdeploy.verification_set import equal_shares
@@ -102,7 +102,7 @@ def run_dir(tiny_run):
 
 
 def test_int8_export_records_stratified_provenance(run_dir, tmp_path):
-    from exporters.targets import export_target
+    from pwdeploy.exporters.targets import export_target
 
     run = shutil.copytree(run_dir, tmp_path / "run")
     info = export_target(run, "onnx-int8", calib_size=96, calib_method="percentile", seed=5)
@@ -131,7 +131,7 @@ def test_int8_export_records_stratified_provenance(run_dir, tmp_path):
 
 
 def test_same_settings_reuse_and_stale_calibration_refused(run_dir, tmp_path):
-    from exporters.targets import export_target
+    from pwdeploy.exporters.targets import export_target
 
     run = shutil.copytree(run_dir, tmp_path / "run")
     first = export_target(run, "onnx-int8", calib_size=64, seed=1)["artifacts"]["model.int8.onnx"]["calibration"]

@@ -98,7 +98,7 @@ def test_new_arms_plan_only_where_they_apply(tmp_path):
     assert fair["overrides"]["loss"] == "ce"
     one = next(t for t in main if t["spec"]["variant"] == "one-group")
     assert one["overrides"]["data"]["options"] == {"variant": "shared", "protocol": "one-group"}
-    # keys added by issue 11 stay out of the cache key of cells that leave them at their defaults
+    # keys added with the label-free methods stay out of the cache key of cells that leave them at their defaults
     plain = fairness.cell_task("colour", 0, {"path": "b.pt"}, "taylor", "pw", 0.75, 0)["ident"]["effective"]
     assert not {"pseudo_groups", "select", "recipes", "kd"} & set(plain)
     # the balance strength scales the pseudo-group balance too: a half-way arm is its own cell

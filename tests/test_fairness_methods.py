@@ -1,4 +1,4 @@
-"""Issue 11: registries, distillation, pseudo-groups, FairGRAPE, selection on validation and recipes."""
+"""Fairness methods: registries, distillation, pseudo-groups, FairGRAPE, selection on validation and recipes."""
 
 from __future__ import annotations
 

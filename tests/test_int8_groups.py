@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from calibration.probe import ProbeData, Score, score_logits
-from calibration.protect import select_float_layers
+from pwdeploy.calibration.probe import ProbeData, Score, score_logits
+from pwdeploy.calibration.protect import select_float_layers
 from pwdeploy.fsutil import read_json, sha256_file, write_json
 
 
@@ -89,7 +89,7 @@ def _damage_ranges(run, layer_index: int = -1, factor: float = 0.02, tensor: str
     ranges count as the run's current calibration."""
     import onnx
 
-    from calibration.quantize import prepare, quantizable_layers
+    from pwdeploy.calibration.quantize import prepare, quantizable_layers
 
     prepared = run / "prepared-for-test.onnx"
     prepare(run / "model.onnx", prepared)
@@ -110,7 +110,7 @@ def _damage_ranges(run, layer_index: int = -1, factor: float = 0.02, tensor: str
 
 @pytest.fixture(scope="module")
 def int8_run(tiny_run, tmp_path_factory):
-    from exporters.targets import export_target
+    from pwdeploy.exporters.targets import export_target
 
     run = shutil.copytree(tiny_run, tmp_path_factory.mktemp("int8") / "run")
     export_target(run, "onnx-int8", calib_size=64, seed=0)
@@ -118,9 +118,9 @@ def int8_run(tiny_run, tmp_path_factory):
 
 
 def test_sensitivity_table_heatmap_and_report(int8_run, tmp_path):
-    from calibration.probe import load_split
-    from calibration.quantize import prepare, quantizable_layers
-    from exporters.int8_analysis import analyze_int8
+    from pwdeploy.calibration.probe import load_split
+    from pwdeploy.calibration.quantize import prepare, quantizable_layers
+    from pwdeploy.exporters.int8_analysis import analyze_int8
     from pwdeploy.metrics import group_metrics, predict
     from pwdeploy.runners import run_batches
     from pwdeploy.runners.onnxruntime_runner import OnnxRuntimeRunner
@@ -144,7 +144,7 @@ def test_sensitivity_table_heatmap_and_report(int8_run, tmp_path):
             logits = run_batches(runner, data.images)
         return group_metrics(predict(logits), data.labels, data.groups, data.group_names)["groups"]
 
-    from calibration.probe import Int8Probe
+    from pwdeploy.calibration.probe import Int8Probe
 
     with Int8Probe(run / "model.onnx", run / "calibration_ranges.json", data) as probe:
         probe.quantize((), tmp_path / "all.onnx")
@@ -158,8 +158,8 @@ def test_sensitivity_table_heatmap_and_report(int8_run, tmp_path):
 def test_protect_groups_fixes_a_harmful_layer_and_the_result_is_a_valid_qdq_model(int8_run, tmp_path):
     import onnx
 
-    from exporters.qdq_check import check_qdq_for_tensorrt
-    from exporters.targets import export_target
+    from pwdeploy.exporters.qdq_check import check_qdq_for_tensorrt
+    from pwdeploy.exporters.targets import export_target
     from pwdeploy.verify import verify
 
     run = shutil.copytree(int8_run, tmp_path / "run")
@@ -194,7 +194,7 @@ def test_qdq_check_rejects_what_tensorrt_would(int8_run, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from exporters.qdq_check import QdqCheckError, check_qdq_for_tensorrt
+    from pwdeploy.exporters.qdq_check import QdqCheckError, check_qdq_for_tensorrt
 
     good = onnx.load(str(int8_run / "model.int8.onnx"))
     assert check_qdq_for_tensorrt(int8_run / "model.int8.onnx")["float_layers"] == []

@@ -72,7 +72,7 @@ ARCHES = [("torchvision:resnet18", 1), ("torchvision:resnet50", 7), ("torchvisio
 
 @pytest.mark.parametrize("arch,num_classes", ARCHES)
 def test_torchvision_architectures_prune_to_target_and_export(arch, num_classes, tmp_path):
-    from exporters.onnx_export import export_onnx, onnx_parity
+    from pwdeploy.exporters.onnx_export import export_onnx, onnx_parity
 
     torch.manual_seed(0)
     model = create_model(arch, num_classes).eval()

@@ -52,7 +52,7 @@ def test_targets_registry_is_the_one_list():
     from pwdeploy import rundir
     from pwdeploy.config import CHOICES
     from pwdeploy.targets import ENGINE_BATCHES, get_target, list_targets
-    from exporters.tensorrt import PROFILE_BATCHES
+    from pwdeploy.exporters.tensorrt import PROFILE_BATCHES
 
     assert CHOICES["target"] == tuple(list_targets())
     assert PROFILE_BATCHES == ENGINE_BATCHES

@@ -16,7 +16,7 @@ def _ort_providers():
 
 
 def _trt_reason():
-    from exporters.tensorrt import tensorrt_status
+    from pwdeploy.exporters.tensorrt import tensorrt_status
 
     status = tensorrt_status()
     return None if status["available"] else status["reason"]
@@ -30,7 +30,7 @@ TRT_REASON = _trt_reason()
 def model_files(tmp_path_factory):
     import torch
 
-    from exporters.onnx_export import export_onnx
+    from pwdeploy.exporters.onnx_export import export_onnx
     from pwdeploy.models import create_model
     from pwdeploy.models.checkpoint import save_checkpoint
 
@@ -125,8 +125,8 @@ def test_tensorrt_runner_without_tensorrt_says_what_to_do(model_files, tmp_path)
 @pytest.mark.skipif(TRT_REASON is not None, reason=f"no TensorRT engine build here: {TRT_REASON}")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_engine_runner_matches_pytorch(model_files, tmp_path, precision):
-    from exporters.fp16 import convert_fp16
-    from exporters.tensorrt import build_engine
+    from pwdeploy.exporters.fp16 import convert_fp16
+    from pwdeploy.exporters.tensorrt import build_engine
 
     folder, images, expected = model_files
     onnx_path = folder / "model.onnx"

@@ -1,4 +1,4 @@
-"""Speed (issue 15): channel rounding, the latency LUT and its cache, the latency target, report fields."""
+"""Speed: channel rounding, the latency LUT and its cache, the latency target, report fields."""
 
 import copy
 import json

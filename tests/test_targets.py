@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from exporters.tensorrt import tensorrt_status
+from pwdeploy.exporters.tensorrt import tensorrt_status
 from pwdeploy.fsutil import read_json, sha256_file
 
 from conftest import TINY_DATA as DATA
@@ -39,7 +39,7 @@ def _logits(path, images):
 
 
 def test_onnx_fp32_records_model_original_and_verification_set(run):
-    from exporters.targets import export_target
+    from pwdeploy.exporters.targets import export_target
     from pwdeploy.verification_set import load_verification_set
 
     info = export_target(run, "onnx-fp32")
@@ -57,7 +57,7 @@ def test_onnx_fp32_records_model_original_and_verification_set(run):
 def test_onnx_fp16_converts_and_keeps_fp32_io(run):
     import onnx
 
-    from exporters.targets import export_target
+    from pwdeploy.exporters.targets import export_target
     from pwdeploy.verification_set import load_verification_set
 
     info = export_target(run, "onnx-fp16")

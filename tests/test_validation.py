@@ -1,4 +1,4 @@
-"""Issue 12, host side: every bad value refused (exit 2, one line), a fail-closed gate, safe --out, verify
+"""Security, host side: every bad value refused (exit 2, one line), a fail-closed gate, safe --out, verify
 --reference of another model, bad data, exit codes. Each case of the issue's "Why" list is a test here."""
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ def test_verify_reference_refuses_another_runs_model_unless_forced(tmp_path, cap
 
 
 def test_an_onnx_with_another_input_shape_is_bad_input(tmp_path, capsys):
-    from exporters.onnx_export import export_onnx
+    from pwdeploy.exporters.onnx_export import export_onnx
     from pwdeploy.models.small import SmallCNN
 
     run = tiny_bundle_run(tmp_path)

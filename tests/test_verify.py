@@ -21,7 +21,7 @@ def run_dir(tmp_path_factory):
     """A pruned SmallCNN (PW loss, magnitude importance, 50% MACs) with int8 and fp16 artifacts."""
     import torch
 
-    from exporters.targets import export_target
+    from pwdeploy.exporters.targets import export_target
     from pwdeploy.api import compress_model, train_baseline
 
     torch.set_num_threads(1)

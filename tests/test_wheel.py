@@ -44,10 +44,18 @@ def test_wheel_ships_configs_and_trains(tmp_path):
     (purelib / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     _run(sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", "--no-index", wheel)
 
+    # the wheel owns only the top-level name `pwdeploy`: exporters/ and calibration/ ship inside it
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"pwdeploy", "pwdeploy-0.1.0.dist-info"}, sorted(names)[:20]
+    assert "pwdeploy/exporters/targets.py" in names and "pwdeploy/calibration/quantize.py" in names
+    assert {p.name for p in purelib.iterdir()} - {"deps.pth"} == {"pwdeploy", "pwdeploy-0.1.0.dist-info"}
+
     work = tmp_path / "elsewhere"
     work.mkdir()
     where = _run(py, "-c", "import pwdeploy; print(pwdeploy.__file__)", cwd=work).stdout.strip()
     assert Path(where).is_relative_to(venv), where
+    _run(py, "-c", "import pwdeploy.exporters.targets, pwdeploy.calibration.quantize, importlib.util as u; "
+         "assert u.find_spec('exporters') is None and u.find_spec('calibration') is None", cwd=work)
     _run(venv / "bin" / "pwdeploy", "train", "--data", "synthetic", "--epochs", "1", "-D", "n=300",
          "--out", "model.pt", cwd=work, env={"PATH": "/usr/bin:/bin", "PWDEPLOY_NO_PROGRESS": "1"})
 

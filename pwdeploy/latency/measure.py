@@ -34,7 +34,7 @@ def measure_pair(original, pruned, input_shape: tuple, *, batch: int = 1, thread
 
 def _as_onnx(model, path: Path, input_shape: tuple) -> Path:
     if isinstance(model, nn.Module):
-        from exporters.onnx_export import export_onnx
+        from pwdeploy.exporters.onnx_export import export_onnx
 
         return export_onnx(model, path, tuple(input_shape))
     return Path(model)

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from .. import distributed
 from ..config import PruneSettings
 from ..progress import task
 from ..registry import IMPORTANCES, list_importances, register_importance
+from .criteria import Importance  # the plug-in base class
 from .engine import ChannelRemover
 from .flops import count_macs_params
+from .steps import _remove_until, _taylor  # noqa: F401  (the shared loop; its old home, for callers)
 
 METHODS = tuple(list_importances())  # the built-ins; list_importances() also has plug-ins registered later
 
@@ -73,65 +73,6 @@ def prune_to_flops(model: nn.Module, example_inputs: torch.Tensor, *, method: st
     result.macs_after, result.params_after = count_macs_params(model, example_inputs)
     return result
 
-
-def _remove_until(remover: ChannelRemover, score_fn, target: float, max_step: float, result: PruneResult, bar,
-                  before_step=None, after_step=None) -> None:
-    """Repeat pruning steps until the target is reached; hooks run before/after each step (Taylor)."""
-    score_fn = distributed.agreed(score_fn)  # under torchrun: every rank plans from rank 0's averaged scores
-    while True:
-        if before_step is not None:
-            before_step()
-        step = remover.remove_step(score_fn, target, max_step)
-        if step is None:
-            break
-        done_before = result.steps[-1].reduction if result.steps else 0.0
-        result.steps.append(step)
-        bar.advance(int(100 * step.reduction / target) - int(100 * done_before / target))
-        bar.describe(f"{100 * step.reduction:.1f}% MACs removed")
-        if step.reduction >= target:
-            break
-        if after_step is not None:
-            after_step()
-
-
-def _taylor(remover: ChannelRemover, batches, loss_fn, target, settings, result, bar, scores=None) -> None:
-    """First-order Taylor importance (|w·dL/dw| per channel, Molchanov et al.) from the selected loss, with a
-    few optimizer steps between pruning steps so the network adapts as channels go (as in the paper).
-
-    ``scores`` replaces the importance: a callable (group, name) -> scores with ``accumulate()`` (FairGRAPE)."""
-    model = remover.model
-    importance = tp.importance.GroupTaylorImportance()
-
-    def accumulate_gradients() -> None:
-        model.train()
-        model.zero_grad(set_to_none=True)
-        for _ in range(settings.taylor_batches):
-            x, y, g, original = next(batches)
-            loss_fn(model(x), y, original, g).backward()
-        distributed.all_reduce_grads(model.parameters())
-        distributed.sync_buffers(model)
-
-    def adapt() -> None:
-        model.zero_grad(set_to_none=True)
-        # Parameters change shape at every pruning step, so the optimizer is rebuilt each time.
-        optimizer = torch.optim.SGD(model.parameters(), lr=settings.taylor_lr, momentum=0.9)
-        model.train()
-        for _ in range(settings.steps_between):
-            x, y, g, original = next(batches)
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x), y, original, g).backward()
-            distributed.all_reduce_grads(model.parameters())
-            optimizer.step()
-        distributed.sync_buffers(model)
-
-    # About 20 pruning steps whatever the target, so the adaptation budget scales with the work.
-    score_fn = scores if scores is not None else (lambda group, _name: importance(group))
-    _remove_until(remover, score_fn, target, max(0.02, target / 20), result, bar,
-                  before_step=scores.accumulate if scores is not None else accumulate_gradients, after_step=adapt)
-    model.zero_grad(set_to_none=True)
-
-
-from .criteria import Importance  # noqa: E402  (the plug-in base class; it builds on the loop above)
 
 __all__ = ["METHODS", "Importance", "PruneResult", "count_macs_params", "list_importances", "prune_to_flops",
            "register_importance"]

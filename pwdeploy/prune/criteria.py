@@ -11,7 +11,7 @@ import torch_pruning as tp
 
 from ..config import PruneSettings
 from ..registry import register_importance
-from . import _remove_until, _taylor
+from .steps import _remove_until, _taylor
 from .autobot import train_bottlenecks
 from .engine import ChannelRemover, StaticScores
 

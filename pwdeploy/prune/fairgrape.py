@@ -23,7 +23,7 @@ import torch_pruning as tp
 
 from .. import distributed
 from ..registry import register_importance
-from . import _taylor
+from .steps import _taylor
 from .criteria import TaylorImportance
 
 
