@@ -124,9 +124,9 @@ def _taylor(remover: ChannelRemover, batches, loss_fn, target, settings, result,
             optimizer.step()
         distributed.sync_buffers(model)
 
-    # About 20 pruning steps whatever the target, so the adaptation budget scales with the work.
+    # settings.prune_steps (20; fewer on a small dataset: prune.budget) steps whatever the target.
     score_fn = scores if scores is not None else (lambda group, _name: importance(group))
-    _remove_until(remover, score_fn, target, max(0.02, target / 20), result, bar,
+    _remove_until(remover, score_fn, target, max(0.02, target / settings.prune_steps), result, bar,
                   before_step=scores.accumulate if scores is not None else accumulate_gradients, after_step=adapt)
     model.zero_grad(set_to_none=True)
 
