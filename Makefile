@@ -24,6 +24,7 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/compress_time.py
 	$(PY) benchmarks/speedup.py
 	$(PY) benchmarks/pw_overhead.py
 	$(PY) benchmarks/fairness.py --quick

@@ -118,6 +118,11 @@ ABLATIONS = [
     ("channel allocation", "rounded: the target's default", ("ce", "pw"), {"prune": {"round_to": None}}, ALL_METHODS),
     ("channel allocation", "--allocation latency", ("ce", "pw"), {"prune": {"allocation": "latency"}}, ALL_METHODS),
     ("channel allocation", "--allocation uniform", ("ce", "pw"), {"prune": {"allocation": "uniform"}}, ALL_METHODS),
+    # the pruning loop's data-derived budget (pwdeploy.prune.budget) against the fixed schedule it replaced, in
+    # the config default's arm (pw+gb) and CE; the default cells are the default budget
+    *[("pruning budget", name, ("ce", "pw+gb"), {"prune": {"prune_budget": value}}, ALL_METHODS)
+      for name, value in (("fixed schedule (before)", 0.0), ("budget 2 epochs", 2.0), ("budget 4 epochs", 4.0),
+                          ("budget 8 epochs", 8.0), ("budget 12 epochs", 12.0))],
 ]
 
 # Config keys added after cells were cached, with their defaults (see cell_ident).
@@ -253,7 +258,7 @@ def plan(args) -> tuple[list[dict], list[dict], list[dict]]:
             for method in args.ablation_methods:
                 for red in args.ablation_reductions:
                     for seed in args.ablation_seeds or args.seeds:
-                        for arm in DEFAULT_ARMS:  # the defaults, to compare against
+                        for arm in args.sweep_default_arms:  # the defaults, to compare against
                             ablations.append(cell_task(v, b, base, method, arm, red, seed))
                         for family, setting, arms, change, methods in ABLATIONS:
                             if method not in methods or (args.families and family not in args.families):
@@ -450,6 +455,8 @@ def main(argv=None) -> int:
             device = "cpu"
     jobs = args.jobs or max(1, os.cpu_count() or 1)
     threads = 1 if (jobs > 1 or device.startswith("cuda")) else max(1, os.cpu_count() or 1)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # a shared machine: the caller's thread limit holds
+        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
     started = time.time()
 
     baselines, main_cells, ablation_cells = plan(args)
@@ -581,6 +588,8 @@ def parse_args(argv=None):
     p.add_argument("--families", default="", help="only these ablation families (comma separated)")
     p.add_argument("--settings", default="", help="only these sweep settings, by exact name (comma separated)")
     p.add_argument("--ablation-seeds", default="", help="seeds for the sweeps (default: --seeds)")
+    p.add_argument("--sweep-default-arms", default=",".join(DEFAULT_ARMS),
+                   help="arms of the default cells the sweeps compare against")
     p.add_argument("--time-budget", type=float, default=0,
                    help="seconds: start no new cell after this, write the results of what finished")
     p.add_argument("--report-only", action="store_true", help="write the results from cached cells, run nothing")
@@ -602,6 +611,7 @@ def parse_args(argv=None):
     args.methods = parse_list(args.methods)
     args.ablation_methods = parse_list(args.ablation_methods)
     args.arms = parse_list(args.arms)
+    args.sweep_default_arms = parse_list(args.sweep_default_arms)
     args.variants = parse_list(args.variants)
     args.families = parse_list(args.families)
     args.settings = parse_list(args.settings)

@@ -12,9 +12,10 @@ Per model (random weights: only speed means anything here), every variant remove
 - ``tp-uniform`` / ``tp-uniform16``: Torch-Pruning's MagnitudePruner, one uniform ratio bisected to the same
   MACs as ``round16``, without and with ``round_to=16``;
 - resnet18 only, ``latency-target``: ``--latency-reduction 0.7`` at batch 8 (rounded, latency allocation).
-fp32 and INT8 (Q/DQ, random calibration images), batch 1 and 8; all sides of one table are timed in turn in one
-process (medians of per-round speed-ups, with the 25-75% spread: the 2 cores are shared). A per-op ONNX Runtime
-profile of the original vs the old and rounded resnet18 (batch 8) shows where the time goes.
+fp32 and INT8 (Q/DQ, random calibration images, quantized as the onnx-int8 target does: UINT8 activations,
+``--int8-activations int8`` for TensorRT's symmetric scheme), batch 1 and 8; all sides of one table are timed in
+turn in one process (medians of per-round speed-ups, with the 25-75% spread: the 2 cores are shared). Per-op ONNX
+Runtime profiles of the original vs the pruned resnet18s (batch 8, fp32 and INT8) show where the time goes.
 Results: tables on the terminal and benchmarks/results/speedup.json.
 """
 
@@ -81,7 +82,7 @@ def tp_uniform(original, shape, macs_goal: int, round_to: int | None):
     return best[0], best[2]
 
 
-def build(name: str, folder: Path, *, threads: int, with_target: bool, calib: int) -> dict:
+def build(name: str, folder: Path, *, threads: int, with_target: bool, calib: int, activations: str) -> dict:
     import torch
 
     from pwdeploy.exporters.onnx_export import export_onnx
@@ -117,7 +118,7 @@ def build(name: str, folder: Path, *, threads: int, with_target: bool, calib: in
         info.setdefault("macs", {})[label] = macs
         info.setdefault("mac_ratio", {})[label] = base_macs / macs
         info.setdefault("stage_macs", {})[label] = stage_macs(model, shape)
-    info["int8"] = quantize_all(paths, folder, shape, calib)
+    info["int8"] = quantize_all(paths, folder, shape, calib, activations)
     info["paths"] = paths
     info["shape"] = shape
     return info
@@ -139,15 +140,15 @@ def latency_target(original, shape, threads: int):
     return model, dict(record["latency_target"], mac_ratio=result.macs_before / result.macs_after)
 
 
-def quantize_all(paths: dict, folder: Path, shape, calib: int) -> dict:
-    from pwdeploy.calibration.quantize import IndexedCalibrationReader, quantize_int8
+def quantize_all(paths: dict, folder: Path, shape, calib: int, activations: str) -> dict:
+    from calibration.quantize import IndexedCalibrationReader, quantize_int8
 
     images = np.random.default_rng(0).standard_normal((calib, *shape)).astype(np.float32)
     out = {}
     for label, path in paths.items():
         reader = IndexedCalibrationReader(lambda i: images[i], np.arange(calib), "input", batch_size=calib)
         out[label] = folder / f"{label}.int8.onnx"
-        quantize_int8(path, out[label], reader, method="minmax")
+        quantize_int8(path, out[label], reader, method="minmax", activations=activations)
     return out
 
 
@@ -159,14 +160,15 @@ def time_table(paths: dict, shape, batch: int, threads: int, rounds: int) -> dic
     return time_alternating(sessions, x, rounds=rounds)
 
 
-def profile(info: dict, threads: int) -> dict:
+def profile(info: dict, threads: int, precision: str = "fp32") -> dict:
     """Per-op-type kernel time of the original and pruned resnet18s at batch 8 (ONNX Runtime profiler)."""
     from pwdeploy.latency.timing import by_op, profile_ops
 
     x = np.random.default_rng(0).standard_normal((8, *info["shape"])).astype(np.float32)
     out = {}
+    paths = info["paths"] if precision == "fp32" else info["int8"]
     for label in ("original", "old", "round16", "round16+uniform", "round16+lat", "latency-target"):
-        nodes = profile_ops(info["paths"][label], x, threads=threads, runs=5)
+        nodes = profile_ops(paths[label], x, threads=threads, runs=5)
         top = sorted(nodes.items(), key=lambda kv: -kv[1]["us"])[:8]
         out[label] = {"total_ms": sum(n["us"] for n in nodes.values()) / 1000,
                       "by_op_ms": {op: us / 1000 for op, us in by_op(nodes).items()},
@@ -239,8 +241,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--latency-target-only", action="store_true",
                         help="only resnet18's latency target at batch 8 (results/speedup_latency_target.json)")
+    parser.add_argument("--int8-activations", choices=("uint8", "int8"), default=None,
+                        help="INT8 activation type (default: the onnx-int8 target's, calibration.quantize.ACTIVATIONS)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    from calibration.quantize import activations_for
+
+    args.int8_activations = args.int8_activations or activations_for("onnxruntime")
     if args.latency_target_only:
         return target_only(args)
     args.out = args.out or RESULTS
@@ -256,6 +263,7 @@ def main(argv=None) -> int:
     rounds = args.rounds or (7 if args.quick else 15)
     started = time.time()
     results = {"runtime": runtime_key("cpu", args.threads), "onnxruntime": ort.__version__,
+               "int8_activations": args.int8_activations,
                "load_average_1min_at_start": os.getloadavg()[0], "rounds": rounds, "models": {}}
     with tempfile.TemporaryDirectory(prefix="pwdeploy-speedup-") as tmp:
         for name in names:
@@ -263,7 +271,7 @@ def main(argv=None) -> int:
             folder.mkdir()
             console.print(f"pruning {name} every way (+ INT8) ...")
             info = build(name, folder, threads=args.threads, with_target=name == "resnet18",
-                         calib=4 if args.quick else 8)
+                         calib=4 if args.quick else 8, activations=args.int8_activations)
             timings = {}
             for precision, paths in (("fp32", info["paths"]), ("int8", info["int8"])):
                 for batch in (1, 8):
@@ -273,10 +281,12 @@ def main(argv=None) -> int:
             entry["timings"] = timings
             if name == "resnet18":
                 entry["profile_b8_fp32"] = profile(info, args.threads)
+                entry["profile_b8_int8"] = profile(info, args.threads, "int8")
                 entry["stage_mac_ratio"] = {label: {st: base / max(macs.get(st, 0), 1) for st, base in
                                                     info["stage_macs"]["original"].items()}
                                             for label, macs in info["stage_macs"].items()}
                 show_profile(entry["profile_b8_fp32"], entry["stage_mac_ratio"], console)
+                show_profile(entry["profile_b8_int8"], entry["stage_mac_ratio"], console, "INT8")
                 if "latency_target" in info:
                     lt = info["latency_target"]
                     console.print(f"latency target (batch 8, -{100 * LATENCY_REDUCTION:.0f}%): requested "
@@ -328,12 +338,13 @@ def target_only(args) -> int:
     return 0
 
 
-def show_profile(prof: dict, stage_ratio: dict, console) -> None:
+def show_profile(prof: dict, stage_ratio: dict, console, precision: str = "fp32") -> None:
     from rich import box
     from rich.table import Table
 
     ops = sorted({op for p in prof.values() for op in p["by_op_ms"]}, key=lambda o: -prof["original"]["by_op_ms"].get(o, 0))
-    table = Table(title="resnet18 batch 8: ONNX Runtime kernel time per op type (ms, profiler)", box=box.SIMPLE_HEAD)
+    table = Table(title=f"resnet18 batch 8, {precision}: ONNX Runtime kernel time per op type (ms, profiler)",
+                  box=box.SIMPLE_HEAD)
     table.add_column("op")
     for label in prof:
         table.add_column(label, justify="right")
@@ -341,11 +352,15 @@ def show_profile(prof: dict, stage_ratio: dict, console) -> None:
         table.add_row(op, *[f"{p['by_op_ms'].get(op, 0):.1f}" for p in prof.values()])
     table.add_row("total", *[f"{p['total_ms']:.1f}" for p in prof.values()])
     console.print(table)
-    console.print("Conv = NCHWc (blocked) kernels; FusedConv = NCHW im2col+SGEMM fallback that ONNX Runtime uses "
-                  "when a conv's channels are not multiples of its block size; Reorder* convert between the two.")
+    if precision == "fp32":
+        console.print("Conv = NCHWc (blocked) kernels; FusedConv = NCHW im2col+SGEMM fallback that ONNX Runtime uses "
+                      "when a conv's channels are not multiples of its block size; Reorder* convert between the two.")
+    else:
+        console.print("QLinearConv = ONNX Runtime's fused INT8 conv (NHWC); a float Conv between DequantizeLinear and "
+                      "QuantizeLinear is a conv the runtime did not fuse (it runs in fp32).")
     # Per stage: where the removed MACs did (not) become time
     stages = list(prof["original"]["by_stage_ms"])
-    table = Table(title="resnet18 batch 8, per stage: kernel-time speed-up / MAC ratio of the stage",
+    table = Table(title=f"resnet18 batch 8, {precision}, per stage: kernel-time speed-up / MAC ratio of the stage",
                   box=box.SIMPLE_HEAD)
     table.add_column("stage")
     table.add_column("original ms", justify="right")

@@ -86,11 +86,13 @@ class Int8Probe:
     """
 
     def __init__(self, model_onnx: str | os.PathLike, ranges: str | os.PathLike, data: ProbeData, *,
-                 method: str = "minmax", weight_bits: int = 7, tolerance: float = 2.0, provider: str = "cpu"):
+                 method: str = "minmax", weight_bits: int = 7, tolerance: float = 2.0, provider: str = "cpu",
+                 activations: str = "int8"):
         from .quantize import prepare, quantizable_layers
 
         self.model_onnx, self.ranges, self.data = Path(model_onnx), Path(ranges), data
         self.method, self.full_range, self.tolerance, self.provider = method, weight_bits == 8, tolerance, provider
+        self.activations = activations  # calibration.quantize.ACTIVATIONS: as the exported model
         self._tmp = tempfile.TemporaryDirectory(prefix="pwdeploy-probe-")
         self.prepared = Path(self._tmp.name) / "prepared.onnx"
         prepare(self.model_onnx, self.prepared)
@@ -116,7 +118,7 @@ class Int8Probe:
             raise ValueError(f"not a quantizable layer of this model: {unknown[0]}")
         return quantize_int8(self.model_onnx, out, RecordedRangesOnly(), method=self.method,
                              ranges_cache=self.ranges, full_range_weights=self.full_range,
-                             float_nodes=sorted(float_layers), prepared=self.prepared)
+                             float_nodes=sorted(float_layers), prepared=self.prepared, activations=self.activations)
 
     def score(self, float_layers=()) -> Score:
         """The variant with ``float_layers`` in float, scored per group (cached: variants are deterministic)."""

@@ -1,7 +1,15 @@
 """Explicit INT8 quantization: a Q/DQ ONNX made with ONNX Runtime's ``quantize_static``.
 
-Settings follow what TensorRT consumes for explicit quantization: QDQ format, signed INT8 activations and
-weights, symmetric (zero point 0: TensorRT's only supported scheme), per-channel weight scales.
+Settings follow the runtime that executes the model (``ACTIVATIONS``). For TensorRT (trt-int8): QDQ format,
+signed INT8 activations and weights, symmetric (zero point 0: TensorRT's only supported scheme), per-channel
+weight scales. For ONNX Runtime (onnx-int8): the same weights, but unsigned asymmetric (UINT8) activations:
+ONNX Runtime's CPU provider fuses DequantizeLinear -> Conv -> QuantizeLinear into its INT8 QLinearConv (NHWC,
+u8 x s8 kernels: VNNI / AMX where the CPU has them) for every conv only with UINT8 activations. With signed
+ones, the convs fed by a tensor that a residual Add also reads (the first conv of every ResNet block) stayed
+float Convs between Q/DQ pairs: on resnet18 at 218x178, batch 8, ONNX Runtime 1.32 on a VNNI/AMX Xeon, 86 of
+the INT8 model's 140 ms kernel time were float convolutions, and the INT8 model ran at 151 ms against 49 ms
+with UINT8 activations (docs/guides/speed.md; benchmarks/speedup.py profiles it). ``DedicatedQDQPair`` did not
+change that, and per-tensor weight scales were no faster than per-channel.
 
 Weights use 7 bits by default (``reduce_range``, still symmetric with zero point 0, so TensorRT takes them):
 ONNX Runtime's x86 INT8 kernels on CPUs without VNNI multiply u8×s8 pairs into saturating 16-bit sums, and
@@ -25,6 +33,15 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from pwdeploy.errors import PwdeployError
+
+# Activation type per runtime (see above): what the runtime's INT8 kernels take.
+ACTIVATIONS = {"onnxruntime": "uint8", "tensorrt": "int8"}
+_QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+
+
+def activations_for(runtime: str) -> str:
+    """The activation type for models that ``runtime`` executes (signed symmetric where unknown)."""
+    return ACTIVATIONS.get(runtime, "int8")
 
 ORT_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -75,29 +92,34 @@ def _stride(num_batches: int) -> int:
 def quantize_int8(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike, reader: IndexedCalibrationReader,
                   *, method: str = "minmax", ranges_cache: str | os.PathLike | None = None,
                   full_range_weights: bool = False, float_nodes: list | None = None,
-                  prepared: str | os.PathLike | None = None) -> dict:
+                  prepared: str | os.PathLike | None = None, activations: str = "int8") -> dict:
     """Write a Q/DQ INT8 model of ``fp32_onnx`` to ``out_path`` (the caller makes it atomic).
 
     ``ranges_cache``: ORT's JSON of calibrated tensor ranges; reused when present (the caller checks it is
     not stale), written after calibrating otherwise. ``float_nodes``: names of nodes (in the pre-processed
     graph, see ``prepare``) left in float (ORT's ``nodes_to_exclude``): float weights, output not quantized;
     their input keeps the Q/DQ of a quantized op feeding it (e.g. a MaxPool). ``prepared``: an
-    already pre-processed copy of ``fp32_onnx`` (saves the pass when quantizing many variants). Returns the
-    settings used.
+    already pre-processed copy of ``fp32_onnx`` (saves the pass when quantizing many variants).
+    ``activations``: "int8" (symmetric, TensorRT) or "uint8" (asymmetric, ONNX Runtime's fused kernels; see
+    ``activations_for``). Returns the settings used.
     """
     if method not in ORT_METHODS:
         raise PwdeployError(f"unknown calibration method {method!r}: use one of {', '.join(ORT_METHODS)}")
     if len(reader) == 0 and not (ranges_cache and Path(ranges_cache).is_file()):
         raise PwdeployError("the calibration set is empty: check the training split of the run's dataset")
+    if activations not in _QUANT_TYPES:
+        raise PwdeployError(f"unknown INT8 activation type {activations!r}: use one of {', '.join(_QUANT_TYPES)}")
+    symmetric = activations == "int8"
     extra = {
-        "ActivationSymmetric": True,
+        "ActivationSymmetric": symmetric,
         "WeightSymmetric": True,
         "CalibStridedMinMax": _stride(max(1, len(reader))),  # chunked passes (any method), bounded memory
         # Biases stay float: TensorRT's parser rejects INT32 DequantizeLinear (onnx/onnx-tensorrt#850), and ORT
         # still fuses Conv/Gemm into its INT8 kernels (it quantizes a float bias itself).
         "QuantizeBias": False,
     }
-    settings = {"format": "QDQ", "activation_type": "int8", "weight_type": "int8", "symmetric": True,
+    settings = {"format": "QDQ", "activation_type": activations, "weight_type": "int8", "symmetric": symmetric,
+                "weight_symmetric": True,
                 "per_channel": True, "weight_bits": 8 if full_range_weights else 7, "method": method,
                 "bias": "float", "tool": "onnxruntime.quantization.quantize_static"}
     if float_nodes:
@@ -110,7 +132,8 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike, rea
             settings["pre_process"] = Path(prepared) != Path(fp32_onnx)
         with _quiet():
             quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            reduce_range=not full_range_weights, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            reduce_range=not full_range_weights, activation_type=_QUANT_TYPES[activations],
+                            weight_type=QuantType.QInt8,
                             calibrate_method=ORT_METHODS[method], extra_options=extra,
                             nodes_to_exclude=list(float_nodes or []) or None,
                             calibration_cache_path=str(ranges_cache) if ranges_cache else None)

@@ -21,14 +21,14 @@ MAX_VALIDATION_SAMPLES = 2000
 
 
 def open_probe(run: Path, config: dict, *, method: str, weight_bits: int, tolerance: float | None = None,
-               max_samples: int = MAX_VALIDATION_SAMPLES, provider: str = "cpu"):
+               max_samples: int = MAX_VALIDATION_SAMPLES, provider: str = "cpu", activations: str = "int8"):
     """An Int8Probe on ``run``'s validation split with its recorded calibration ranges."""
     from pwdeploy.calibration.probe import Int8Probe, load_split
 
     data = load_split(config, VALIDATION_SPLIT, max_samples=max_samples, seed=int(config.get("seed", 0)))
     return Int8Probe(run / rundir.MODEL_ONNX, run / rundir.CALIBRATION_RANGES, data, method=method,
                      weight_bits=weight_bits, tolerance=tolerance_for("int8") if tolerance is None else tolerance,
-                     provider=provider)
+                     provider=provider, activations=activations)
 
 
 def analyze_int8(run_dir, *, tolerance: float | None = None, max_samples: int = MAX_VALIDATION_SAMPLES,
@@ -41,9 +41,9 @@ def analyze_int8(run_dir, *, tolerance: float | None = None, max_samples: int = 
     console = console or default_console
     run_dir = rundir.RunDir.open(run_dir)
     run, config, report = run_dir.path, run_dir.config, run_dir.report
-    method, bits = _recorded_int8(run, report)
+    method, bits, activations = _recorded_int8(run, report)
     with open_probe(run, config, method=method, weight_bits=bits, tolerance=tolerance, max_samples=max_samples,
-                    provider=provider) as probe, task("INT8 sensitivity", total=len(probe.layers)) as bar:
+                    provider=provider, activations=activations) as probe, task("INT8 sensitivity", total=len(probe.layers)) as bar:
         table = sensitivity(probe, on_layer=lambda _layer: bar.advance())
     plot_heatmap(table, run / SENSITIVITY_PNG)
     table["png"] = SENSITIVITY_PNG
@@ -55,8 +55,9 @@ def analyze_int8(run_dir, *, tolerance: float | None = None, max_samples: int = 
 
 
 def _recorded_int8(run: Path, report: dict) -> tuple:
-    """(calibration method, weight bits) of the run's INT8 export; its ranges must belong to model.onnx."""
-    from pwdeploy.calibration import check_fresh
+    """(calibration method, weight bits, activation type) of the run's INT8 export; its ranges must belong to
+    model.onnx."""
+    from calibration import check_fresh
 
     calib, ranges = run / rundir.CALIBRATION_JSON, run / rundir.CALIBRATION_RANGES
     if not calib.is_file() or not ranges.is_file():
@@ -67,19 +68,21 @@ def _recorded_int8(run: Path, report: dict) -> tuple:
         raise PwdeployError(f"{rundir.CALIBRATION_RANGES} does not match {rundir.CALIBRATION_JSON}: re-export with "
                             f"'pwdeploy export {run} --target onnx-int8 --recalibrate'")
     record = report.get("artifacts", {}).get(rundir.INT8_ONNX, {})
-    return provenance["method"], int(record.get("quantization", {}).get("weight_bits", 7))
+    quantization = record.get("quantization", {})
+    return provenance["method"], int(quantization.get("weight_bits", 7)), quantization.get("activation_type", "int8")
 
 
 def protect_int8(run: Path, config: dict, out: Path, *, method: str, weight_bits: int, budget: int,
-                 console, provider: str = "cpu") -> dict:
-    """Choose the float layers (pwdeploy.calibration.protect), write the mixed Q/DQ model to ``out`` and return the record:
+                 console, provider: str = "cpu", activations: str = "int8") -> dict:
+    """Choose the float layers (calibration.protect), write the mixed Q/DQ model to ``out`` and return the record:
     chosen layers, per-group results on validation and test, ONNX Runtime latency against plain INT8 and fp32."""
     import tempfile
 
     from pwdeploy.calibration.latency import compare_latency
     from pwdeploy.calibration.protect import select_float_layers
 
-    with open_probe(run, config, method=method, weight_bits=weight_bits, provider=provider) as probe, \
+    with open_probe(run, config, method=method, weight_bits=weight_bits, provider=provider,
+                    activations=activations) as probe, \
             tempfile.TemporaryDirectory(prefix="pwdeploy-protect-") as tmp:
         console.print(f"group protection: scoring INT8 variants per group on {probe.data.describe()['n']} "
                       f"validation images ({len(probe.layers)} weighted layers, budget {budget} in float)")

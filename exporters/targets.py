@@ -99,7 +99,8 @@ def make_target(run: Path, config: dict, report: dict, target: str, *, calib_siz
     if spec.precision == "fp16":
         artifacts[onnx_name] = _export_fp16(run, model_onnx, model_sha, console)
     elif spec.precision == "int8":
-        artifacts[onnx_name] = _export_int8(run, config, model_onnx, model_sha, input_name, calib_size=calib_size,
+        artifacts[onnx_name] = _export_int8(run, config, model_onnx, model_sha, input_name, spec.runtime,
+                                            calib_size=calib_size,
                                             method=calib_method, seed=seed, recalibrate=recalibrate,
                                             shares=calib_shares, full_range=int8_full_range, console=console,
                                             protect=protect_groups, max_float_layers=max_float_layers)
@@ -163,11 +164,14 @@ def _check_protection(target: Target, protect: bool, max_float_layers: int | Non
     return budget
 
 
-def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, *, calib_size: int,
+def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, runtime: str, *,
+                 calib_size: int,
                  method: str, seed: int, recalibrate: bool, shares: dict | None, full_range: bool,
                  console, protect: bool = False, max_float_layers: int = 0) -> dict:
-    from pwdeploy.calibration import check_fresh
-    from pwdeploy.calibration.quantize import RecordedRangesOnly, quantize_int8, stamp_provenance
+    from calibration import check_fresh
+    from calibration.quantize import RecordedRangesOnly, activations_for, quantize_int8, stamp_provenance
+
+    activations = activations_for(runtime)  # UINT8 for ONNX Runtime's fused kernels, symmetric INT8 for TensorRT
 
     calib_json, ranges = run / CALIBRATION_JSON, run / CALIBRATION_RANGES
     previous = read_json(calib_json) if calib_json.is_file() else None
@@ -182,12 +186,12 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
         if reuse:
             provenance = previous
             settings = quantize_int8(model_onnx, out, RecordedRangesOnly(), method=method, ranges_cache=ranges,
-                                     full_range_weights=full_range)
+                                     full_range_weights=full_range, activations=activations)
             what = f"reusing this model's recorded {method} calibration ({provenance['n']} images)"
         else:
             provenance, settings = _calibrate(run, config, model_onnx, model_sha, input_name, out,
                                               calib_size=calib_size, method=method, seed=seed, shares=shares,
-                                              full_range=full_range, console=console)
+                                              full_range=full_range, console=console, activations=activations)
             counts = ", ".join(f"{g} {e['drawn']}" for g, e in provenance["per_group"].items())
             what = f"{method} calibration on {provenance['n']} training images stratified by group: {counts}"
         protection = None
@@ -195,14 +199,17 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
             from .int8_analysis import protect_int8
 
             protection = protect_int8(run, config, out, method=method, weight_bits=settings["weight_bits"],
-                                      budget=max_float_layers, console=console)
+                                      budget=max_float_layers, console=console, activations=activations)
             settings["float_nodes"] = protection["float_layers"]
         stamp_provenance(out, provenance)  # the provenance travels inside the file too
         from .qdq_check import check_qdq_for_tensorrt
 
-        trt_check = check_qdq_for_tensorrt(out)  # what TensorRT's parser would refuse, caught here
+        # what TensorRT's parser would refuse, caught here; an ONNX Runtime model (UINT8) is not for TensorRT
+        trt_check = check_qdq_for_tensorrt(out) if activations == "int8" else \
+            {"skipped": f"UINT8 activations for {runtime}: export --target trt-int8 for TensorRT"}
     floats = f"; {len(settings['float_nodes'])} layers kept in float" if settings.get("float_nodes") else ""
-    console.print(f"wrote {rundir.INT8_ONNX} (INT8 Q/DQ, symmetric, per-channel {settings['weight_bits']}-bit "
+    kind = "symmetric INT8" if settings["symmetric"] else "UINT8 (ONNX Runtime's fused kernels)"
+    console.print(f"wrote {rundir.INT8_ONNX} (Q/DQ, {kind} activations, per-channel {settings['weight_bits']}-bit "
                   f"weights{floats}; {what})")
     record = {"sha256": sha256_file(run / rundir.INT8_ONNX), "precision": "int8", "runtime": "onnxruntime",
               "source_sha256": model_sha, "quantization": settings, "calibration": provenance,
@@ -213,7 +220,8 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
 
 
 def _calibrate(run: Path, config: dict, model_onnx: Path, model_sha: str, input_name: str, out: Path, *,
-               calib_size: int, method: str, seed: int, shares: dict | None, full_range: bool, console):
+               calib_size: int, method: str, seed: int, shares: dict | None, full_range: bool, console,
+               activations: str = "int8"):
     """Draw the stratified calibration set, quantize into ``out``, record ranges and provenance."""
     from pwdeploy.calibration import make_provenance, stratified_sample
     from pwdeploy.calibration.quantize import IndexedCalibrationReader, quantize_int8
@@ -230,7 +238,7 @@ def _calibrate(run: Path, config: dict, model_onnx: Path, model_sha: str, input_
                                           on_batch=bar.advance)
         cache = Path(tmpdir) / CALIBRATION_RANGES
         settings = quantize_int8(model_onnx, out, reader, method=method, ranges_cache=cache,
-                                 full_range_weights=full_range)
+                                 full_range_weights=full_range, activations=activations)
         with atomic_path(run / CALIBRATION_RANGES) as tmp:
             tmp.write_bytes(cache.read_bytes())
     provenance = make_provenance(

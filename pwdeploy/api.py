@@ -30,6 +30,8 @@ from .models import create_model
 from .models.checkpoint import load_model, save_checkpoint
 from .outputs import begin_run, check_out, partial_path, publish
 from .progress import console
+from .prune.budget import CountingStream, plan_for
+from .timings import summary_line, timed
 from .recipes import apply_recipe
 from .registry import IMPORTANCES, LOSSES
 from .selection import OVERALL_MARGIN, WorstGroupCheckpoint, choose_recipe, validation_set
@@ -236,12 +238,15 @@ def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
     pruned = copy.deepcopy(inputs.original).to(device)
     loader = make_loader(inputs.train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True,
                          loader=config.loader, device=device)
-    stream = batch_stream(loader, device, original_outputs)
+    stream = CountingStream(batch_stream(loader, device, original_outputs))
+    num_groups = len(inputs.train_set.group_names)
+    budget = plan_for(config, len(inputs.train_set), num_groups)  # the schedule follows the data (prune.budget)
     t0 = time.time()
-    result, speed = prune_for_deploy(config, pruned, inputs.original, inputs.example,
-                                     tuple(inputs.example.shape[1:]), batches=stream, loss_fn=importance_loss,
-                                     num_groups=len(inputs.train_set.group_names))
+    result, speed = prune_for_deploy(dataclasses.replace(config, prune=budget.apply(config.prune)), pruned,
+                                     inputs.original, inputs.example, tuple(inputs.example.shape[1:]),
+                                     batches=stream, loss_fn=importance_loss, num_groups=num_groups)
     prune_seconds = time.time() - t0
+    budget = dataclasses.replace(budget, drawn_samples=stream.samples * distributed.world_size())
     stream.close()  # ends the pruning loader's worker processes before retraining starts its own
     distributed.check_same(distributed.shapes(pruned), "the pruned architecture")
 
@@ -255,7 +260,7 @@ def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
                   seed=config.seed, description=f"retraining ({config.loss})", precision=inputs.precision,
                   loader=config.loader, on_epoch_end=checkpoint)
     retrain_seconds = time.time() - t0
-    out = {"model": pruned, "result": result, "speed": speed, "history": history, "before": before,
+    out = {"model": pruned, "result": result, "speed": speed, "history": history, "before": before, "budget": budget,
            "timings_s": {"prune": prune_seconds, "retrain": retrain_seconds},
            "losses": {"importance": importance_loss.record(), "retraining": retrain_loss.record()},
            "checkpoint_selection": checkpoint.restore(pruned) if checkpoint is not None else None}
@@ -310,6 +315,7 @@ class CompressResult:
     checkpoint_selection: dict | None = None  # --select worst-group
     metrics_validation: dict | None = None  # with a validation split (--select, --recipes)
     recipes: dict | None = None  # --recipes: every candidate, the chosen one and why
+    prune_budget: Any = None  # pwdeploy.prune.budget.PruneBudget: the pruning schedule and its cost
 
     @property
     def input_shape(self) -> tuple:
@@ -321,6 +327,7 @@ def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDat
     """Prune ``original`` (left unchanged) to the configured MACs reduction under the configured loss and
     retrain it (with --recipes: each recipe, keeping the best on ``val_set``). Pure: reads and writes no files;
     every number a report needs is in the result. Under torchrun every rank computes the same result."""
+    started = time.time()
     precision = resolve_run_precision(config, device)
     example = torch.randn(1, *train_set.preprocessing.input_shape, device=device)
     original.to(device).eval()
@@ -341,9 +348,12 @@ def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDat
     if val_set is not None:  # on every rank: evaluation is sharded across the processes
         metrics_validation = {"original": evaluate(original, val_set, device, "original (validation)",
                                                    loader=config.loader), "pruned": outcome["validation"]}
+    timings = dict(outcome["timings_s"])  # evaluate: everything compress did besides pruning and retraining
+    timings["evaluate"] = max(0.0, time.time() - started - timings["prune"] - timings["retrain"])
     return CompressResult(config, original, outcome["model"], train_set, test_set, logits, metrics,
-                          outcome["result"], outcome["history"], outcome["timings_s"], device, outcome["losses"],
-                          outcome["speed"], outcome["checkpoint_selection"], metrics_validation, selection)
+                          outcome["result"], outcome["history"], timings, device, outcome["losses"],
+                          outcome["speed"], outcome["checkpoint_selection"], metrics_validation, selection,
+                          outcome["budget"])
 
 
 def compress_model(model_path: str | Path, overrides: dict, out: str | Path, config_file=None, *,
@@ -386,6 +396,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
         release()
     if not quiet:
         console.print(comparison_table(report))
+        console.print(summary_line(report["timings_s"], report.get("prune_budget")))
         console.print(f"run directory: [bold]{out}[/] (report.json, report.md, report.png, model.onnx)")
     return out
 
@@ -396,22 +407,27 @@ def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict,
     from pwdeploy.exporters.onnx_export import export_onnx, onnx_parity
     from .speed import measured_latency
 
-    config, shape = result.config, result.input_shape
+    config, shape, timings = result.config, result.input_shape, dict(result.timings_s)
     meta = {"data": data_spec(config).to_dict(), "class_names": result.train_set.class_names,
             "group_names": result.train_set.group_names, "preprocessing": result.train_set.preprocessing.to_dict()}
-    for name, model in ((rundir.ORIGINAL_PT, result.original), (rundir.PRUNED_PT, result.pruned)):
-        save_checkpoint(model.cpu(), run.file(name), arch=config.model.arch, num_classes=config.model.num_classes,
-                        meta=meta)
-    export_onnx(result.pruned, run.file(rundir.MODEL_ONNX), shape)
-    export_onnx(result.original, run.file(rundir.ORIGINAL_ONNX), shape)
-    result.speed["latency"] = measured_latency(config, run.file(rundir.ORIGINAL_ONNX), run.file(rundir.MODEL_ONNX),
-                                               shape)
+    with timed(timings, "export"):
+        for name, model in ((rundir.ORIGINAL_PT, result.original), (rundir.PRUNED_PT, result.pruned)):
+            save_checkpoint(model.cpu(), run.file(name), arch=config.model.arch,
+                            num_classes=config.model.num_classes, meta=meta)
+        export_onnx(result.pruned, run.file(rundir.MODEL_ONNX), shape)
+        export_onnx(result.original, run.file(rundir.ORIGINAL_ONNX), shape)
+    with timed(timings, "latency"):
+        result.speed["latency"] = measured_latency(config, run.file(rundir.ORIGINAL_ONNX),
+                                                   run.file(rundir.MODEL_ONNX), shape)
     config_record = {**config.to_dict(), "versions": versions(), "input_shape": list(shape),
                      "model_source": model_source, "distributed": distributed.describe()}
     run.write_config(config_record)
-    report = _report(result, onnx_parity(result.pruned, run.file(rundir.MODEL_ONNX), shape))
-    _export_target(run, config_record, report, result)
-    report["timings_s"]["total"] = time.time() - started
+    with timed(timings, "verify"):
+        parity = onnx_parity(result.pruned, run.file(rundir.MODEL_ONNX), shape)
+    report = _report(result, parity)
+    with timed(timings, "export"):
+        _export_target(run, config_record, report, result)
+    report["timings_s"] = {**timings, "total": time.time() - started}
     run.write_report(report)
     write_text(run.file(rundir.COMPLETE), report["created"] + "\n")
     return report
@@ -448,6 +464,7 @@ def _report(result: CompressResult, parity: float) -> dict:
         "onnx_parity_max_abs": parity,
         "retrain_loss_history": result.history,
         "timings_s": dict(result.timings_s),
+        "prune_budget": result.prune_budget.to_dict() if result.prune_budget is not None else None,
         "artifacts": {},
         # registered plug-ins by name and settings (pwdeploy.registry)
         "importance": prune.importance,

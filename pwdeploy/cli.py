@@ -135,6 +135,7 @@ def train(
 _COMPRESS_SECTIONED = (("model", "arch", "arch"), ("model", "num_classes", "num_classes"),
                       ("prune", "method", "method"), ("prune", "flops_reduction", "flops_reduction"),
                       ("prune", "round_to", "round_to"), ("prune", "allocation", "allocation"),
+                      ("prune", "prune_budget", "prune_budget"),
                       ("prune", "latency_batch", "latency_batch"), ("prune", "latency_reduction", "latency_reduction"),
                       ("prune", "target_latency_ms", "target_latency_ms"), ("retrain", "epochs", "epochs"),
                       ("retrain", "lr", "lr"), ("kd", "temperature", "kd_temperature"), ("kd", "alpha", "kd_alpha"),
@@ -208,6 +209,9 @@ def compress(
                                              "onnx-fp32, global otherwise), global (one importance ranking), uniform (every layer "
                                              "loses the same share) or latency (ranking weighted by each layer's "
                                              "measured latency saving)."),
+    prune_budget: Optional[float] = typer.Option(None, "--prune-budget", help="Pruning reads at most about this many "
+                                                 "retraining epochs' worth of training samples (default 12; fewer "
+                                                 "steps and batches on a small dataset); 0: the fixed schedule."),
     latency_reduction: Optional[float] = typer.Option(None, "--latency-reduction", help="Prune until the measured "
                                                       "latency (ONNX Runtime CPU) falls by this fraction."),
     target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms",

@@ -81,6 +81,11 @@ class PruneSettings:
     autobot_steps: int = 200
     autobot_lr: float = 0.05
     autobot_flops_weight: float = 4.0
+    # iterative criteria (Taylor, FairGRAPE): pruning steps to the target (each removes ~1/prune_steps of it)
+    prune_steps: int = 20
+    # pruning reads at most about this many retraining epochs' worth of sample passes; the values above are caps
+    # (pwdeploy.prune.budget; the default was chosen on the fairness benchmark); 0: the fixed schedule above
+    prune_budget: float = 12.0
     # never remove more than this fraction of a layer's channels
     max_layer_reduction: float = 0.95
     # kept channels are multiples of this in every pruned group; None: the deployment target's default

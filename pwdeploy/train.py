@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from .config import LoaderSettings, TrainSettings
 from .data.base import GroupedDataset
 from .data.loading import DeviceNormalize, loader_options, yields_uint8
+from .fastpath import channels_last, configure_backends
 from .precision import Precision
 from .progress import task
 
@@ -163,15 +164,28 @@ def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSetti
     total = settings.epochs * len(batches)
     optimizer, scheduler = make_optimizer(model, settings, total)
     amp = Precision(precision, device)
-    trained = distributed.wrap_ddp(model, device)
-    stream = batch_stream(batches, device, original)
+    configure_backends(device)  # CUDA: cudnn.benchmark, TF32 (pwdeploy.fastpath); nothing on the CPU
+    with channels_last(model, device) as nhwc:  # CUDA: NHWC model and batches while training
+        trained = distributed.wrap_ddp(model, device)
+        stream = batch_stream(batches, device, original)
+        return _epochs(trained, model, stream, len(batches), loss_fn, settings, optimizer, scheduler, amp,
+                       description, on_epoch_end, nhwc)
+
+
+def _epochs(trained, model, stream, steps: int, loss_fn, settings: TrainSettings, optimizer, scheduler, amp,
+            description: str, on_epoch_end, nhwc: bool) -> list[float]:
+    from . import distributed
+
+    device = next(model.parameters()).device
     history = []
-    with task(description, total=total) as bar:
+    with task(description, total=settings.epochs * steps) as bar:
         for epoch in range(settings.epochs):
             trained.train()
             running = torch.zeros((), dtype=torch.float64, device=device)
-            for step in range(len(batches)):
+            for step in range(steps):
                 x, y, g, orig = next(stream)
+                if nhwc and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 with amp.autocast():
                     loss = loss_fn(trained(x), y, orig, g)
                 optimizer.zero_grad(set_to_none=True)
@@ -179,9 +193,9 @@ def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSetti
                 scheduler.step()
                 running += loss.detach()
                 bar.advance(images=len(x) * distributed.world_size())
-                if step % FINITE_CHECK_EVERY == 0 or step == len(batches) - 1:
+                if step % FINITE_CHECK_EVERY == 0 or step == steps - 1:
                     _check_finite_loss(running, epoch, description)
-            history.append(distributed.mean_over_ranks(float(running)) / len(batches))
+            history.append(distributed.mean_over_ranks(float(running)) / steps)
             bar.describe(f"epoch {epoch + 1}/{settings.epochs} loss {history[-1]:.4f}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model)

@@ -69,6 +69,8 @@ CONFIG_RANGES = {
     "prune.steps_between": COUNT,
     "prune.taylor_lr": LEARNING_RATE,
     "prune.autobot_steps": COUNT,
+    "prune.prune_steps": COUNT,
+    "prune.prune_budget": Range(0.0, 1000.0),
     "prune.autobot_lr": LEARNING_RATE,
     "prune.autobot_flops_weight": NON_NEGATIVE,
     "prune.max_layer_reduction": Range(0.0, 1.0, low_open=True, high_open=True),

@@ -113,21 +113,36 @@ def test_int8_export_records_stratified_provenance(run_dir, tmp_path):
     assert prov["model_sha256"] == sha256_file(run / "model.onnx")
     assert len(prov["indices_sha256"]) == 64
     assert read_json(run / "report.json")["artifacts"]["model.int8.onnx"]["calibration"] == prov
-    assert record["quantization"]["format"] == "QDQ" and record["quantization"]["symmetric"] is True
-    # Q/DQ graph with signed, zero-point-0 quantization: what TensorRT consumes
+    # ONNX Runtime's target: UINT8 activations (its fused QLinearConv kernels), symmetric per-channel INT8 weights
+    quantization = record["quantization"]
+    assert quantization["format"] == "QDQ" and quantization["activation_type"] == "uint8"
+    assert quantization["symmetric"] is False and quantization["weight_symmetric"] is True
+    assert "skipped" in record["tensorrt_check"]
+    import json
+
     import onnx
     from onnx import numpy_helper
 
+    model = onnx.load(str(run / "model.int8.onnx"))
+    zero_points = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if "zero_point" in i.name}
+    assert any(z.dtype == np.uint8 for z in zero_points.values())  # activations
+    weights = [z for z in zero_points.values() if z.dtype == np.int8]
+    assert weights and all(np.all(z == 0) for z in weights)  # weights stay symmetric
+    embedded = {p.key: p.value for p in model.metadata_props}["pwdeploy.calibration"]
+    assert json.loads(embedded) == prov  # the provenance travels inside the file
+
+    # TensorRT's target: signed, zero-point-0 quantization everywhere, checked against TensorRT's rules
+    trt = export_target(run, "trt-int8", calib_size=96, calib_method="percentile", seed=5)
+    trt_record = trt["artifacts"]["model.int8.onnx"]
+    assert trt_record["quantization"]["symmetric"] is True and trt_record["quantization"]["activation_type"] == "int8"
+    assert trt_record["calibration"] == prov  # the same recorded ranges, quantized for the other runtime
+    assert "skipped" not in trt_record["tensorrt_check"]
     model = onnx.load(str(run / "model.int8.onnx"))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     zero_points = [numpy_helper.to_array(i) for i in model.graph.initializer if "zero_point" in i.name]
     assert zero_points and all(np.all(z == 0) for z in zero_points)
     assert all(z.dtype in (np.int8, np.int32) for z in zero_points)
-    import json
-
-    embedded = {p.key: p.value for p in model.metadata_props}["pwdeploy.calibration"]
-    assert json.loads(embedded) == prov  # the provenance travels inside the file
 
 
 def test_same_settings_reuse_and_stale_calibration_refused(run_dir, tmp_path):

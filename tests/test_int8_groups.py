@@ -146,7 +146,8 @@ def test_sensitivity_table_heatmap_and_report(int8_run, tmp_path):
 
     from pwdeploy.calibration.probe import Int8Probe
 
-    with Int8Probe(run / "model.onnx", run / "calibration_ranges.json", data) as probe:
+    activations = read_json(run / "report.json")["artifacts"]["model.int8.onnx"]["quantization"]["activation_type"]
+    with Int8Probe(run / "model.onnx", run / "calibration_ranges.json", data, activations=activations) as probe:
         probe.quantize((), tmp_path / "all.onnx")
         probe.quantize((layers[0],), tmp_path / "first-float.onnx")
     full, first = group_acc(tmp_path / "all.onnx"), group_acc(tmp_path / "first-float.onnx")
@@ -196,8 +197,12 @@ def test_qdq_check_rejects_what_tensorrt_would(int8_run, tmp_path):
 
     from pwdeploy.exporters.qdq_check import QdqCheckError, check_qdq_for_tensorrt
 
-    good = onnx.load(str(int8_run / "model.int8.onnx"))
-    assert check_qdq_for_tensorrt(int8_run / "model.int8.onnx")["float_layers"] == []
+    from exporters.targets import export_target
+
+    run = shutil.copytree(int8_run, tmp_path / "trt-run")  # the TensorRT target's Q/DQ (onnx-int8 is UINT8)
+    export_target(run, "trt-int8", calib_size=64, seed=0)
+    good = onnx.load(str(run / "model.int8.onnx"))
+    assert check_qdq_for_tensorrt(run / "model.int8.onnx")["float_layers"] == []
 
     def broken(edit) -> str:
         model = onnx.ModelProto()

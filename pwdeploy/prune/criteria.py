@@ -22,6 +22,14 @@ class Importance:
     name = "importance"
     needs_data = True  # needs training batches and a loss
     needs_groups = False  # needs group labels in the training split
+    # what pwdeploy.prune.budget plans for it: "iterative" (taylor_batches / steps_between / prune_steps),
+    # "gates" (autobot_steps) or "none" (no data read, or a plug-in's own schedule)
+    budget_kind = "none"
+
+    @staticmethod
+    def importance_cost(num_groups: int) -> float:
+        """Sample passes (forward + backward) one importance sample costs."""
+        return 1.0
 
     def __init__(self, settings: PruneSettings, num_groups: int = 2):
         self.config = settings
@@ -61,9 +69,12 @@ class MagnitudeImportance(Importance):
 class TaylorImportance(Importance):
     """First-order Taylor |w·dL/dw| under the selected loss, with optimizer steps between pruning steps."""
 
+    budget_kind = "iterative"
+
     def settings(self) -> dict:
         c = self.config
-        return {"taylor_batches": c.taylor_batches, "steps_between": c.steps_between, "taylor_lr": c.taylor_lr}
+        return {"taylor_batches": c.taylor_batches, "steps_between": c.steps_between, "taylor_lr": c.taylor_lr,
+                "prune_steps": c.prune_steps}
 
     def prune(self, remover, batches, loss_fn, target, result, bar) -> None:
         _taylor(remover, batches, loss_fn, target, self.config, result, bar)
@@ -72,6 +83,8 @@ class TaylorImportance(Importance):
 @register_importance("autobot")
 class AutoBotImportance(Importance):
     """AutoBot: trained sigmoid bottlenecks per channel under the selected loss plus a MACs penalty."""
+
+    budget_kind = "gates"
 
     def settings(self) -> dict:
         c = self.config

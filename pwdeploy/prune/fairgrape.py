@@ -113,6 +113,11 @@ class FairGrapeImportance(TaylorImportance):
 
     needs_groups = True
 
+    @staticmethod
+    def importance_cost(num_groups: int) -> float:
+        """One forward pass and one backward pass per group present (a backward ~ two forwards)."""
+        return (1 + 2 * max(1, num_groups)) / 3
+
     def prune(self, remover, batches, loss_fn, target, result, bar) -> None:
         scores = GroupTaylorScores(remover, batches, loss_fn, self.config.taylor_batches, self.num_groups)
         _taylor(remover, batches, loss_fn, target, self.config, result, bar, scores=scores)

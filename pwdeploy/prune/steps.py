@@ -64,6 +64,6 @@ def _taylor(remover: ChannelRemover, batches, loss_fn, target, settings, result,
 
     # About 20 pruning steps whatever the target, so the adaptation budget scales with the work.
     score_fn = scores if scores is not None else (lambda group, _name: importance(group))
-    _remove_until(remover, score_fn, target, max(0.02, target / 20), result, bar,
+    _remove_until(remover, score_fn, target, max(0.02, target / settings.prune_steps), result, bar,
                   before_step=scores.accumulate if scores is not None else accumulate_gradients, after_step=adapt)
     model.zero_grad(set_to_none=True)
