@@ -137,7 +137,7 @@ ABLATIONS = [
 ADDED_KEYS = {"group_balance_strength": 1.0, "pseudo_groups": "none", "select": "last", "recipes": [],
               "kd": {"temperature": 4.0, "alpha": 0.9, "pw_weights": False},
               # feature-cluster pseudo-groups, group DRO, the stopping rule and the retraining schedule
-              "clusters": {"k": None, "max_k": 4, "min_silhouette": 0.2, "min_fraction": 0.01},
+              "clusters": {"k": None, "max_k": 4, "min_silhouette": 0.5, "min_fraction": 0.01},
               "gdro": {"step_size": 0.01, "adjustment": 0.0, "base": "ce"},
               "stopping": {"max_group_drop": None, "round_size": 0.1, "auto": False,
                            "auto_reductions": [0.5, 0.75, 0.85, 0.9, 0.95]},

@@ -439,6 +439,7 @@ def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict,
                      "model_source": model_source, "distributed": distributed.describe()}
     run.write_config(config_record)
     report = _report(result, onnx_parity(result.pruned, run.file(rundir.MODEL_ONNX), shape))
+
     _export_target(run, config_record, report, result)
     report["timings_s"]["total"] = time.time() - started
     run.write_report(report)
@@ -460,7 +461,8 @@ def _report(result: CompressResult, parity: float) -> dict:
         "pw_applies_to": config.pw_applies_to,
         "group_balanced": config.group_balanced,
         "group_balance_strength": config.group_balance_strength,
-        "flops_reduction_target": config.prune.flops_reduction,
+        # --flops-reduction auto: the reduction the stopping rule chose (report["stopping"] has the curve)
+        "flops_reduction_target": result.stopping["reached"] if config.stopping.auto else config.prune.flops_reduction,
         "flops_reduction": prune.reduction,
         "macs": {"original": prune.macs_before, "pruned": prune.macs_after},
         "params": {"original": prune.params_before, "pruned": prune.params_after},

@@ -3,7 +3,7 @@
 ``--pseudo-groups clusters``: the original's penultimate features (the input of its last linear layer) are
 put on the unit sphere and clustered per class with k-means (k-means++ seeding, a few restarts, all following ``--seed``); the number of
 clusters per class is ``--clusters K`` or, by default, the one with the best mean silhouette among 1..max_k,
-where k > 1 must beat ``min_silhouette`` (as GEORGE, Sohoni et al. 2020, which also picks the count by
+where k > 1 must reach ``min_silhouette`` (0.5 by default) (as GEORGE, Sohoni et al. 2020, which also picks the count by
 silhouette; a class without structure stays one group). Hidden subgroups the original tells apart form their own
 cluster, and every group-taking option (group balance, FairGRAPE, --loss gdro, --select, --max-group-drop)
 then sees them as groups. Validation/test samples are put in the nearest centroid of their labelled class.
@@ -96,14 +96,17 @@ def silhouette(x: torch.Tensor, assign: torch.Tensor) -> float:
     d = torch.cdist(x, x)
     own = torch.zeros(len(x))
     other = torch.full((len(x),), float("inf"))
+    alone = torch.zeros(len(x), dtype=torch.bool)
     for j in labels:
         member = assign == j
         n = int(member.sum())
         mean_to = d[:, member].sum(dim=1) / torch.where(member, max(n - 1, 1), n).float()
         own = torch.where(member, mean_to, own)
         other = torch.where(member, other, torch.minimum(other, mean_to))
+        alone |= member & (n == 1)
     s = (other - own) / torch.maximum(own, other).clamp_min(1e-12)
-    return float(torch.where(torch.isfinite(s), s, torch.zeros_like(s)).mean())
+    s = torch.where(alone | ~torch.isfinite(s), torch.zeros_like(s), s)  # a singleton scores 0 (Rousseeuw)
+    return float(s.mean())
 
 
 def _direction(x: torch.Tensor) -> torch.Tensor:

@@ -120,4 +120,34 @@ def run_rounds(config: RunConfig, model, *, prune, fit_epochs, evaluate_val, ref
                          widths=rounds[0].widths if rounds else {})
     record = trajectory.to_dict()
     record["schedule"] = config.retrain_schedule
+    record["curve"] = [{"flops_reduction": r.reduction, "macs": int(round(base_macs * (1.0 - r.reduction))),
+                        "worst_group": r.worst_group, "worst_group_accuracy": r.worst_group_accuracy,
+                        "worst_drop": r.worst_drop, "kept": r.kept} for r in trajectory.rounds]
     return RoundsOutcome(out_model, result, speed, record, history, before)
+
+
+def plot_curve(record: dict, path) -> None:
+    """MACs vs validation worst-group accuracy across the tried reductions (the ``stopping`` record's curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .fsutil import atomic_path
+
+    curve = [c for c in record["curve"] if c["worst_group_accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    xs = [c["macs"] / 1e6 for c in curve]
+    ax.plot(xs, [c["worst_group_accuracy"] for c in curve], "-", color="0.6")
+    for c, x in zip(curve, xs):
+        ax.plot(x, c["worst_group_accuracy"], "o" if c["kept"] else "x", color="tab:blue" if c["kept"] else "tab:red")
+    ax.set_xlabel("MACs (millions)")
+    ax.set_ylabel("validation worst-group accuracy (%)")
+    bound = record.get("max_group_drop")
+    what = "retrained copy" if record["rule"] == "flops-reduction auto" else "after each round"
+    ax.set_title(f"{record['rule']}: bound {bound} points ({what}); o kept, x over the bound", fontsize=8)
+    ax.invert_xaxis()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
