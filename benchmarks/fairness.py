@@ -68,6 +68,7 @@ ARMS = {"ce": {"loss": "ce"}, "pw": {"loss": "pw", "group_balanced": False},
         "kd+clusters": {"loss": "kd", "group_balanced": False, "pseudo_groups": "clusters"},
         "gdro": {"loss": "gdro"},
         "gdro/0.1": {"loss": "gdro", "gdro": {"step_size": 0.1}},
+        "gdro+clusters": {"loss": "gdro", "pseudo_groups": "clusters"},
         # step 0.1: at the paper's 0.01 the weights barely move in a 2-epoch budget (a few hundred updates)
         "gdro+clusters/0.1": {"loss": "gdro", "pseudo_groups": "clusters", "gdro": {"step_size": 0.1}},
         "kd-gdro+clusters/0.1": {"loss": "gdro", "pseudo_groups": "clusters", "gdro": {"step_size": 0.1, "base": "kd"}},

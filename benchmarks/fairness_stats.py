@@ -171,7 +171,7 @@ def markdown_main(meta: dict, series: list[dict], comparisons: list[dict]) -> st
 
 
 LABEL_FREE = ("kd", "kd+pw", "pw+pseudo", "kd+pseudo", "kd+pseudo/0.5", "kd/select",  # beyond the paper's PW
-              "ce/uniform", "pw/uniform", "kd+clusters", "kd+clusters/0.5", "gdro+clusters/0.1", "kd-gdro+clusters/0.1",
+              "ce/uniform", "pw/uniform", "kd+clusters", "kd+clusters/0.5", "gdro+clusters", "gdro+clusters/0.1", "kd-gdro+clusters/0.1",
               "ce/gradual", "kd/gradual")
 GROUP_AWARE = ("pw+gb", "fairgrape", "gdro", "gdro/0.1")
 
