@@ -60,6 +60,20 @@ ARMS = {"ce": {"loss": "ce"}, "pw": {"loss": "pw", "group_balanced": False},
         # "channel allocation" sweep's "--allocation uniform" setting
         "ce/uniform": {"loss": "ce", "prune": {"allocation": "uniform"}},
         "pw/uniform": {"loss": "pw", "group_balanced": False, "prune": {"allocation": "uniform"}},
+        # Feature-cluster pseudo-groups (label-free: k-means of the original's penultimate features per class),
+        # group DRO (Sagawa et al. 2020) over real groups (group-aware) or clusters (label-free), and the gradual
+        # retraining schedule (equal total epochs, spread over the pruning rounds)
+        "kd+clusters/0.5": {"loss": "kd", "group_balanced": False, "pseudo_groups": "clusters",
+                            "group_balance_strength": 0.5},
+        "kd+clusters": {"loss": "kd", "group_balanced": False, "pseudo_groups": "clusters"},
+        "gdro": {"loss": "gdro"},
+        "gdro/0.1": {"loss": "gdro", "gdro": {"step_size": 0.1}},
+        "gdro+clusters": {"loss": "gdro", "pseudo_groups": "clusters"},
+        # step 0.1: at the paper's 0.01 the weights barely move in a 2-epoch budget (a few hundred updates)
+        "gdro+clusters/0.1": {"loss": "gdro", "pseudo_groups": "clusters", "gdro": {"step_size": 0.1}},
+        "kd-gdro+clusters/0.1": {"loss": "gdro", "pseudo_groups": "clusters", "gdro": {"step_size": 0.1, "base": "kd"}},
+        "ce/gradual": {"loss": "ce", "retrain_schedule": "gradual"},
+        "kd/gradual": {"loss": "kd", "group_balanced": False, "retrain_schedule": "gradual"},
         # Group-aware: FairGRAPE (channel-level adaptation; Taylor-based, so only in the taylor rows, with CE as
         # in its paper), and the recipe comparison chosen on validation (every recipe costs a cell).
         "fairgrape": {"loss": "ce", "prune": {"method": "fairgrape"}},
@@ -67,7 +81,7 @@ ARMS = {"ce": {"loss": "ce"}, "pw": {"loss": "pw", "group_balanced": False},
 # Arms that replace the importance criterion run only in the rows of the criterion they build on.
 ARM_METHODS = {"fairgrape": ("taylor",), "recipes": ("taylor",)}
 # Arms that need group labels in the training split.
-GROUP_AWARE_ARMS = ("pw+gb", "fairgrape", "recipes")
+GROUP_AWARE_ARMS = ("pw+gb", "fairgrape", "recipes", "gdro", "gdro/0.1")
 
 # Regimes ("variants"): synthetic data options, baseline changes, and whether the train split has groups.
 # colour / subtle: the grid the defaults were tuned on. Two regimes they were not tuned on:
@@ -127,8 +141,15 @@ ABLATIONS = [
 
 # Config keys added after cells were cached, with their defaults (see cell_ident).
 ADDED_KEYS = {"group_balance_strength": 1.0, "pseudo_groups": "none", "select": "last", "recipes": [],
-              "kd": {"temperature": 4.0, "alpha": 0.9, "pw_weights": False}}
+              "kd": {"temperature": 4.0, "alpha": 0.9, "pw_weights": False},
+              # feature-cluster pseudo-groups, group DRO, the stopping rule and the retraining schedule
+              "clusters": {"k": None, "max_k": 4, "min_silhouette": 0.5, "min_fraction": 0.01},
+              "gdro": {"step_size": 0.01, "adjustment": 0.0, "base": "ce"},
+              "stopping": {"max_group_drop": None, "round_size": 0.1, "auto": False,
+                           "auto_reductions": [0.5, 0.75, 0.85, 0.9, 0.95]},
+              "retrain_schedule": "end"}
 
+RETRAIN_EPOCHS = [0]  # --retrain-epochs (0: the config's); set once by parse_args
 DEFAULT_ARMS = ("ce", "pw", "pw+gb")  # the original grid; the sweeps compare against these
 QUICK = {"variants": "colour", "seeds": "0,1", "methods": "magnitude,taylor", "reductions": "0.75", "arms": "ce,pw"}
 
@@ -207,6 +228,8 @@ def cell_task(variant, bseed, baseline, method, arm, reduction, seed, family="de
     overrides = {"data": {"name": DATA, "options": dict(REGIMES[variant]["options"])},
                  "prune": {"method": method, "flops_reduction": reduction}, "seed": seed}
     overrides = _apply_change(overrides, ARMS[arm], method)
+    if RETRAIN_EPOCHS[0]:  # --retrain-epochs: every arm's retraining budget (before the arm's own changes)
+        overrides = _apply_change(overrides, {"retrain": {"epochs": RETRAIN_EPOCHS[0]}}, method)
     if change:
         overrides = _apply_change(overrides, change, method)
     spec = {"variant": variant, "baseline_seed": bseed, "method": method, "arm": arm, "reduction": reduction,
@@ -596,12 +619,15 @@ def parse_args(argv=None):
     p.add_argument("--name", default="",
                    help="file name of the results (default fairness, fairness_quick; with --ablations-only "
                         "fairness_ablations)")
+    p.add_argument("--retrain-epochs", type=int, default=0,
+                   help="retraining epochs of every cell (default: the config's, 3 for synthetic)")
     p.add_argument("--fresh", action="store_true", help="ignore cached cells")
     p.add_argument("--fresh-baselines", action="store_true", help="retrain the baselines")
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
+    RETRAIN_EPOCHS[0] = args.retrain_epochs
     args.seeds = parse_list(args.seeds, int)
     args.ablation_seeds = parse_list(args.ablation_seeds, int)
     args.baseline_seeds = parse_list(args.baseline_seeds, int)

@@ -38,6 +38,9 @@ from .selection import OVERALL_MARGIN, WorstGroupCheckpoint, choose_recipe, vali
 from .report import comparison_table, summarize
 from . import distributed, rundir
 from .train import OriginalOutputs, batch_stream, fit, make_loader, predict_logits, resolve_device, seed_everything
+from .run_groups import (check_group_options, gdro_group_counts, prepare_validation, prune_in_rounds, pseudo_report,
+                         run_train_set)
+from .trajectory import check_rounds, uses_rounds
 
 
 def make_config(overrides: dict, config_file=None, *, pw_gamma: float | None = None,
@@ -158,7 +161,7 @@ def _group_weight_totals(config: RunConfig, train_set: GroupedDataset, original:
     cache, labels = original.cache.cpu(), torch.from_numpy(train_set.labels)
     weights = loss_fn.impl.sample_weights(cache, labels)
     weights = torch.ones(len(labels)) if weights is None else weights.float()
-    if config.pseudo_groups != "none":
+    if config.pseudo_groups == "error-set":  # clusters are the (relabelled) split's own groups
         groups, count = pseudo_groups(cache, labels), len(pseudo_group_names(config.model.num_classes or 2))
     else:
         groups, count = torch.from_numpy(train_set.groups), len(train_set.group_names)
@@ -169,17 +172,18 @@ def _group_weight_totals(config: RunConfig, train_set: GroupedDataset, original:
 
 def _balances(config: RunConfig) -> bool:
     """Group balance (dataset or pseudo-groups) re-weights PW / KD; CE always stays the plain baseline."""
-    return config.loss != "ce" and (config.group_balanced or config.pseudo_groups != "none")
+    return config.loss not in ("ce", "gdro") and (config.group_balanced or config.pseudo_groups != "none")
 
 
 def _needs_original(config: RunConfig) -> bool:
-    return LOSSES.get(config.loss).needs_original or _balances(config)
+    gdro = config.loss == "gdro" and (config.gdro.base == "kd" or config.pseudo_groups == "error-set")
+    return LOSSES.get(config.loss).needs_original or _balances(config) or gdro
 
 
-def _losses(config: RunConfig, group_totals) -> tuple[LossFn, LossFn]:
+def _losses(config: RunConfig, group_totals, group_counts=None) -> tuple[LossFn, LossFn]:
     """(importance loss, retraining loss) per --loss and the paper's ablation switch pw_applies_to."""
     main = LossFn(config.loss, config.pw_for(), group_totals, config.group_balance_strength, kd=config.kd,
-                  pseudo_groups=config.pseudo_groups)
+                  pseudo_groups=config.pseudo_groups, gdro=config.gdro, group_counts=group_counts)
     ce = LossFn("ce")
     if config.loss == "ce":
         return ce, ce
@@ -194,7 +198,8 @@ def _make_losses(config: RunConfig, train_set: GroupedDataset, original: Origina
     if _balances(config):
         probe = LossFn(config.loss, config.pw_for(), kd=config.kd)
         totals = _group_weight_totals(config, train_set, original, probe)
-    return _losses(config, totals)
+    counts = gdro_group_counts(config, train_set, original) if config.loss == "gdro" else None
+    return _losses(config, totals, counts)
 
 
 def _check_groups_for(config: RunConfig, train_set: GroupedDataset) -> None:
@@ -220,6 +225,8 @@ class _Inputs:
     example: torch.Tensor
     precision: str = "fp32"  # training precision (pwdeploy.precision)
     original_outputs: OriginalOutputs | None = None
+    pseudo: dict = dataclasses.field(default_factory=dict)  # --pseudo-groups: built once per kind (pseudo_groups)
+    reference_val: dict | None = None  # the original's validation metrics (--max-group-drop)
 
     def outputs(self) -> OriginalOutputs:
         if self.original_outputs is None:
@@ -233,37 +240,51 @@ def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
     from .speed import prune_for_deploy
 
     device = inputs.device
+    train_set = run_train_set(config, inputs)  # the dataset's groups, or --pseudo-groups clusters
     original_outputs = inputs.outputs() if _needs_original(config) else None
-    importance_loss, retrain_loss = _make_losses(config, inputs.train_set, original_outputs)
+    importance_loss, retrain_loss = _make_losses(config, train_set, original_outputs)
     pruned = copy.deepcopy(inputs.original).to(device)
-    loader = make_loader(inputs.train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True,
+    loader = make_loader(train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True,
                          loader=config.loader, device=device)
     stream = CountingStream(batch_stream(loader, device, original_outputs))
-    num_groups = len(inputs.train_set.group_names)
-    budget = plan_for(config, len(inputs.train_set), num_groups)  # the schedule follows the data (prune.budget)
+    num_groups = len(train_set.group_names)
+    budget = plan_for(config, len(train_set), num_groups)  # the schedule follows the data (prune.budget)
+    pruning = dataclasses.replace(config, prune=budget.apply(config.prune))
+
+    def evaluate_on(model, dataset, name):
+        return evaluate(model, dataset, device, name, loader=config.loader)
+
+    def retrain(model, settings, seed, on_epoch_end=None):
+        return fit(model, train_set, retrain_loss, settings, device, original=original_outputs, seed=seed,
+                   description=f"retraining ({config.loss})", precision=inputs.precision, loader=config.loader,
+                   on_epoch_end=on_epoch_end)
+
     t0 = time.time()
-    result, speed = prune_for_deploy(dataclasses.replace(config, prune=budget.apply(config.prune)), pruned,
-                                     inputs.original, inputs.example, tuple(inputs.example.shape[1:]),
-                                     batches=stream, loss_fn=importance_loss, num_groups=num_groups)
+    prune_kwargs = {"batches": stream, "loss_fn": importance_loss, "num_groups": num_groups}
+    rounds = None
+    if uses_rounds(config):
+        rounds = prune_in_rounds(pruning, inputs, pruned, prune_kwargs, retrain, evaluate_on)
+        pruned, result, speed = rounds.model, rounds.result, rounds.speed
+    else:
+        result, speed = prune_for_deploy(pruning, pruned, inputs.original, inputs.example,
+                                         tuple(inputs.example.shape[1:]), **prune_kwargs)
     prune_seconds = time.time() - t0
     budget = dataclasses.replace(budget, drawn_samples=stream.samples * distributed.world_size())
     stream.close()  # ends the pruning loader's worker processes before retraining starts its own
     distributed.check_same(distributed.shapes(pruned), "the pruned architecture")
 
-    def evaluate_on(model, dataset, name):
-        return evaluate(model, dataset, device, name, loader=config.loader)
-
-    before = evaluate_on(pruned, inputs.test_set, "pruned (before retraining)")
+    before = rounds.before if rounds is not None and rounds.before is not None else \
+        evaluate_on(pruned, inputs.test_set, "pruned (before retraining)")
     checkpoint = WorstGroupCheckpoint(inputs.val_set, evaluate_on) if config.select == "worst-group" else None
     t0 = time.time()
-    history = fit(pruned, inputs.train_set, retrain_loss, config.retrain, device, original=original_outputs,
-                  seed=config.seed, description=f"retraining ({config.loss})", precision=inputs.precision,
-                  loader=config.loader, on_epoch_end=checkpoint)
+    history = rounds.history if rounds is not None and rounds.history is not None else \
+        retrain(pruned, config.retrain, config.seed, checkpoint)
     retrain_seconds = time.time() - t0
     out = {"model": pruned, "result": result, "speed": speed, "history": history, "before": before, "budget": budget,
            "timings_s": {"prune": prune_seconds, "retrain": retrain_seconds},
            "losses": {"importance": importance_loss.record(), "retraining": retrain_loss.record()},
-           "checkpoint_selection": checkpoint.restore(pruned) if checkpoint is not None else None}
+           "checkpoint_selection": checkpoint.restore(pruned) if checkpoint is not None else None,
+           "stopping": rounds.record if rounds is not None else None}
     out["logits"] = predict_logits(pruned, inputs.test_set, device, description="evaluating pruned",
                                    loader=config.loader)
     out["pruned"] = _group_metrics(out["logits"], inputs.test_set)  # the logits travel on to the export
@@ -316,6 +337,8 @@ class CompressResult:
     metrics_validation: dict | None = None  # with a validation split (--select, --recipes)
     recipes: dict | None = None  # --recipes: every candidate, the chosen one and why
     prune_budget: Any = None  # pwdeploy.prune.budget.PruneBudget: the pruning schedule and its cost
+    stopping: dict | None = None  # --max-group-drop / --flops-reduction auto / gradual: the rounds (trajectory)
+    pseudo_groups: dict | None = None  # --pseudo-groups: what was found (run_groups.pseudo_report)
 
     @property
     def input_shape(self) -> tuple:
@@ -335,6 +358,8 @@ def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDat
                                          loader=config.loader)}
     metrics = {"original": _group_metrics(logits["original"], test_set)}
     inputs = _Inputs(original, train_set, test_set, val_set, device, example, precision)
+    prepare_validation(config, inputs)  # no labelled groups on validation: the pseudo-groups stand in
+    val_set = inputs.val_set
     selection = None
     if config.recipes:
         recipes = config.recipes
@@ -353,7 +378,7 @@ def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDat
     return CompressResult(config, original, outcome["model"], train_set, test_set, logits, metrics,
                           outcome["result"], outcome["history"], timings, device, outcome["losses"],
                           outcome["speed"], outcome["checkpoint_selection"], metrics_validation, selection,
-                          outcome["budget"])
+                          outcome["budget"], stopping=outcome["stopping"], pseudo_groups=pseudo_report(config, inputs))
 
 
 def compress_model(model_path: str | Path, overrides: dict, out: str | Path, config_file=None, *,
@@ -378,8 +403,12 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
         check_labels(split, config.model.num_classes)
     for candidate in [apply_recipe(config, name) for name in config.recipes] or [config]:
         _check_groups_for(candidate, train_set)  # a misspelt recipe or missing groups fail before any work
-    flag = "--recipes" if config.recipes else "--select worst-group"
-    val_set = validation_set(spec, flag) if config.recipes or config.select == "worst-group" else None
+        check_group_options(candidate, train_set)
+        check_rounds(candidate)
+    flag = "--recipes" if config.recipes else "--select worst-group" if config.select == "worst-group" else \
+        "--max-group-drop"
+    wants_val = config.recipes or config.select == "worst-group" or config.stopping.max_group_drop is not None
+    val_set = validation_set(spec, flag, pseudo=config.pseudo_groups) if wants_val else None
     _check_model_input(original, torch.randn(1, *train_set.preprocessing.input_shape))
 
     main = distributed.is_main()  # under torchrun every rank computes; rank 0 alone writes the run directory
@@ -447,7 +476,8 @@ def _report(result: CompressResult, parity: float) -> dict:
         "pw_applies_to": config.pw_applies_to,
         "group_balanced": config.group_balanced,
         "group_balance_strength": config.group_balance_strength,
-        "flops_reduction_target": config.prune.flops_reduction,
+        # --flops-reduction auto: the reduction the stopping rule chose (report["stopping"] has the curve)
+        "flops_reduction_target": result.stopping["reached"] if config.stopping.auto else config.prune.flops_reduction,
         "flops_reduction": prune.reduction,
         "macs": {"original": prune.macs_before, "pruned": prune.macs_after},
         "params": {"original": prune.params_before, "pruned": prune.params_after},
@@ -477,6 +507,10 @@ def _report(result: CompressResult, parity: float) -> dict:
         report["metrics_validation"] = result.metrics_validation
     if result.recipes is not None:
         report["recipes"] = result.recipes
+    if result.stopping is not None:
+        report["stopping"] = result.stopping
+    if result.pseudo_groups is not None:
+        report["pseudo_groups_found"] = result.pseudo_groups
     report.update(summarize(report["metrics"]))
     return report
 

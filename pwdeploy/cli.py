@@ -12,7 +12,7 @@ from . import __version__
 from .data import list_datasets
 from .device.install import DEFAULT_KEEP
 from .cli_panels import COMPRESS as COMPRESS_PANELS, panels
-from .errors import EXIT_INTERNAL, PwdeployError
+from .errors import EXIT_INTERNAL, ConfigError, PwdeployError
 from .models import list_models
 from .targets import DEFAULT_CALIB_SIZE, help_text as targets_help
 from .registry import list_importances, list_losses
@@ -139,13 +139,18 @@ _COMPRESS_SECTIONED = (("model", "arch", "arch"), ("model", "num_classes", "num_
                       ("prune", "latency_batch", "latency_batch"), ("prune", "latency_reduction", "latency_reduction"),
                       ("prune", "target_latency_ms", "target_latency_ms"), ("retrain", "epochs", "epochs"),
                       ("retrain", "lr", "lr"), ("kd", "temperature", "kd_temperature"), ("kd", "alpha", "kd_alpha"),
-                      ("kd", "pw_weights", "kd_pw_weights"))
-_COMPRESS_TOP = ("pseudo_groups", "select", "loss", "target", "group_balanced", "group_balance_strength",
+                      ("kd", "pw_weights", "kd_pw_weights"), ("clusters", "k", "clusters"),
+                      ("gdro", "step_size", "gdro_step_size"), ("gdro", "adjustment", "gdro_adjustment"),
+                      ("gdro", "base", "gdro_base"), ("stopping", "max_group_drop", "max_group_drop"))
+_COMPRESS_TOP = ("pseudo_groups", "retrain_schedule", "select", "loss", "target", "group_balanced", "group_balance_strength",
                  "calib_size", "calib_method", "protect_groups", "max_float_layers")
 
 
 def _compress_flags(overrides: dict, flags: dict) -> None:
     """compress's flags that were given (not None) into ``overrides`` under their config keys."""
+    flags = dict(flags)
+    if isinstance(flags["flops_reduction"], str):  # --flops-reduction auto | a fraction
+        flags["flops_reduction"] = _flops_reduction(flags["flops_reduction"], overrides)
     for section, key, flag in _COMPRESS_SECTIONED:
         _put(overrides, section, key, flags[flag])
     if flags["recipes"] is not None:
@@ -153,6 +158,18 @@ def _compress_flags(overrides: dict, flags: dict) -> None:
     for key in _COMPRESS_TOP:
         if flags[key] is not None:
             overrides[key] = flags[key]
+
+
+def _flops_reduction(text: str, overrides: dict):
+    """``auto`` (the stopping rule picks it: pwdeploy.trajectory) or a fraction of the MACs to remove."""
+    if text.strip().lower() == "auto":
+        _put(overrides, "stopping", "auto", True)
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--flops-reduction {text!r}: give a fraction such as 0.75, or auto (with "
+                          "--max-group-drop)") from None
 
 
 @app.command()
@@ -170,8 +187,28 @@ def compress(
                                          + " (fairgrape: channel-level adaptation of FairGRAPE, needs training group "
                                            "labels). `pwdeploy plugins` describes each."),
     loss: Optional[str] = typer.Option(None, "--loss", help="Loss: " + ", ".join(list_losses()) + " (pw: the paper's, "
-                                       "default; ce: baseline; kd: distillation from the original, label-free)."),
-    flops_reduction: Optional[float] = typer.Option(None, "--flops-reduction", help="Fraction of MACs to remove, e.g. 0.75."),
+                                       "default; ce: baseline; kd: distillation from the original, label-free; "
+                                       "gdro: group DRO of Sagawa et al. 2020 over the training groups, label-free "
+                                       "with --pseudo-groups)."),
+    gdro_step_size: Optional[float] = typer.Option(None, "--gdro-step-size", help="--loss gdro: step size of the "
+                                                   "exponentiated group weights (0.01, the paper's)."),
+    gdro_adjustment: Optional[float] = typer.Option(None, "--gdro-adjustment", help="--loss gdro: group-size "
+                                                    "adjustment C (each group's loss + C/sqrt(n_g) in the update; 0)."),
+    gdro_base: Optional[str] = typer.Option(None, "--gdro-base", help="--loss gdro: per-sample loss, ce (the "
+                                            "paper's) or kd (distillation from the original: extension)."),
+    clusters: Optional[int] = typer.Option(None, "--clusters", help="--pseudo-groups clusters: clusters per class "
+                                           "(default: chosen by silhouette among 1..4)."),
+    flops_reduction: Optional[str] = typer.Option(None, "--flops-reduction", help="Fraction of MACs to remove, e.g. "
+                                                  "0.75; auto (extension, with --max-group-drop): the largest of "
+                                                  "0.5/0.75/0.85/0.9/0.95 whose retrained model keeps every "
+                                                  "validation group within the bound."),
+    max_group_drop: Optional[float] = typer.Option(None, "--max-group-drop", help="Extension: prune in rounds and "
+                                                   "undo (and stop at) the first round that takes any validation "
+                                                   "group more than D points below the original (real groups, or "
+                                                   "--pseudo-groups where validation has none)."),
+    retrain_schedule: Optional[str] = typer.Option(None, "--retrain-schedule", help="end (default: all epochs after "
+                                                   "pruning) or gradual (extension: one pruning round per epoch, each "
+                                                   "followed by that epoch; equal total epochs)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Retraining epochs after pruning."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Retraining learning rate."),
     pw_gamma: Optional[float] = typer.Option(None, "--pw-gamma", help="PW exponent gamma (overrides the config)."),
@@ -189,9 +226,10 @@ def compress(
     kd_pw_weights: Optional[bool] = typer.Option(None, "--kd-pw-weights/--no-kd-pw-weights",
                                                  help="--loss kd: weight each sample by its PW weight."),
     pseudo_groups: Optional[str] = typer.Option(None, "--pseudo-groups",
-                                                help="Extension, label-free: error-set balances PW/KD weights over "
-                                                     "(true label x original right/wrong) groups instead of the "
-                                                     "dataset's; none (default)."),
+                                                help="Extension, label-free: clusters (k-means of the original's "
+                                                     "penultimate features per class) or error-set (true label x "
+                                                     "original right/wrong) replace the dataset's groups for group "
+                                                     "balance, FairGRAPE, gdro and validation checks; none (default)."),
     select: Optional[str] = typer.Option(None, "--select", help="Checkpoint shipped: last (default) or worst-group "
                                                                 "(best validation worst-group accuracy; needs "
                                                                 "validation group labels)."),

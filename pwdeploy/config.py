@@ -37,6 +37,41 @@ class KDSettings:
 
 
 @dataclass
+class ClusterSettings:
+    # --pseudo-groups clusters (pwdeploy.pseudo_groups): k-means per class on the original's penultimate features;
+    # k: clusters per class (--clusters K), None: the best mean silhouette among 1..max_k, a k > 1 only where its
+    # silhouette reaches min_silhouette (0.5: "reasonable structure" in Kaufman & Rousseeuw 1990; a single Gaussian
+    # blob scores 0.3-0.4 at k = 2); clusters under min_fraction of their class merge into the nearest
+    k: int | None = None
+    max_k: int = 4
+    min_silhouette: float = 0.5
+    min_fraction: float = 0.01
+
+
+@dataclass
+class GDROSettings:
+    # --loss gdro (Sagawa et al. 2020): q_g <- q_g * exp(step_size * (loss_g + adjustment / sqrt(n_g))), normalised;
+    # loss = sum_g q_g * loss_g over the batch's per-group mean losses. base: the per-sample loss (ce as in the
+    # paper; kd: distillation from the original, a pwdeploy extension)
+    step_size: float = 0.01
+    adjustment: float = 0.0
+    base: str = "ce"
+
+
+@dataclass
+class StopSettings:
+    # fairness as the stopping rule (pwdeploy extension): prune in rounds of at most round_size of the original
+    # MACs; a round that takes any validation group more than max_group_drop points below the original (after
+    # its adaptation steps) is undone and pruning stops there
+    max_group_drop: float | None = None
+    round_size: float = 0.1
+    # --flops-reduction auto: the largest of these reductions (one pruning trajectory) whose retrained model keeps
+    # every validation group within max_group_drop
+    auto: bool = False
+    auto_reductions: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.85, 0.9, 0.95])
+
+
+@dataclass
 class DataSettings:
     name: str = "synthetic"
     root: str | None = None
@@ -120,7 +155,13 @@ class RunConfig:
     group_balance_strength: float = 1.0
     # label-free alternative to dataset groups for the balance: "error-set" = (true label x original right/wrong)
     pseudo_groups: str = "none"
+    clusters: ClusterSettings = field(default_factory=ClusterSettings)
     kd: KDSettings = field(default_factory=KDSettings)
+    gdro: GDROSettings = field(default_factory=GDROSettings)
+    stopping: StopSettings = field(default_factory=StopSettings)
+    # retraining budget: all of it after pruning (end), or spread over pruning rounds at equal total epochs
+    # (gradual: one round per retraining epoch, each followed by one epoch)
+    retrain_schedule: str = "end"
     # which retraining checkpoint ships: the last epoch, or the best validation worst-group accuracy
     select: str = "last"
     # compress with each recipe (e.g. ce,pw,pw+gb,kd,fairgrape) and ship the best on validation (pwdeploy.recipes)
@@ -146,7 +187,9 @@ class RunConfig:
 
 
 CHOICES = {
-    "pseudo_groups": ("none", "error-set"),
+    "pseudo_groups": ("none", "error-set", "clusters"),
+    "gdro.base": ("ce", "kd"),
+    "retrain_schedule": ("end", "gradual"),
     "select": ("last", "worst-group"),
     "prune.allocation": ("auto", "global", "uniform", "latency"),
     "pw_applies_to": ("both", "importance", "retraining"),

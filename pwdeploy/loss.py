@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import KDSettings, PWSettings
+from .config import GDROSettings, KDSettings, PWSettings
 from .registry import LOSSES, register_loss
 
 
@@ -108,6 +108,10 @@ def pseudo_groups(original_logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return 2 * labels + (predicted == labels).long()
 
 
+PSEUDO_DESCRIPTIONS = {"error-set": "pseudo: label x original right/wrong",
+                       "clusters": "pseudo: clusters of the original's features per class"}
+
+
 def pseudo_group_names(num_classes: int) -> list[str]:
     """Names of the pseudo-groups, in their index order (a one-logit model has two classes)."""
     return [f"label {c} {'right' if r else 'wrong'}" for c in range(max(2, num_classes)) for r in (0, 1)]
@@ -118,6 +122,7 @@ class Loss:
 
     name = "loss"
     needs_original = False  # needs the frozen original model's logits
+    needs_groups = False  # takes the batch's groups itself (``configure`` + ``reduce``: group DRO)
 
     def __init__(self, pw: PWSettings | None = None, kd: KDSettings | None = None):
         self.pw = pw or PWSettings()
@@ -187,15 +192,64 @@ class DistillationLoss(Loss):
         return pw_targets_and_weights(original_logits, labels, gamma=self.pw.gamma, min_weight=self.pw.min_weight)[1]
 
 
+@register_loss("gdro")
+class GroupDROLoss(Loss):
+    """Group DRO (Sagawa et al. 2020, online): exponentiated weights q over groups (real, or --pseudo-groups),
+    loss = sum_g q_g * mean per-sample loss of group g in the batch; needs groups, not the original (base ce)."""
+
+    needs_groups = True
+
+    def __init__(self, pw: PWSettings | None = None, kd: KDSettings | None = None):
+        super().__init__(pw=pw, kd=kd)
+        self.gdro = GDROSettings()
+        self.counts = None  # training samples per group (the adjustment's n_g)
+        self.q = None
+
+    def configure(self, settings: GDROSettings, counts: torch.Tensor) -> None:
+        """Settings and the training split's samples per group; q starts uniform over the groups present."""
+        self.gdro, self.counts = settings, counts.double()
+        present = self.counts > 0
+        self.q = present.double() / present.sum().clamp_min(1)
+
+    def settings(self) -> dict:
+        return {"step_size": self.gdro.step_size, "adjustment": self.gdro.adjustment, "base": self.gdro.base,
+                "group_weights": None if self.q is None else [round(float(v), 6) for v in self.q]}
+
+    def terms(self, logits, labels, original_logits):
+        if self.gdro.base == "kd":
+            return DistillationLoss(kd=self.kd).terms(logits, labels, original_logits)[0], None
+        return hard_cross_entropy(logits, labels), None
+
+    def reduce(self, terms: torch.Tensor, weights, groups: torch.Tensor) -> torch.Tensor:
+        """One online step: per-group mean losses, q <- q * exp(step * (loss_g + C / sqrt(n_g))), normalised,
+        and the q-weighted loss (the adjustment is a constant of the loss, so only the weights see it)."""
+        if weights is not None:
+            terms = terms * weights
+        k = len(self.q)
+        groups = groups.long().to(terms.device)
+        sums = torch.zeros(k, dtype=terms.dtype, device=terms.device).index_add(0, groups, terms)
+        seen = torch.bincount(groups, minlength=k).to(terms.dtype)
+        group_loss = sums / seen.clamp_min(1)
+        present = self.counts > 0
+        adjust = torch.where(present, self.gdro.adjustment / self.counts.clamp_min(1).sqrt(), torch.zeros_like(self.q))
+        q = self.q * torch.exp(self.gdro.step_size * (group_loss.detach().double().cpu() + adjust))
+        q = torch.where(present, q, torch.zeros_like(q))
+        self.q = q / q.sum()
+        return (group_loss * self.q.to(terms.device, terms.dtype)).sum()
+
+
 class LossFn:
     """Callable ``loss(logits, labels, original_logits, groups) -> scalar``: a registered loss, its weights
     optionally re-balanced per group (``group_totals``) over the dataset's groups or, with
     ``pseudo_groups="error-set"``, over (label × original right/wrong) groups."""
 
     def __init__(self, kind: str, pw: PWSettings | None = None, group_totals: torch.Tensor | None = None,
-                 group_balance_strength: float = 1.0, *, kd: KDSettings | None = None, pseudo_groups: str = "none"):
+                 group_balance_strength: float = 1.0, *, kd: KDSettings | None = None, pseudo_groups: str = "none",
+                 gdro: GDROSettings | None = None, group_counts: torch.Tensor | None = None):
         self.kind = kind
         self.impl = LOSSES.get(kind)(pw=pw, kd=kd)
+        if self.impl.needs_groups:
+            self.impl.configure(gdro or GDROSettings(), group_counts)
         self.pw = self.impl.pw
         self.group_totals = group_totals
         self.group_balance_strength = group_balance_strength
@@ -205,15 +259,19 @@ class LossFn:
         """Name and settings, as report.json records them."""
         balance = None
         if self.group_totals is not None:
-            balance = {"groups": "pseudo: label x original right/wrong" if self.pseudo_groups != "none"
-                       else "dataset groups", "strength": self.group_balance_strength}
+            balance = {"groups": PSEUDO_DESCRIPTIONS.get(self.pseudo_groups, "dataset groups"),
+                       "strength": self.group_balance_strength}
         return {"name": self.kind, "settings": self.impl.settings(), "group_balance": balance}
 
     def groups_of(self, labels, original_logits, groups):
-        return pseudo_groups(original_logits, labels) if self.pseudo_groups != "none" else groups
+        """error-set pseudo-groups come from the original's logits per batch; clusters are already the batch's
+        groups (the training split is relabelled with them, pwdeploy.pseudo_groups)."""
+        return pseudo_groups(original_logits, labels) if self.pseudo_groups == "error-set" else groups
 
     def __call__(self, logits, labels, original_logits=None, groups=None) -> torch.Tensor:
         terms, weights = self.impl.terms(logits, labels, original_logits)
+        if self.impl.needs_groups:
+            return self.impl.reduce(terms, weights, self.groups_of(labels, original_logits, groups))
         if self.group_totals is not None and groups is not None:
             if weights is None:
                 weights = torch.ones_like(terms)

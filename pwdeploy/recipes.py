@@ -3,7 +3,8 @@
 A recipe is ``+``-joined tokens: a registered loss (``ce``, ``pw``, ``kd``; ``kd+pw`` = distillation with
 PW weights), a registered importance criterion (``fairgrape``, ``taylor``...; default: the run's
 ``--method``), ``gb`` (group balance over the dataset's groups: needs training group labels) and
-``pseudo`` (group balance over label x original right/wrong pseudo-groups: label-free). Without a loss token
+``pseudo`` (group balance over label x original right/wrong pseudo-groups: label-free) or ``clusters`` (the
+original's feature clusters as the groups: label-free; with ``gdro`` the groups it weights). Without a loss token
 the loss is CE (as in the FairGRAPE paper). Every candidate gets the run's MACs target and other settings.
 """
 
@@ -23,15 +24,16 @@ def parse_recipe(name: str) -> dict:
         raise ConfigError(f"empty recipe in --recipes {name!r}: use e.g. ce,pw,pw+gb,kd,fairgrape")
     losses = [t for t in tokens if t in LOSSES.names()]
     methods = [t for t in tokens if t in IMPORTANCES.names()]
-    unknown = [t for t in tokens if t not in losses + methods + ["gb", "pseudo"]]
+    unknown = [t for t in tokens if t not in losses + methods + ["gb", "pseudo", "clusters"]]
     if unknown:
         raise ConfigError(f"unknown recipe part {unknown[0]!r} in {name!r}: use losses ({', '.join(LOSSES.names())}), "
-                          f"methods ({', '.join(IMPORTANCES.names())}), gb or pseudo")
+                          f"methods ({', '.join(IMPORTANCES.names())}), gb, pseudo or clusters")
     kd_pw = sorted(losses) == ["kd", "pw"]
     if len(losses) > 1 and not kd_pw or len(methods) > 1:
         raise ConfigError(f"recipe {name!r} names more than one loss or method (only kd+pw combines)")
     return {"loss": "kd" if kd_pw else (losses[0] if losses else "ce"), "method": methods[0] if methods else None,
-            "group_balanced": "gb" in tokens, "pseudo_groups": "error-set" if "pseudo" in tokens else "none",
+            "group_balanced": "gb" in tokens,
+            "pseudo_groups": "clusters" if "clusters" in tokens else "error-set" if "pseudo" in tokens else "none",
             "kd_pw_weights": kd_pw}
 
 

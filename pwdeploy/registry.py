@@ -65,7 +65,7 @@ IMPORTANCES = Registry("prune.method", "pwdeploy.importances", {
     "taylor": "pwdeploy.prune.criteria", "autobot": "pwdeploy.prune.criteria",
     "magnitude": "pwdeploy.prune.criteria", "fairgrape": "pwdeploy.prune.fairgrape"})
 LOSSES = Registry("loss", "pwdeploy.losses", {
-    "pw": "pwdeploy.loss", "ce": "pwdeploy.loss", "kd": "pwdeploy.loss"})
+    "pw": "pwdeploy.loss", "ce": "pwdeploy.loss", "kd": "pwdeploy.loss", "gdro": "pwdeploy.loss"})
 
 register_importance = IMPORTANCES.register
 register_loss = LOSSES.register

@@ -32,7 +32,7 @@ def loss_tag(report: dict) -> str:
     if tag == "kd" and settings.get("pw_weights"):
         tag += "+pw"
     if tag != "ce" and report.get("pseudo_groups", "none") != "none":
-        return tag + "+pseudo"
+        return tag + ("+clusters" if report["pseudo_groups"] == "clusters" else "+pseudo")
     return tag + ("+gb" if tag != "ce" and report.get("group_balanced") else "")
 
 
@@ -40,6 +40,8 @@ def loss_label(report: dict) -> str:
     """The loss with the settings that change it, e.g. "pw (gamma 0.5, w_min 0.8, no label correction)"."""
     if report["loss"] == "kd":
         return _kd_label(report)
+    if report["loss"] == "gdro":
+        return _gdro_label(report)
     if report["loss"] != "pw":
         return report["loss"]
     pw = report.get("pw") or {}
@@ -62,7 +64,19 @@ def _kd_label(report: dict) -> str:
     return text + _balance_label(report)
 
 
+def _gdro_label(report: dict) -> str:
+    g = (((report.get("loss_fn") or {}).get("retraining") or {}).get("settings")) or {}
+    base = "distillation (extension)" if g.get("base") == "kd" else "ce"
+    over = {"clusters": "feature-cluster pseudo-groups (extension, label-free)",
+            "error-set": "error-set pseudo-groups (extension, label-free)"}.get(report.get("pseudo_groups"),
+                                                                                 "dataset groups")
+    return (f"gdro (group DRO, Sagawa et al. 2020: step {g.get('step_size', 0):g}, adjustment "
+            f"{g.get('adjustment', 0):g}, {base}) over {over}")
+
+
 def _balance_label(report: dict) -> str:
+    if report.get("pseudo_groups", "none") == "clusters":
+        return " + pseudo-group balance over feature clusters (extension, label-free)"
     if report.get("pseudo_groups", "none") != "none":
         return " + pseudo-group balance (extension, label-free)"
     return " + group balance (extension)" if report.get("group_balanced") else ""
@@ -128,7 +142,28 @@ def markdown(report: dict) -> str:
         from .selection import recipes_markdown
 
         lines += recipes_markdown(report["recipes"]) + ["![recipes](recipes.png)", ""]
+    lines += _stopping_lines(report)
     return "\n".join(lines)
+
+
+def _stopping_lines(report: dict) -> list:
+    """--max-group-drop / --flops-reduction auto / gradual schedule: every round and what was kept."""
+    record = report.get("stopping")
+    if not record:
+        return []
+    bound = record["max_group_drop"]
+    lines = [f"## Pruning in rounds: {record['rule']} (extension)", "",
+             f"Bound: {'none' if bound is None else f'{bound:g} points per validation group'}; reached "
+             f"{100 * record['reached']:.1f}% MACs removed of {100 * record['target']:.1f}% "
+             f"({'stopped early' if record['stopped_early'] else 'to the end'}"
+             f"{'' if record['met'] else '; NO tried reduction met the bound: the least pruned ships'}).", "",
+             "| round target % | reached % | worst validation group | its accuracy | worst drop | kept |",
+             "|---:|---:|---|---:|---:|:-:|"]
+    for r in record["rounds"]:
+        lines.append(f"| {100 * r['target_reduction']:.1f} | {100 * r['reduction']:.1f} | {r['worst_group']} | "
+                     f"{fmt_points(r['worst_group_accuracy'])} | {fmt_points(r['worst_drop'], True)} | "
+                     f"{'yes' if r['kept'] else 'no'} |")
+    return lines + ["", "![rounds](stopping.png)", ""]
 
 
 def _int8_protection_lines(report: dict) -> list:
@@ -163,6 +198,10 @@ def render_reports(run_dir: Path, report: dict) -> None:
         from .selection import plot_recipes
 
         plot_recipes(report["recipes"], run_dir / "recipes.png")
+    if (report.get("stopping") or {}).get("curve"):
+        from .trajectory import plot_curve
+
+        plot_curve(report["stopping"], run_dir / "stopping.png")
 
 
 def plot_groups(report: dict, path: Path) -> None:

@@ -17,17 +17,20 @@ from .metrics import fmt_points, worst_group
 OVERALL_MARGIN = 1.0  # points: a recipe qualifies if its validation accuracy is this close to the best
 
 
-def validation_set(spec: DataSpec, flag: str) -> GroupedDataset:
-    """The validation split, checked to carry at least two groups with samples."""
+def validation_set(spec: DataSpec, flag: str, pseudo: str = "none") -> GroupedDataset:
+    """The validation split, checked to carry at least two groups with samples (with ``pseudo`` pseudo-groups,
+    any non-empty split: the pseudo-groups stand in for missing group labels)."""
     try:
         val = create_dataset(spec, "val")
     except DataError as exc:
         raise DataError(f"{flag} needs a validation split with group labels: {exc}") from exc
     present = int((np.bincount(val.groups, minlength=len(val.group_names)) > 0).sum()) if len(val) else 0
+    if pseudo != "none" and len(val):
+        return val
     if present < 2:
         raise DataError(f"{flag} needs group labels in the validation split, but {val.name} has {len(val)} "
-                        f"validation images in {present} group(s): add validation rows of at least two groups "
-                        f"or drop {flag}")
+                        f"validation images in {present} group(s): add validation rows of at least two groups, "
+                        f"add --pseudo-groups clusters (label-free) or drop {flag}")
     return val
 
 

@@ -87,6 +87,14 @@ CONFIG_RANGES = {
     "kd.alpha": FRACTION,
     "seed": SEED,
     "model.num_classes": COUNT,
+    "clusters.k": Range(1, 64, integer=True),
+    "clusters.max_k": Range(1, 16, integer=True),
+    "clusters.min_silhouette": Range(-1.0, 1.0),
+    "clusters.min_fraction": Range(0.0, 0.5),
+    "gdro.step_size": Range(0.0, 100.0),
+    "gdro.adjustment": Range(0.0, 100.0),
+    "stopping.max_group_drop": POINTS,
+    "stopping.round_size": Range(0.0, 1.0, low_open=True, high_open=True),
 }
 for _section in ("retrain", "baseline"):
     CONFIG_RANGES.update({f"{_section}.epochs": NON_NEGATIVE_INT, f"{_section}.lr": LEARNING_RATE,
@@ -110,6 +118,8 @@ def check_config(config) -> None:
     for method, settings in config.pw.items():
         for key, rng in PW_RANGES.items():
             check(f"pw.{method}.{key} (--pw-{key.replace('_', '-')})", getattr(settings, key), rng)
+    for i, value in enumerate(config.stopping.auto_reductions):
+        check(f"stopping.auto_reductions[{i}]", value, CONFIG_RANGES["prune.flops_reduction"])
     for i, value in enumerate(config.flops_reductions):
         check(f"flops_reductions[{i}]", value, CONFIG_RANGES["prune.flops_reduction"])
 
