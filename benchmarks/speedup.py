@@ -141,7 +141,7 @@ def latency_target(original, shape, threads: int):
 
 
 def quantize_all(paths: dict, folder: Path, shape, calib: int, activations: str) -> dict:
-    from calibration.quantize import IndexedCalibrationReader, quantize_int8
+    from pwdeploy.calibration.quantize import IndexedCalibrationReader, quantize_int8
 
     images = np.random.default_rng(0).standard_normal((calib, *shape)).astype(np.float32)
     out = {}
@@ -242,10 +242,10 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-target-only", action="store_true",
                         help="only resnet18's latency target at batch 8 (results/speedup_latency_target.json)")
     parser.add_argument("--int8-activations", choices=("uint8", "int8"), default=None,
-                        help="INT8 activation type (default: the onnx-int8 target's, calibration.quantize.ACTIVATIONS)")
+                        help="INT8 activation type (default: the onnx-int8 target's, pwdeploy.calibration.quantize.ACTIVATIONS)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    from calibration.quantize import activations_for
+    from pwdeploy.calibration.quantize import activations_for
 
     args.int8_activations = args.int8_activations or activations_for("onnxruntime")
     if args.latency_target_only:

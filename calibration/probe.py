@@ -92,7 +92,7 @@ class Int8Probe:
 
         self.model_onnx, self.ranges, self.data = Path(model_onnx), Path(ranges), data
         self.method, self.full_range, self.tolerance, self.provider = method, weight_bits == 8, tolerance, provider
-        self.activations = activations  # calibration.quantize.ACTIVATIONS: as the exported model
+        self.activations = activations  # pwdeploy.calibration.quantize.ACTIVATIONS: as the exported model
         self._tmp = tempfile.TemporaryDirectory(prefix="pwdeploy-probe-")
         self.prepared = Path(self._tmp.name) / "prepared.onnx"
         prepare(self.model_onnx, self.prepared)

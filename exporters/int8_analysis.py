@@ -57,7 +57,7 @@ def analyze_int8(run_dir, *, tolerance: float | None = None, max_samples: int = 
 def _recorded_int8(run: Path, report: dict) -> tuple:
     """(calibration method, weight bits, activation type) of the run's INT8 export; its ranges must belong to
     model.onnx."""
-    from calibration import check_fresh
+    from pwdeploy.calibration import check_fresh
 
     calib, ranges = run / rundir.CALIBRATION_JSON, run / rundir.CALIBRATION_RANGES
     if not calib.is_file() or not ranges.is_file():
@@ -74,7 +74,7 @@ def _recorded_int8(run: Path, report: dict) -> tuple:
 
 def protect_int8(run: Path, config: dict, out: Path, *, method: str, weight_bits: int, budget: int,
                  console, provider: str = "cpu", activations: str = "int8") -> dict:
-    """Choose the float layers (calibration.protect), write the mixed Q/DQ model to ``out`` and return the record:
+    """Choose the float layers (pwdeploy.calibration.protect), write the mixed Q/DQ model to ``out`` and return the record:
     chosen layers, per-group results on validation and test, ONNX Runtime latency against plain INT8 and fp32."""
     import tempfile
 

@@ -168,8 +168,8 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
                  calib_size: int,
                  method: str, seed: int, recalibrate: bool, shares: dict | None, full_range: bool,
                  console, protect: bool = False, max_float_layers: int = 0) -> dict:
-    from calibration import check_fresh
-    from calibration.quantize import RecordedRangesOnly, activations_for, quantize_int8, stamp_provenance
+    from pwdeploy.calibration import check_fresh
+    from pwdeploy.calibration.quantize import RecordedRangesOnly, activations_for, quantize_int8, stamp_provenance
 
     activations = activations_for(runtime)  # UINT8 for ONNX Runtime's fused kernels, symmetric INT8 for TensorRT
 

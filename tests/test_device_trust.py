@@ -435,7 +435,7 @@ def test_weak_a_checkpoint_whose_classifier_disagrees_with_its_class_count(tmp_p
 def test_weak_an_artifact_of_another_class_count_is_the_wrong_model(tmp_path, capsys):
     import torch
 
-    from exporters.onnx_export import export_onnx
+    from pwdeploy.exporters.onnx_export import export_onnx
     from pwdeploy.models.small import SmallCNN
 
     run = copy_run(tmp_path, tmp_path / "run")

@@ -197,7 +197,7 @@ def test_qdq_check_rejects_what_tensorrt_would(int8_run, tmp_path):
 
     from pwdeploy.exporters.qdq_check import QdqCheckError, check_qdq_for_tensorrt
 
-    from exporters.targets import export_target
+    from pwdeploy.exporters.targets import export_target
 
     run = shutil.copytree(int8_run, tmp_path / "trt-run")  # the TensorRT target's Q/DQ (onnx-int8 is UINT8)
     export_target(run, "trt-int8", calib_size=64, seed=0)
