@@ -18,10 +18,10 @@ DEFAULT_PANEL = "Other"
 COMPRESS: Mapping[str, Sequence[str]] = {
     "Data": ("--data", "--data-root", "--data-option", "--target-attr", "--group-attr", "--skip-bad-images",
              "--arch", "--num-classes", "--trust-pickle", "--config", "--seed"),
-    "Pruning": ("--method", "--flops-reduction", "--allocation"),
-    "Loss & fairness": ("--loss", "--pw-gamma", "--pw-min-weight", "--group-balanced", "--group-balance-strength",
+    "Pruning": ("--method", "--flops-reduction", "--allocation", "--prune-budget", "--max-group-drop"),
+    "Loss & fairness": ("--gdro-step-size", "--gdro-adjustment", "--gdro-base", "--clusters", "--loss", "--pw-gamma", "--pw-min-weight", "--group-balanced", "--group-balance-strength",
                         "--kd-temperature", "--kd-alpha", "--kd-pw-weights", "--pseudo-groups", "--recipes"),
-    "Retraining": ("--epochs", "--lr", "--select"),
+    "Retraining": ("--epochs", "--lr", "--select", "--retrain-schedule"),
     "Export & INT8": ("--target", "--calib-size", "--calib-method", "--protect-groups", "--max-float-layers"),
     "Speed": ("--round-to", "--latency-reduction", "--target-latency-ms", "--latency-batch"),
     "Scale": ("--device", "--nproc", "--precision", "--image-cache", "--cache-dir", "--workers"),

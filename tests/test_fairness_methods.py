@@ -116,7 +116,7 @@ def test_fairgrape_reaches_the_macs_target_on_a_residual_net():
                             batches=_group_batches(), loss_fn=LossFn("ce"), settings=settings, num_groups=2)
     assert abs(result.reduction - 0.75) <= 0.01
     assert result.importance == {"name": "fairgrape", "settings": {"taylor_batches": 1, "steps_between": 1,
-                                                                   "taylor_lr": 0.01}}
+                                                                   "taylor_lr": 0.01, "prune_steps": 20}}
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 2)
 
 
