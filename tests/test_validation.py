@@ -183,7 +183,7 @@ def test_a_non_finite_training_loss_stops_the_run_and_leaves_nothing(tiny_baseli
     import pwdeploy.api as api
     from pwdeploy.loss import LossFn
 
-    def poisoned(config, totals):
+    def poisoned(config, totals, counts=None):
         return LossFn("ce"), lambda logits, y, orig, g: logits.sum() * math.nan
 
     monkeypatch.setattr(api, "_losses", poisoned)
