@@ -44,22 +44,22 @@ bench-fairness: $(STAMP)
 	$(FAIRNESS) --ablations-only --report-only --ablation-reductions 0.75,0.9
 	$(FAIRNESS) --ablations-only --variants colour,subtle --families "channel allocation" \
 		--settings "--allocation uniform" --name fairness_allocation_uniform
-	$(I11) --variants colour,subtle --reductions 0.75 --arms $(I11_75)
-	$(I11) --variants weak-minority,one-group --methods taylor --reductions 0.75 --arms $(I11_75),kd/select
-	$(I11) --variants colour,subtle --reductions 0.9 --arms ce,pw,pw+gb,kd,kd+pseudo/0.5
-	$(I11) --variants colour,subtle,weak-minority,one-group --methods taylor --reductions 0.9 \
+	$(METHODS_GRID) --variants colour,subtle --reductions 0.75 --arms $(METHODS_75)
+	$(METHODS_GRID) --variants weak-minority,one-group --methods taylor --reductions 0.75 --arms $(METHODS_75),kd/select
+	$(METHODS_GRID) --variants colour,subtle --reductions 0.9 --arms ce,pw,pw+gb,kd,kd+pseudo/0.5
+	$(METHODS_GRID) --variants colour,subtle,weak-minority,one-group --methods taylor --reductions 0.9 \
 		--arms ce,pw,pw+gb,kd+pseudo/0.5,fairgrape
-	$(I11) --report-only --variants colour,subtle,weak-minority,one-group --reductions 0.75,0.9 \
-		--arms $(I11_75),kd/select,ce/uniform,pw/uniform
+	$(METHODS_GRID) --report-only --variants colour,subtle,weak-minority,one-group --reductions 0.75,0.9 \
+		--arms $(METHODS_75),kd/select,ce/uniform,pw/uniform
 
-# Label-free and group-aware methods (benchmarks/results/fairness_issue11.*): label-free (kd, pw+pseudo, kd+pseudo, kd+pseudo/0.5, kd/select;
+# Label-free and group-aware methods (benchmarks/results/fairness_methods.*): label-free (kd, pw+pseudo, kd+pseudo, kd+pseudo/0.5, kd/select;
 # ce/uniform and pw/uniform are the uniform-allocation sweep's cells)
 # and group-aware (pw+gb, fairgrape) arms beside CE and PW at 75%; at 90% CE, PW, PW+GB, kd, kd+pseudo/0.5 and
 # (Taylor) FairGRAPE; the tuned regimes with every method, the two new ones (weak-minority, one-group) with Taylor
-# only: ~500 cells, about 2 hours on 2 idle cores. Each line writes fairness_issue11.*, the last one (cached cells
+# only: ~500 cells, about 2 hours on 2 idle cores. Each line writes fairness_methods.*, the last one (cached cells
 # only) the union.
-I11 := $(FAIRNESS) --seeds 0-4 --name fairness_issue11
-I11_75 := ce,pw,pw+gb,kd,pw+pseudo,kd+pseudo,kd+pseudo/0.5,fairgrape
+METHODS_GRID := $(FAIRNESS) --seeds 0-4 --name fairness_methods
+METHODS_75 := ce,pw,pw+gb,kd,pw+pseudo,kd+pseudo,kd+pseudo/0.5,fairgrape
 
 # The committed calibration study (benchmarks/results/calibration_study.*): trains and compresses its own
 # synthetic model (Taylor, PW + group balance, 75%), then 3 methods x 3 strategies x 3 sizes x 5 seeds.

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sshd  # noqa: E402
 from run_fixture import anchor_file, damage_classifier, extract, read_json, rehash, repack, state_of, \
     tiny_bundle_run  # noqa: E402
 
@@ -32,10 +33,7 @@ needs_keygen = pytest.mark.skipif(NO_SSH_KEYGEN, reason="ssh-keygen not installe
 
 
 def _keypair(folder: Path, name: str) -> Path:
-    key = folder / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True,
-                   timeout=60)
-    return key
+    return sshd.keygen(folder / name, comment=name)
 
 
 @pytest.fixture(scope="module")

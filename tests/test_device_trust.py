@@ -32,10 +32,7 @@ REPO = str(Path(__file__).resolve().parents[1])
 
 
 def _keypair(folder: Path, name: str) -> Path:
-    key = folder / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True,
-                   timeout=60)
-    return key
+    return sshd.keygen(folder / name, comment=name)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ interrupted transfer never replaces a working deployment. Standard library only,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import PwdeployError
 from ..manifest import MANIFEST, SIGNATURE_FILE, allowed_paths, check_files, parse_manifest, read_manifest, \
-    read_signature, unlisted_entries
+    read_signature, sha256_of, unlisted_entries
 from ..safe_extract import ARCHIVE_ERRORS, check_archive, read_member, safe_extract, single_root
 from ..signature import default_allowed_signers, verify as verify_signature
 from . import releases as ordered
@@ -41,14 +40,6 @@ ORDER = ".order"  # releases/.order: release names, oldest install first (prunin
 
 class InstallError(PwdeployError):
     """The archive was refused; `current` was not touched."""
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def current_release(deploy_dir: str) -> Optional[str]:

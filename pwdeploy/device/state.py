@@ -9,11 +9,11 @@ version and the manifest it was built for) and used only while it matches. Stand
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Dict, Optional
 
+from ..manifest import sha256_of
 from ..signature import deploy_dir_of
 
 STATE = os.path.join(".pwdeploy", "state")
@@ -33,17 +33,9 @@ def state_dir(bundle: str, explicit: Optional[str] = None) -> str:
     return path.rstrip(os.sep) + ".pwdeploy-state"
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def record_engine(state: str, engine: str, tensorrt: Optional[str], manifest_sha256: str) -> Dict[str, Any]:
     """Write state/engine.json for the engine just built (atomically)."""
-    record = {"engine": os.path.basename(engine), "sha256": _sha256(engine), "bytes": os.path.getsize(engine),
+    record = {"engine": os.path.basename(engine), "sha256": sha256_of(engine), "bytes": os.path.getsize(engine),
               "tensorrt": tensorrt, "manifest_sha256": manifest_sha256}
     tmp = os.path.join(state, ".{}.{}.partial".format(ENGINE_RECORD, os.getpid()))
     with open(tmp, "w") as fh:
@@ -65,6 +57,6 @@ def recorded_engine(state: str, engine: str, tensorrt: Optional[str], manifest_s
         return "{} is not a record".format(path)
     if record.get("manifest_sha256") != manifest_sha256 or record.get("tensorrt") != tensorrt:
         return "it was built for another bundle or TensorRT version"
-    if os.path.islink(engine) or not os.path.isfile(engine) or record.get("sha256") != _sha256(engine):
+    if os.path.islink(engine) or not os.path.isfile(engine) or record.get("sha256") != sha256_of(engine):
         return "it changed after it was built (sha256 differs from {})".format(path)
     return None
