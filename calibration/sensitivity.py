@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from matplotlib.figure import Figure  # a Figure of its own, no pyplot: no global backend or figure registry
+from rich import box
+from rich.table import Table
+
+from pwdeploy.fsutil import atomic_path
+
 from .probe import Int8Probe
 
 SCHEMA = "pwdeploy.int8_sensitivity/1"
@@ -50,9 +57,6 @@ def rank_for_group(table: dict, group: str) -> list:
 
 
 def rich_table(table: dict):
-    from rich import box
-    from rich.table import Table
-
     groups = list(table["data"]["groups"])
     base = table["full_int8"]
     title = (f"INT8 harm per group ({table['data']['split']} split, {table['weight_bits']}-bit weights, "
@@ -73,20 +77,13 @@ def _signed(value) -> str:
 
 def plot_heatmap(table: dict, path: str | Path) -> None:
     """Layers × groups heatmap of the harm (points regained with the layer in float)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from pwdeploy.fsutil import atomic_path
-
     groups = list(table["data"]["groups"])
     layers = [row["layer"] for row in table["layers"]]
     values = np.array([[row["harm"][g] if row["harm"][g] is not None else np.nan for g in groups]
                        for row in table["layers"]], dtype=float).reshape(len(layers), len(groups))
     limit = max(1.0, float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0)
-    fig, ax = plt.subplots(figsize=(2.5 + 1.1 * len(groups), 1.2 + 0.35 * max(1, len(layers))))
+    fig = Figure(figsize=(2.5 + 1.1 * len(groups), 1.2 + 0.35 * max(1, len(layers))))
+    ax = fig.subplots()
     image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(len(groups)), groups)
     ax.set_yticks(range(len(layers)), [_short(name) for name in layers], fontsize=7)
@@ -101,7 +98,6 @@ def plot_heatmap(table: dict, path: str | Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def _short(name: str, width: int = 40) -> str:

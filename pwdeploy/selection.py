@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure  # a Figure of its own, no pyplot: no global backend or figure registry
 
 from .data import DataSpec, GroupedDataset, create_dataset
 from .errors import DataError
@@ -106,15 +107,11 @@ def recipes_markdown(selection: dict) -> list[str]:
 
 def plot_recipes(selection: dict, path: Path) -> None:
     """Side by side: per-group validation (left) and test (right) accuracy of every candidate recipe."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     candidates = selection["candidates"]
     groups = list(candidates[0]["metrics_validation"]["groups"]) + ["overall"]
     width = 0.8 / len(candidates)
-    fig, axes = plt.subplots(1, 2, figsize=(2.5 + 2.4 * len(groups), 3.8), sharey=True)
+    fig = Figure(figsize=(2.5 + 2.4 * len(groups), 3.8))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, split in zip(axes, ("validation", "test")):
         for i, c in enumerate(candidates):
             values = [_acc(c[f"metrics_{split}"], g) or 0.0 for g in groups]
@@ -130,4 +127,3 @@ def plot_recipes(selection: dict, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)

@@ -5,13 +5,10 @@ Adapters register themselves by name (timm-style registry); each module owns one
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..errors import DataError
 from ..registry import Registry
-
-if TYPE_CHECKING:
-    from .base import DataSpec, GroupedDataset
+from ..validate import check_data_options
+from .base import SPLITS, ArrayDataset, DataSpec, GroupedDataset
 
 # pwdeploy's own adapters (name -> module), imported on first use so a missing optional dependency of one never
 # breaks the others; other adapters come through @register_dataset or an entry point ("pwdeploy.datasets").
@@ -29,9 +26,6 @@ def list_datasets() -> list[str]:
 
 def create_dataset(spec: DataSpec, split: str) -> GroupedDataset:
     """Build ``split`` ('train', 'val' or 'test') of the dataset ``spec`` names."""
-    from ..validate import check_data_options
-    from .base import SPLITS
-
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     if spec.name not in DATASETS.names():
@@ -39,15 +33,6 @@ def create_dataset(spec: DataSpec, split: str) -> GroupedDataset:
     factory = DATASETS.get(spec.name)
     check_data_options(spec.options)
     return factory(root=spec.root, split=split, **spec.options)
-
-
-def __getattr__(name: str):
-    # The dataset classes import torch; they load on first use so that listing names (CLI help) stays light.
-    if name in ("ArrayDataset", "DataSpec", "GroupedDataset", "SPLITS"):
-        from . import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ArrayDataset", "DataSpec", "GroupedDataset", "SPLITS", "create_dataset", "list_datasets",
