@@ -1,8 +1,6 @@
-"""Per-group INT8 sensitivity: which layer's quantization costs which group.
+"""Per-group INT8 sensitivity, shown: the terminal table and the layers × groups heatmap.
 
-Leave-one-in-float: for every weighted layer, the INT8 model with only that layer kept in float is scored per
-group. A layer's *harm* to a group is the accuracy that group gets back when that layer is not quantized
-(points, positive = quantizing it hurts the group), read against the fully quantized model on the same images.
+The table itself (leave-one-in-float harm per layer and group) is computed in ``pwdeploy.calibration.harm``.
 """
 
 from __future__ import annotations
@@ -16,44 +14,8 @@ from rich.table import Table
 
 from pwdeploy.fsutil import atomic_path
 
-from .probe import Int8Probe
-
-SCHEMA = "pwdeploy.int8_sensitivity/1"
-
-
-def sensitivity(probe: Int8Probe, *, on_layer=None) -> dict:
-    """The layers × groups harm table (points) with the logit-error reduction, plus the full-INT8 baseline."""
-    base = probe.score(())
-    rows = []
-    for layer in probe.layers:
-        variant = probe.score((layer,))
-        rows.append({
-            "layer": layer,
-            "harm": {g: _diff(variant.change[g], base.change[g]) for g in probe.data.group_names},
-            "logit_error_reduction": {g: _diff(base.logit_error[g], variant.logit_error[g])
-                                      for g in probe.data.group_names},
-            "worst_change_if_float": variant.worst_change,
-        })
-        if on_layer is not None:
-            on_layer(layer)
-    return {"schema": SCHEMA, "method": "leave one layer in float (no Q/DQ around it), all others INT8",
-            "data": probe.data.describe(), "tolerance": probe.tolerance, "provider": probe.provider,
-            "weight_bits": 8 if probe.full_range else 7, "calibration_method": probe.method,
-            "full_int8": base.to_dict(), "layers": rows}
-
-
-def _diff(a, b):
-    return None if a is None or b is None else float(a - b)
-
-
-def rank_for_group(table: dict, group: str) -> list:
-    """Layers ordered by harm to ``group`` (largest first), ties by its logit-error reduction."""
-    def key(row):
-        harm = row["harm"].get(group)
-        err = row["logit_error_reduction"].get(group)
-        return (-(harm if harm is not None else 0.0), -(err if err is not None else 0.0))
-
-    return [row["layer"] for row in sorted(table["layers"], key=key)]
+# re-exported: the table is computed in harm (which protect imports without matplotlib)
+from .harm import SCHEMA, rank_for_group, sensitivity  # noqa: F401
 
 
 def rich_table(table: dict):

@@ -10,7 +10,8 @@ import numpy as np
 from .data import DataSpec, GroupedDataset, create_dataset
 from .errors import DataError
 from .metrics import worst_group
-from .recipes_report import plot_recipes, recipes_markdown  # noqa: F401  (re-exported: report.py imports them from here)
+# re-exported: report.py imports them from here (they belong to recipes_report, below the training code)
+from .recipes_report import plot_recipes, recipes_markdown  # noqa: F401
 
 OVERALL_MARGIN = 1.0  # points: a recipe qualifies if its validation accuracy is this close to the best
 

@@ -20,9 +20,14 @@ MAX_FUNCTION_LINES = 60
 # The only modules a function may import: optional extras (pwdeploy[timm], pwdeploy[tensorrt]) and CUDA bindings
 # that exist only on GPU machines, so importing them at module level would break every machine without them.
 OPTIONAL_BACKENDS = frozenset({"tensorrt", "polygraphy", "timm", "pycuda", "cuda"})
-# ONNX Runtime and onnx are host dependencies, but a TensorRT-only device may lack them: only the code shipped in
+# ONNX Runtime and onnx are host dependencies, but a TensorRT-only device may lack them: the code shipped in
 # bundles (pwdeploy.package.DEVICE_CODE) may import them inside a function.
 DEVICE_OPTIONAL = frozenset({"onnxruntime", "onnx"})
+# The CLI starts, and `pwdeploy verify` runs, without torch and onnx (tests/test_registries.py, test_verify.py) and
+# without paying for matplotlib: the modules `pwdeploy.cli` imports at start-up may import these, and pwdeploy's
+# modules outside that start-up set, inside the function that needs them.
+HEAVY = frozenset({"torch", "torchvision", "torch_pruning", "onnx", "onnxruntime", "onnxconverter_common",
+                   "onnxscript", "matplotlib"})
 
 # TEMPORARY exemptions, (file, function): offenders in files whose owners are rewriting them at the time this test
 # was written. Remove an entry when its function is fixed (test_temporary_exemptions_are_still_needed says which);
@@ -72,23 +77,14 @@ TEMPORARY_FUNCTION_IMPORTS = frozenset({
     ("pwdeploy/api.py", "versions"),
     ("pwdeploy/api.py", "write_run"),
     ("pwdeploy/cli.py", "_data_overrides"),
-    ("pwdeploy/cli.py", "_launch_or_run"),
-    ("pwdeploy/cli.py", "_max_float_help"),
-    ("pwdeploy/cli.py", "analyze"),
-    ("pwdeploy/cli.py", "anchor"),
-    ("pwdeploy/cli.py", "compress"),
-    ("pwdeploy/cli.py", "demo"),
     ("pwdeploy/cli.py", "export"),
-    ("pwdeploy/cli.py", "package"),
-    ("pwdeploy/cli.py", "plugins"),
     ("pwdeploy/cli.py", "ship"),
-    ("pwdeploy/cli.py", "train"),
     ("pwdeploy/cli.py", "verify_command"),
+    ("pwdeploy/cli.py", "plugins"),
     ("pwdeploy/config.py", "_check_registered"),
     ("pwdeploy/config.py", "build_config"),
     ("pwdeploy/config.py", "load_yaml"),
     ("pwdeploy/device/__main__.py", "main"),
-    ("pwdeploy/device/install.py", "main"),
     ("pwdeploy/device/verify.py", "_check_set"),
     ("pwdeploy/latency/lut.py", "_layer_onnx"),
     ("pwdeploy/latency/lut.py", "runtime_key"),
@@ -112,7 +108,6 @@ TEMPORARY_FUNCTION_IMPORTS = frozenset({
     ("pwdeploy/report.py", "render_reports"),
     ("pwdeploy/run_groups.py", "gdro_group_counts"),
     ("pwdeploy/run_groups.py", "prune_in_rounds"),
-    ("pwdeploy/rundir.py", "RunDir.write_report"),
     ("pwdeploy/runners/__init__.py", "create_runner"),
     ("pwdeploy/runners/__init__.py", "torch_importable"),
     ("pwdeploy/runners/gpu.py", "gpu_info"),
@@ -199,11 +194,25 @@ def _own_imports(function: ast.AST) -> list[ast.AST]:
     return found
 
 
-def _imported_roots(node: ast.AST) -> list[str]:
-    """Top-level package names an import statement loads ("." for a relative import: always pwdeploy's own)."""
+def _imported(node: ast.AST) -> list[str]:
+    """Absolute names an import statement loads (a relative import starts with '.', resolved by ``_resolve``)."""
     if isinstance(node, ast.Import):
-        return [alias.name.split(".")[0] for alias in node.names]
-    return ["."] if node.level else [node.module.split(".")[0]]
+        return [alias.name for alias in node.names]
+    base = "." * node.level + (node.module or "")
+    return [base] if node.module else [base + alias.name for alias in node.names]  # from . import x: module x
+
+
+def _resolve(name: str, module: str, is_package: bool) -> str:
+    """``name`` as imported in ``module`` -> the installed module name (relative names resolved, exporters/ and
+    calibration/ as pwdeploy.exporters / pwdeploy.calibration)."""
+    if not name.startswith("."):
+        return import_graph._canonical(name)
+    level = len(name) - len(name.lstrip("."))
+    base = module if is_package else module.rpartition(".")[0]
+    for _ in range(level - 1):
+        base = base.rpartition(".")[0]
+    rest = name[level:]
+    return f"{base}.{rest}" if rest else base
 
 
 def long_functions(source: str) -> list[tuple[str, int, int]]:
@@ -212,25 +221,49 @@ def long_functions(source: str) -> list[tuple[str, int, int]]:
             if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
 
 
-def function_imports(source: str, allowed: frozenset) -> list[tuple[str, int, str]]:
-    """(function, line, module) of each import inside a function of ``source`` whose module is not ``allowed``."""
-    return [(name, node.lineno, root) for name, function in _functions(ast.parse(source))
-            for node in _own_imports(function) for root in _imported_roots(node) if root not in allowed]
+def function_imports(source: str) -> list[tuple[str, int, str]]:
+    """(function, line, imported name) of each import inside a function of ``source``."""
+    return sorted((name, node.lineno, imported) for name, function in _functions(ast.parse(source))
+                  for node in _own_imports(function) for imported in _imported(node))
 
 
-def _allowed_lazy(rel: str) -> frozenset:
-    return OPTIONAL_BACKENDS | DEVICE_OPTIONAL if rel in DEVICE_CODE else OPTIONAL_BACKENDS
+def _start_up() -> set[str]:
+    """Modules ``import pwdeploy.cli`` loads (module-level imports, followed)."""
+    modules = import_graph._modules()
+    seen, todo = set(), ["pwdeploy.cli"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += import_graph._edges(name, modules[name], modules)
+    return seen
+
+
+def allowed_in_function(imported: str, *, device_code: bool, start_up: bool, start_up_modules: set) -> bool:
+    """May a function import ``imported`` (an installed module name)? See OPTIONAL_BACKENDS, DEVICE_OPTIONAL,
+    HEAVY."""
+    root = imported.split(".")[0]
+    if root in OPTIONAL_BACKENDS or (device_code and root in DEVICE_OPTIONAL):
+        return True
+    if not start_up:
+        return False
+    return root in HEAVY or (root == "pwdeploy" and imported not in start_up_modules)
 
 
 def _offenders() -> tuple[dict, dict]:
     """{(file, function): where} for long functions and for imports inside functions, exemptions included."""
     long, imports = {}, {}
+    module_of = {path: name for name, path in import_graph._modules().items()}
+    start_up = _start_up()
     for rel, path in _sources().items():
-        source = path.read_text()
+        source, module = path.read_text(), module_of.get(path, "")
         for name, line, length in long_functions(source):
             long[(rel, name)] = f"{rel}:{line} {name} ({length} lines)"
-        for name, line, module in function_imports(source, _allowed_lazy(rel)):
-            imports.setdefault((rel, name), f"{rel}:{line} {name} imports {module}")
+        for name, line, imported in function_imports(source):
+            imported = _resolve(imported, module, path.name == "__init__.py")
+            if not allowed_in_function(imported, device_code=rel in DEVICE_CODE, start_up=module in start_up,
+                                       start_up_modules=start_up):
+                imports.setdefault((rel, name), f"{rel}:{line} {name} imports {imported}")
     return long, imports
 
 
@@ -286,10 +319,22 @@ def test_imports_go_down_the_layers():
 
 def test_the_checks_find_what_they_should():
     inner = "def outer():\n    import json\n\n    def inner():\n        import timm\n        from . import x\n"
-    assert function_imports(inner, OPTIONAL_BACKENDS) == [("outer", 2, "json"), ("outer.inner", 6, ".")]
-    methods = "class A:\n    def f(self):\n        import tensorrt, os.path\n"
-    assert function_imports(methods, OPTIONAL_BACKENDS) == [("A.f", 3, "os")]
-    assert function_imports("import json\nif True:\n    import os\n", frozenset()) == []
+    assert function_imports(inner) == [("outer", 2, "json"), ("outer.inner", 5, "timm"), ("outer.inner", 6, ".x")]
+    methods = "class A:\n    def f(self):\n        from ..b import c\n"
+    assert function_imports(methods) == [("A.f", 3, "..b")]
+    assert function_imports("import json\nif True:\n    import os\n") == []
+    assert _resolve("..b", "pwdeploy.data.cache", False) == "pwdeploy.b"
+    assert _resolve(".base", "pwdeploy.data", True) == "pwdeploy.data.base"
+    light = {"pwdeploy.cli", "pwdeploy.errors"}
+    rules = {"device_code": False, "start_up_modules": light}
+    assert allowed_in_function("tensorrt", start_up=False, **rules)
+    assert not allowed_in_function("torch", start_up=False, **rules)
+    assert not allowed_in_function("onnxruntime", start_up=False, **rules)
+    assert allowed_in_function("onnxruntime", start_up=False, device_code=True, start_up_modules=light)
+    assert allowed_in_function("torch", start_up=True, **rules)
+    assert allowed_in_function("pwdeploy.api", start_up=True, **rules)
+    assert not allowed_in_function("pwdeploy.errors", start_up=True, **rules)
+    assert not allowed_in_function("json", start_up=True, **rules)
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES - 1))
     assert long_functions(f"def fits():\n{body}\n") == []
     assert long_functions(f"def too_long():\n{body}\n    return x0\n") == [("too_long", 1, MAX_FUNCTION_LINES + 1)]

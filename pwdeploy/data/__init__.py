@@ -5,10 +5,15 @@ Adapters register themselves by name (timm-style registry); each module owns one
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import DataError
 from ..registry import Registry
 from ..validate import check_data_options
-from .base import SPLITS, ArrayDataset, DataSpec, GroupedDataset
+from .spec import SPLITS, DataSpec
+
+if TYPE_CHECKING:
+    from .base import ArrayDataset, GroupedDataset
 
 # pwdeploy's own adapters (name -> module), imported on first use so a missing optional dependency of one never
 # breaks the others; other adapters come through @register_dataset or an entry point ("pwdeploy.datasets").
@@ -33,6 +38,16 @@ def create_dataset(spec: DataSpec, split: str) -> GroupedDataset:
     factory = DATASETS.get(spec.name)
     check_data_options(spec.options)
     return factory(root=spec.root, split=split, **spec.options)
+
+
+def __getattr__(name: str):
+    # The dataset classes import torch, which the CLI's start-up and `pwdeploy verify` run without: they load on
+    # first use.
+    if name in ("ArrayDataset", "GroupedDataset"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ArrayDataset", "DataSpec", "GroupedDataset", "SPLITS", "create_dataset", "list_datasets",

@@ -7,15 +7,15 @@ Everything is built randomly initialised: nothing is ever downloaded.
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torchvision
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import ModelError
 from ..registry import Registry
 
-ModelFactory = Callable[[int], nn.Module]
+if TYPE_CHECKING:  # torch is imported when a model is built, so listing names (CLI help) stays light
+    from torch import nn
+
+ModelFactory = Callable[[int], "nn.Module"]
 # pwdeploy's own models (name -> module that registers it), imported on first use; others come through
 # @register_model or an entry point in the group "pwdeploy.models".
 MODELS = Registry("--arch", "pwdeploy.models", {
@@ -25,6 +25,8 @@ register_model = MODELS.register  # ``@register_model("mynet")`` on a function `
 
 
 def _torchvision(name: str, num_classes: int) -> nn.Module:
+    import torchvision
+
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise ModelError(f"unknown torchvision classification model {name!r}: see "
                          "torchvision.models.list_models() for the names")
@@ -62,6 +64,8 @@ def create_model(arch: str, num_classes: int) -> nn.Module:
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:
     """The final Linear layer(s): their output width is the class count and must never be pruned."""
+    from torch import nn
+
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1:] if linears else []
 
