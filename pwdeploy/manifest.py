@@ -7,12 +7,13 @@ where no jsonschema is installed. Errors name the offending key.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
 from typing import Any, Dict, Optional
+
+from .fsutil import sha256_file
 
 try:
     from .errors import PwdeployError as _BaseError
@@ -315,15 +316,6 @@ def unlisted_entries(bundle_dir: str, manifest: Dict[str, Any]) -> list:
     return sorted(extra)
 
 
-def sha256_of(path: str) -> str:
-    """sha256 of a file, read in 1 MiB blocks (the one hashing helper of the device code)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_problem(bundle_dir: str, name: str, entry: Dict[str, Any]) -> Optional[str]:
     """None when ``name`` exists with the recorded size and sha256, else what is wrong (one line)."""
     path = os.path.join(str(bundle_dir), *name.split("/"))
@@ -332,7 +324,7 @@ def file_problem(bundle_dir: str, name: str, entry: Dict[str, Any]) -> Optional[
     size = os.path.getsize(path)
     if size != entry["bytes"]:
         return "{} has {} bytes, the manifest says {}".format(name, size, entry["bytes"])
-    if sha256_of(path) != entry["sha256"]:
+    if sha256_file(path) != entry["sha256"]:
         return "{} does not match its sha256 in the manifest".format(name)
     return None
 
