@@ -14,6 +14,7 @@ import re
 from typing import Any, Dict, Optional
 
 from .fsutil import sha256_file
+from .names import MANIFEST, SIGNATURE_FILE  # noqa: F401 - the bundle's names, imported from here too
 
 try:
     from .errors import PwdeployError as _BaseError
@@ -22,12 +23,10 @@ except ImportError:  # pragma: no cover - only when run as a loose script
 
 SCHEMA = "pwdeploy.bundle/1"
 SCHEMA_MAJOR = 1
-MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 _FIX = "re-create the bundle with `pwdeploy package`"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-SIGNATURE_FILE = "manifest.json.sig"  # OpenSSH signature of manifest.json: the one file the manifest cannot list
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_RELEASE = 2 ** 63 - 1
 

@@ -37,7 +37,7 @@ MAX_VERIFICATION_BYTES = 128 * 1024 * 1024  # keeps a 224 px bundle shippable (a
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The torch-free slice of pwdeploy that runs on the device (paths relative to the package's parent).
 DEVICE_CODE = (
-    "pwdeploy/__init__.py", "pwdeploy/errors.py", "pwdeploy/metrics.py", "pwdeploy/gate.py", "pwdeploy/evaluate.py",
+    "pwdeploy/__init__.py", "pwdeploy/names.py", "pwdeploy/errors.py", "pwdeploy/metrics.py", "pwdeploy/gate.py", "pwdeploy/evaluate.py",
     "pwdeploy/manifest.py", "pwdeploy/fsutil.py", "pwdeploy/safe_extract.py", "pwdeploy/verification_set.py",
     "pwdeploy/sampling.py",
     "pwdeploy/device/__init__.py", "pwdeploy/device/__main__.py", "pwdeploy/device/verify.py",

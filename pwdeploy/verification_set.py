@@ -20,9 +20,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .errors import DataError
+from .names import VERIFICATION_SET as FILENAME  # noqa: F401 - the name readers import from here
 from .sampling import stratified_indices
 
-FILENAME = "verification_set.npz"
 SCHEMA = "pwdeploy.verification_set/1"
 # A full test split is kept when it fits these limits; larger splits get a group-stratified subset.
 DEFAULT_MAX_SAMPLES = 4000

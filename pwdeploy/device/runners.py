@@ -12,7 +12,8 @@ from typing import Any, Dict, Optional
 from ..runners.base import EngineIncompatible, RunnerError, run_batches  # noqa: F401 - the device's names
 from ..runners.onnxruntime_runner import OnnxRuntimeRunner
 from ..runners.tensorrt_runner import TensorRTRunner, tensorrt_version
-from .build_engine import ENGINE_NAME, build_engine
+from ..names import ENGINE
+from .build_engine import build_engine
 from .state import record_engine, recorded_engine, state_dir as state_dir_of
 
 
@@ -41,7 +42,7 @@ def select_runner(bundle_dir: str, manifest: Dict[str, Any], runner: str = "auto
     if shipped and engine["tensorrt"] == trt_version:
         candidates.append((os.path.join(bundle_dir, shipped), "engine shipped in the bundle"))
     state = state_dir_of(bundle_dir, state_dir)
-    built = os.path.join(state, ENGINE_NAME)
+    built = os.path.join(state, ENGINE)
     stale = recorded_engine(state, built, trt_version, manifest_sha256) if os.path.lexists(built) else "absent"
     if stale is None:
         candidates.append((built, "engine built earlier on this device"))
