@@ -24,9 +24,9 @@ from .fsutil import read_json, sha256_file, write_json
 from .evaluate import evaluate_artifact
 from .gate import tolerance_for
 from .metrics import group_metrics, predict
+from .names import ENGINE_SUFFIXES, VERIFICATION_SET
 from .runners import RUNNER_KINDS
 from .targets import ONNX_FOR_PRECISION, get_target, target_for_file
-from .names import ENGINE_SUFFIXES, VERIFICATION_SET
 
 SCHEMA = "pwdeploy.verify/1"
 VERIFY_JSON = "verify.json"
