@@ -25,6 +25,7 @@ from . import __version__, rundir
 from .errors import DataError, PwdeployError
 from .fsutil import atomic_path, sha256_file, write_json, write_text
 from .manifest import MANIFEST, SCHEMA, SIGNATURE_FILE, validate_manifest
+from .names import BUILD_SCRIPT
 from .metrics import group_metrics, predict
 from .sampling import stratified_indices
 from .safe_extract import check_archive, single_root
@@ -188,7 +189,7 @@ def _stage_files(root: Path, run: rundir.RunDir, spec: Target, model_path: Path,
                  engine_file: Optional[str], evidence: _Evidence, bundle_id: str, created: dt.datetime,
                  release: int) -> None:
     """Everything but the manifest: model (+ external data), engine, verification set, build script, device code."""
-    from .device.build_engine import SCRIPT_NAME, render_script
+    from .device.build_engine import render_script
 
     shutil.copy2(model_path, root / spec.onnx_file)
     for extra in io_info["external_data"]:
@@ -198,10 +199,10 @@ def _stage_files(root: Path, run: rundir.RunDir, spec: Target, model_path: Path,
     evidence.vs.meta.update(bundle_id=bundle_id, subset_of=evidence.source, reference_runner=evidence.runner)
     write_verification_set(root / VSET_FILE, evidence.vs)
     lo, opt, hi = spec.engine_batches
-    write_text(root / SCRIPT_NAME, render_script(
+    write_text(root / BUILD_SCRIPT, render_script(
         bundle_id=bundle_id, version=__version__, model_file=spec.onnx_file, precision=spec.precision,
         input_name=io_info["name"], input_shape=io_info["shape"], min_batch=lo, opt_batch=opt, max_batch=hi))
-    (root / SCRIPT_NAME).chmod(0o755)
+    (root / BUILD_SCRIPT).chmod(0o755)
     for rel in DEVICE_CODE:
         dest = root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -227,10 +228,8 @@ def _model_entry(run: rundir.RunDir, config: dict, report: dict, spec: Target, i
 
 
 def _engine_entry(spec: Target, engine_file: Optional[str], engine_trt: Optional[str]) -> dict:
-    from .device.build_engine import SCRIPT_NAME
-
     lo, opt, hi = spec.engine_batches
-    return {"build_script": SCRIPT_NAME, "file": engine_file, "tensorrt": engine_trt,
+    return {"build_script": BUILD_SCRIPT, "file": engine_file, "tensorrt": engine_trt,
             "min_batch": lo, "opt_batch": opt, "max_batch": hi,
             "note": "engines are built on the device: they do not move between GPUs or TensorRT versions"}
 

@@ -19,6 +19,8 @@ import os
 import subprocess
 from typing import Any, Dict, Optional
 
+from ..names import BUILD_SCRIPT, ENGINE
+
 try:
     from ..errors import PwdeployError as _BaseError
 except ImportError:  # pragma: no cover
