@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import distributed
+from ..cache_dirs import image_cache_dir
 from ..errors import DataError
 from ..progress import task
 from .base import GroupedDataset
@@ -35,7 +36,7 @@ MODES = ("auto", "on", "off", "rebuild")
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("PWDEPLOY_CACHE_DIR") or Path.home() / ".cache" / "pwdeploy" / "images")
+    return image_cache_dir()
 
 
 def _sha(obj) -> str:
