@@ -12,10 +12,10 @@ from pathlib import Path
 
 from rich.table import Table
 
+from . import package
 from .api import compress_model, train_baseline
 from .errors import GateFailed
 from .fsutil import write_json
-from .package import package_run, verify_locally
 from .progress import console
 from .report import loss_label
 from .rundir import RunDir
@@ -66,9 +66,9 @@ def run_demo(out: str | Path, *, seed: int = 0, device: str = "auto") -> dict:
 
 def package_and_check(run_dir: Path, bundle: Path) -> None:
     """Package ``run_dir`` and run the bundle's own verifier; a failure raises, so `make demo` exits non-zero."""
-    package_run(run_dir, bundle)
+    package.package_run(run_dir, bundle)
     with tempfile.TemporaryDirectory() as tmp:
-        passed = verify_locally(bundle, tmp)["passed"]
+        passed = package.verify_locally(bundle, tmp)["passed"]
     console.print(f"bundle {bundle}: device-side check {'PASSED' if passed else 'FAILED'}")
     if not passed:
         raise GateFailed(f"the device-side check of {bundle} FAILED (details above)")
