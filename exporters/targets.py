@@ -20,7 +20,7 @@ from pwdeploy import rundir
 from pwdeploy.errors import PwdeployError
 from pwdeploy.fsutil import atomic_path, read_json, sha256_file, write_json
 from pwdeploy.rundir import ArtifactRecord, EngineRecord, RunDir
-from pwdeploy.targets import DEFAULT_CALIB_SIZE, Target, get_target
+from pwdeploy.targets import Target, get_target
 from pwdeploy.verification_set import FILENAME as VERIFICATION_SET
 
 CALIBRATION_JSON, CALIBRATION_RANGES = rundir.CALIBRATION_JSON, rundir.CALIBRATION_RANGES  # named in rundir
@@ -42,7 +42,7 @@ def check_target(target: str) -> None:
     get_target(target)
 
 
-def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int = DEFAULT_CALIB_SIZE,
+def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int | None = None,
                   calib_method: str = "minmax", seed: int = 0, console=None, recalibrate: bool = False,
                   calib_shares: dict | None = None, int8_full_range: bool = False, protect_groups: bool = False,
                   max_float_layers: int | None = None) -> dict:
@@ -66,16 +66,18 @@ def record_target(report: dict, info: dict) -> None:
         report["engine"] = info["engine"]
 
 
-def make_target(run: Path, config: dict, report: dict, target: str, *, calib_size: int = DEFAULT_CALIB_SIZE,
+def make_target(run: Path, config: dict, report: dict, target: str, *, calib_size: int | None = None,
                 calib_method: str = "minmax", seed: int = 0, console=None, recalibrate: bool = False,
                 calib_shares: dict | None = None, int8_full_range: bool = False, protect_groups: bool = False,
                 max_float_layers: int | None = None, results: InMemoryResults | None = None) -> dict:
     """Write ``target``'s artifacts into ``run`` (atomically) and return their records, without touching
     report.json: ``{"target", "precision", "artifact", "verify", "engine", "artifacts", "all_artifacts"}`` where
-    ``verify`` is the file `pwdeploy verify` checks (the engine if built here, else the ONNX it is built from)."""
+    ``verify`` is the file `pwdeploy verify` checks (the engine if built here, else the ONNX it is built from).
+    ``calib_size`` None: the target's own (``Target.calib_size``)."""
     from pwdeploy.calibration import METHODS
 
     spec = get_target(target)
+    calib_size = spec.calib_size if calib_size is None else int(calib_size)
     if calib_method not in METHODS:
         raise PwdeployError(f"unknown --calib-method {calib_method!r}: use one of {', '.join(METHODS)}")
     max_float_layers = _check_protection(spec, protect_groups, max_float_layers)
@@ -118,7 +120,7 @@ def _record_engine(run: Path, spec: Target, artifacts: dict, input_name: str, in
                    console) -> tuple:
     """Build (or script) the TensorRT engine and record it; returns (engine record, file verify checks)."""
     onnx_name = spec.onnx_file
-    engine = _engine(run, onnx_name, spec.precision, input_name, input_shape, console)
+    engine = _engine(run, onnx_name, spec, input_name, input_shape, console)
     verify_name = onnx_name
     if engine["built"]:
         artifacts[rundir.ENGINE] = ArtifactRecord(sha256_file(run / rundir.ENGINE), spec.precision, "tensorrt",
@@ -251,15 +253,17 @@ def _calibrate(run: Path, config: dict, model_onnx: Path, model_sha: str, input_
 
 # --- TensorRT --------------------------------------------------------------------------------------------------
 
-def _engine(run: Path, onnx_name: str, precision: str, input_name: str, input_shape: tuple, console) -> dict:
+def _engine(run: Path, onnx_name: str, spec: Target, input_name: str, input_shape: tuple, console) -> dict:
+    """Build the engine with the target's batch profile where TensorRT is here; the build script either way."""
     from .tensorrt import BUILD_SCRIPT, build_engine, tensorrt_status, write_build_script
 
+    precision = spec.precision
     write_build_script(run, onnx_name=onnx_name, precision=precision, input_name=input_name,
-                       input_shape=input_shape)
+                       input_shape=input_shape, batches=spec.engine_batches)
     status = tensorrt_status()
     if status["available"]:
         info = build_engine(run / onnx_name, run / rundir.ENGINE, precision=precision, input_name=input_name,
-                            input_shape=input_shape)
+                            input_shape=input_shape, batches=spec.engine_batches)
         gpu = info.get("gpu") or {}
         console.print(f"built {rundir.ENGINE} from {onnx_name} with TensorRT {info['tensorrt_version']} on "
                       f"{gpu.get('name')} (compute capability {gpu.get('compute_capability')}); for another device "

@@ -15,15 +15,15 @@ from .config import RunConfig
 from .errors import ConfigError
 from .latency.target import LatencyRequest, prune_to_latency
 from .progress import console
+from .targets import get_target
 
 
 def resolve_round_to(config: RunConfig) -> dict:
     """--round-to, or the deployment target's default; recorded with the reason."""
-    from .prune.alignment import default_round_to
-
     if config.prune.round_to is not None:
         return {"value": config.prune.round_to, "strict": True, "source": "--round-to"}
-    value, why = default_round_to(config.target)
+    rounding = get_target(config.target).rounding
+    value, why = rounding.multiple, rounding.why
     return {"value": value, "strict": False, "source": f"default for {config.target}: {why}; groups narrower than "
             f"{4 * value} channels keep smaller multiples (a quarter of their width, a power of two), and the "
             "last steps use single channels where no aligned step lands within 1 point of the target"}
