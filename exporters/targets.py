@@ -335,7 +335,9 @@ def build_verification_set(run: Path, config: dict, models: dict, *, seed: int =
         logits = {name: np.asarray(results.logits[name])[indices] for name in models}
     else:
         logits = _checkpoint_logits(run, models, images, config["device"])
+    widths = {np.asarray(v).shape[-1] for v in logits.values()}
     meta = {"split": "test", "subset": bool(len(indices) < len(test)), "source_n": int(len(test)),
+            "logit_width": int(widths.pop()) if len(widths) == 1 else None,
             "dataset": test.name, "data": config["data"], "models": models, "seed": int(seed),
             "preprocessing": test.preprocessing.to_dict(), "input_shape": list(shape),
             "logits_from": ("compress's evaluation of the models it saved as pruned.pt, original.pt"

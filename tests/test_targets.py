@@ -195,3 +195,22 @@ def test_export_uses_the_targets_engine_profile_and_calibration_size(run, monkey
     script = (run / "build_engine.sh").read_text()
     assert "2x3x16x16" in script and "4x3x16x16" in script and "16x3x16x16" in script
     assert "32x3x16x16" not in script
+
+
+def test_a_one_logit_binary_models_verification_set_is_accepted(tmp_path):
+    """A binary model with one logit (CelebA's resnet18) has a verification set; a narrowed one is refused."""
+    from pwdeploy.errors import DataError
+    from pwdeploy.verification_set import VerificationSet, load_verification_set, write_verification_set
+
+    rng = np.random.default_rng(0)
+
+    def vs(width, meta):
+        return VerificationSet(images=rng.standard_normal((6, 3, 4, 4)).astype(np.float32),
+                               labels=np.array([0, 1] * 3), groups=np.array([0, 0, 0, 1, 1, 1]),
+                               group_names=["a", "b"], class_names=["no", "yes"], indices=np.arange(6),
+                               logits={"pruned": rng.standard_normal((6, width)).astype(np.float32)}, meta=meta)
+
+    write_verification_set(tmp_path / "one.npz", vs(1, {"logit_width": 1}))
+    assert load_verification_set(tmp_path / "one.npz").logits["pruned"].shape == (6, 1)
+    with pytest.raises(DataError, match="logits_pruned has shape"):
+        write_verification_set(tmp_path / "bad.npz", vs(1, {}))  # 2 classes, no record of a one-logit model
