@@ -313,7 +313,9 @@ def previous_models(path: Path, names: list) -> dict:
 
     if not path.is_file():
         return {}
-    return {name: entry for name, entry in read_json(path).get("models", {}).items() if name not in names}
+    old = read_json(path)
+    return {name: {"runtime": old.get("runtime"), "rounds": old.get("rounds"), **entry}
+            for name, entry in old.get("models", {}).items() if name not in names}
 
 
 # The variant each target's default produces here (magnitude pruning, 75% of the MACs): its Target's rounding
