@@ -280,6 +280,7 @@ def main(argv=None) -> int:
             render(name, info, timings, console)
             entry = {k: v for k, v in info.items() if k not in ("paths", "int8")}
             entry.update(timings=timings, runtime=results["runtime"], rounds=rounds,
+                         int8_activations=args.int8_activations,
                          measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                          load_average_1min=os.getloadavg()[0])
             if name == "resnet18":
@@ -314,7 +315,9 @@ def previous_models(path: Path, names: list) -> dict:
     if not path.is_file():
         return {}
     old = read_json(path)
-    return {name: {"runtime": old.get("runtime"), "rounds": old.get("rounds"), **entry}
+    # files written before the activation type was recorded used symmetric INT8 activations
+    return {name: {"runtime": old.get("runtime"), "rounds": old.get("rounds"),
+                   "int8_activations": old.get("int8_activations", "int8"), **entry}
             for name, entry in old.get("models", {}).items() if name not in names}
 
 
