@@ -110,9 +110,10 @@ def help_text() -> str:
 # ONNX Runtime CPU (QLinearConv, NHWC): rounding to 32 was no faster than 16 (docs/guides/speed.md).
 _NCHWC = Rounding(16, "ONNX Runtime CPU NCHWc block (16 with AVX-512, a multiple of AVX2's 8)")
 # --allocation auto, measured (benchmarks/speedup.py, ONNX Runtime CPU, 75% fewer MACs, rounded to 16): uniform
-# turned 0.87-0.98 of the removed MACs into time for resnet18/resnet50 in fp32 (global 0.77-0.91), but not
-# more for INT8 (0.64-0.68 either way) nor for mobilenet_v2. Fairness (synthetic benchmark, 75%, 5 seeds): with
-# Taylor it cut the worst-group drop; with magnitude and AutoBot it made it worse, so only Taylor gets it.
+# turned 0.87-0.97 of the removed MACs into time for resnet18/resnet50 in fp32 (global 0.77-0.92), but no more
+# for INT8 (0.56-0.75 either way, benchmarks/int8_study.py) nor for mobilenet_v2. Fairness (synthetic benchmark,
+# 75%, 5 seeds): with Taylor it cut the worst-group drop; with magnitude and AutoBot it made it worse, so only
+# Taylor gets it.
 for _target in (
         Target("onnx-fp32", "onnxruntime", "fp32", _NCHWC, uniform_methods=("taylor",)),
         Target("onnx-fp16", "onnxruntime", "fp16",
