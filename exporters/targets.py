@@ -252,8 +252,6 @@ def _calibrate(run: Path, config: dict, model_onnx: Path, model_sha: str, input_
 
 def _engine(run: Path, onnx_name: str, spec: Target, input_name: str, input_shape: tuple, console) -> dict:
     """Build the engine with the target's batch profile where TensorRT is here; the build script either way."""
-    from .tensorrt import BUILD_SCRIPT, build_engine, tensorrt_status, write_build_script
-
     precision = spec.precision
     write_build_script(run, onnx_name=onnx_name, precision=precision, input_name=input_name,
                        input_shape=input_shape, batches=spec.engine_batches)
