@@ -22,7 +22,7 @@ test: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
-# Sized for 2 CPU cores (about an hour): compress time per phase and MACs-into-time first, then the rest.
+# Sized for 2 CPU cores (about 35 minutes on 2 shared cores): compress time per phase and MACs-into-time first.
 bench: $(STAMP)
 	$(PY) benchmarks/compress_time.py
 	$(PY) benchmarks/speedup.py --quick
