@@ -237,7 +237,7 @@ def compress(
                                                                   "the best on validation, e.g. ce,pw,pw+gb,kd,"
                                                                   "pw+pseudo,fairgrape (needs validation group labels)."),
     target: Optional[str] = typer.Option(None, "--target", help=TargetHelp),
-    calib_size: Optional[int] = typer.Option(None, "--calib-size", help=f"INT8: calibration images, stratified by group (default {DEFAULT_CALIB_SIZE})."),
+    calib_size: Optional[int] = typer.Option(None, "--calib-size", help=f"INT8: calibration images, stratified by group (default: the target's, {DEFAULT_CALIB_SIZE})."),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help="INT8: minmax, entropy or percentile."),
     protect_groups: Optional[bool] = typer.Option(None, "--protect-groups", help=ProtectHelp),
     max_float_layers: Optional[int] = typer.Option(None, "--max-float-layers", help=MaxFloatHelp),
@@ -320,7 +320,7 @@ AllowEmptyOpt = typer.Option(False, "--allow-empty-groups",
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory written by 'pwdeploy compress'."),
     target: str = typer.Option(..., "--target", help=TargetHelp),
-    calib_size: int = typer.Option(DEFAULT_CALIB_SIZE, "--calib-size", help="INT8: calibration images, stratified by group."),
+    calib_size: Optional[int] = typer.Option(None, "--calib-size", help=f"INT8: calibration images, stratified by group (default: the target's, {DEFAULT_CALIB_SIZE})."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="INT8: minmax, entropy or percentile."),
     recalibrate: bool = typer.Option(False, "--recalibrate",
                                      help="INT8: compute new scales even if a calibration is recorded."),
@@ -336,7 +336,7 @@ def export(
     from .rundir import RunDir
     from .validate import COUNT, check
 
-    check("--calib-size", calib_size, COUNT, allow_none=False)
+    check("--calib-size", calib_size, COUNT)
 
     export_target(RunDir.open(run_dir).path, target, calib_size=calib_size, calib_method=calib_method, seed=seed,
                   recalibrate=recalibrate, int8_full_range=int8_full_range, protect_groups=protect_groups,

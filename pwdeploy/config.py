@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .targets import DEFAULT_CALIB_SIZE, DEFAULT_TARGET, list_targets
+from .targets import DEFAULT_TARGET, list_targets
 
 # configs/ at the top of the source tree; pwdeploy/configs links to it, so the wheel ships the YAMLs as package data.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -124,10 +124,10 @@ class PruneSettings:
     # never remove more than this fraction of a layer's channels
     max_layer_reduction: float = 0.95
     # kept channels are multiples of this in every pruned group; None: the deployment target's default
-    # (pwdeploy.prune.alignment.DEFAULT_ROUND_TO), 1: no rounding
+    # (its Target.rounding in pwdeploy.targets), 1: no rounding
     round_to: int | None = None
     # how removals are spread over layers: one global importance ranking, the same share of every layer, or the
-    # ranking weighted by LUT latency saving; auto: the deployment target's default (prune.allocation)
+    # ranking weighted by LUT latency saving; auto: the deployment target's default (Target.auto_allocation)
     allocation: str = "auto"
     # latency target on the deploy runtime (ONNX Runtime here); either replaces flops_reduction
     latency_reduction: float | None = None
@@ -168,7 +168,7 @@ class RunConfig:
     recipes: list[str] = field(default_factory=list)
     target: str = DEFAULT_TARGET
     # INT8 calibration: images drawn stratified by group from the training split, and the range method
-    calib_size: int = DEFAULT_CALIB_SIZE
+    calib_size: int | None = None  # None: the target's own (Target.calib_size: 512 for the built-ins)
     calib_method: str = "minmax"
     # INT8 group protection: keep the layers that hurt the worst group in float (None: pwdeploy.calibration.protect's default)
     protect_groups: bool = False

@@ -237,10 +237,11 @@ def _run_artifacts(run: Path, recorded: dict, target: Optional[str]) -> list:
         if engine.is_file():
             found.append(_file_artifact(engine, run, recorded, True))
         return found
-    precision = get_target(target).precision
+    spec = get_target(target)
+    precision = spec.precision
     onnx = run / ONNX_FOR_PRECISION[precision]
     engine_note = "the TensorRT engine was not built here"
-    if target.startswith("trt-") and engine.is_file() and engine_precision == precision:
+    if spec.builds_engine and engine.is_file() and engine_precision == precision:
         art = _file_artifact(engine, run, recorded, True)
         if not art.skip_reason:
             return [art]
@@ -249,7 +250,7 @@ def _run_artifacts(run: Path, recorded: dict, target: Optional[str]) -> list:
         raise PwdeployError(f"{run} has no {onnx.name} for --target {target}: make it with 'pwdeploy export "
                             f"{run} --target {target}'")
     art = _file_artifact(onnx, run, recorded, True)
-    if target.startswith("trt-"):
+    if spec.builds_engine:
         art.notes.append(f"{engine_note}; verified {onnx.name} instead (the ONNX the engine is built from); build "
                          "the engine on the target with build_engine.sh and verify model.plan there")
     return [art]
