@@ -176,15 +176,17 @@ def _balances(config: RunConfig) -> bool:
 
 
 def _needs_original(config: RunConfig) -> bool:
-    gdro = config.loss == "gdro" and (config.gdro.base == "kd" or config.pseudo_groups == "error-set")
-    return LOSSES.get(config.loss).needs_original or _balances(config) or gdro
+    gdro = config.loss == "gdro" and (config.gdro.base == "kd" or config.pseudo_groups == "error-set"
+                                      or config.gdro.form == "constraint")
+    return LOSSES.get(config.loss).needs_original or _balances(config) or gdro or config.disagreement_weight > 0
 
 
 def _losses(config: RunConfig, group_totals, group_counts=None) -> tuple[LossFn, LossFn]:
     """(importance loss, retraining loss) per --loss and the paper's ablation switch pw_applies_to."""
     main = LossFn(config.loss, config.pw_for(), group_totals, config.group_balance_strength, kd=config.kd,
-                  pseudo_groups=config.pseudo_groups, gdro=config.gdro, group_counts=group_counts)
-    ce = LossFn("ce")
+                  pseudo_groups=config.pseudo_groups, gdro=config.gdro, group_counts=group_counts,
+                  disagreement_weight=config.disagreement_weight)
+    ce = LossFn("ce", disagreement_weight=config.disagreement_weight)
     if config.loss == "ce":
         return ce, ce
     if config.loss != "pw":

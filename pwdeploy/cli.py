@@ -141,8 +141,9 @@ _COMPRESS_SECTIONED = (("model", "arch", "arch"), ("model", "num_classes", "num_
                       ("retrain", "lr", "lr"), ("kd", "temperature", "kd_temperature"), ("kd", "alpha", "kd_alpha"),
                       ("kd", "pw_weights", "kd_pw_weights"), ("clusters", "k", "clusters"),
                       ("gdro", "step_size", "gdro_step_size"), ("gdro", "adjustment", "gdro_adjustment"),
-                      ("gdro", "base", "gdro_base"), ("stopping", "max_group_drop", "max_group_drop"))
-_COMPRESS_TOP = ("pseudo_groups", "retrain_schedule", "select", "loss", "target", "group_balanced", "group_balance_strength",
+                      ("gdro", "base", "gdro_base"), ("gdro", "form", "gdro_form"),
+                      ("gdro", "tolerance", "gdro_tolerance"), ("stopping", "max_group_drop", "max_group_drop"))
+_COMPRESS_TOP = ("pseudo_groups", "disagreement_weight", "retrain_schedule", "select", "loss", "target", "group_balanced", "group_balance_strength",
                  "calib_size", "calib_method", "protect_groups", "max_float_layers")
 
 
@@ -196,6 +197,16 @@ def compress(
                                                     "adjustment C (each group's loss + C/sqrt(n_g) in the update; 0)."),
     gdro_base: Optional[str] = typer.Option(None, "--gdro-base", help="--loss gdro: per-sample loss, ce (the "
                                             "paper's) or kd (distillation from the original: extension)."),
+    gdro_form: Optional[str] = typer.Option(None, "--gdro-form", help="--loss gdro: dro (the paper's exponentiated "
+                                            "group weights, default) or constraint (extension after Balancing Act, "
+                                            "Hashemizadeh et al. 2024: a multiplier per group on its accuracy gap to "
+                                            "the original beyond the overall gap, dual ascent at --gdro-step-size)."),
+    gdro_tolerance: Optional[float] = typer.Option(None, "--gdro-tolerance", help="--gdro-form constraint: points "
+                                                   "a group's accuracy gap may exceed the overall gap (1)."),
+    disagreement_weight: Optional[float] = typer.Option(None, "--disagreement-weight", help="Extension, label-free: "
+                                                        "samples the model being pruned classifies differently from "
+                                                        "the original count 1 + W times, in importance and "
+                                                        "retraining (0: off)."),
     clusters: Optional[int] = typer.Option(None, "--clusters", help="--pseudo-groups clusters: clusters per class "
                                            "(default: chosen by silhouette among 1..4)."),
     flops_reduction: Optional[str] = typer.Option(None, "--flops-reduction", help="Fraction of MACs to remove, e.g. "

@@ -56,6 +56,11 @@ class GDROSettings:
     step_size: float = 0.01
     adjustment: float = 0.0
     base: str = "ce"
+    # form "constraint" (Balancing Act, Hashemizadeh et al. 2024; a pwdeploy adaptation): one Lagrange multiplier per
+    # group on "its accuracy gap to the original exceeds the overall gap by more than tolerance points", raised by
+    # dual ascent (step_size) on the batch's gaps; loss = mean loss + sum_g multiplier_g * loss_g
+    form: str = "dro"
+    tolerance: float = 1.0
 
 
 @dataclass
@@ -157,6 +162,10 @@ class RunConfig:
     pseudo_groups: str = "none"
     clusters: ClusterSettings = field(default_factory=ClusterSettings)
     kd: KDSettings = field(default_factory=KDSettings)
+    # label-free (pwdeploy extension after Hooker et al.'s compression-identified exemplars): each sample where the
+    # model being pruned predicts another class than the original counts (1 + disagreement_weight) times, in
+    # importance and retraining; 0: off
+    disagreement_weight: float = 0.0
     gdro: GDROSettings = field(default_factory=GDROSettings)
     stopping: StopSettings = field(default_factory=StopSettings)
     # retraining budget: all of it after pruning (end), or spread over pruning rounds at equal total epochs
@@ -189,6 +198,7 @@ class RunConfig:
 CHOICES = {
     "pseudo_groups": ("none", "error-set", "clusters"),
     "gdro.base": ("ce", "kd"),
+    "gdro.form": ("dro", "constraint"),
     "retrain_schedule": ("end", "gradual"),
     "select": ("last", "worst-group"),
     "prune.allocation": ("auto", "global", "uniform", "latency"),

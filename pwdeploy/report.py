@@ -38,6 +38,12 @@ def loss_tag(report: dict) -> str:
 
 def loss_label(report: dict) -> str:
     """The loss with the settings that change it, e.g. "pw (gamma 0.5, w_min 0.8, no label correction)"."""
+    weight = ((report.get("loss_fn") or {}).get("retraining") or {}).get("disagreement_weight")
+    label = _loss_label(report)
+    return label + (f" + disagreement weight {weight:g} (extension, label-free)" if weight else "")
+
+
+def _loss_label(report: dict) -> str:
     if report["loss"] == "kd":
         return _kd_label(report)
     if report["loss"] == "gdro":
@@ -70,6 +76,10 @@ def _gdro_label(report: dict) -> str:
     over = {"clusters": "feature-cluster pseudo-groups (extension, label-free)",
             "error-set": "error-set pseudo-groups (extension, label-free)"}.get(report.get("pseudo_groups"),
                                                                                  "dataset groups")
+    if g.get("form") == "constraint":
+        return (f"gdro constraint (per-group accuracy-gap multipliers after Balancing Act, Hashemizadeh et al. 2024; "
+                f"extension: dual step {g.get('step_size', 0):g}, tolerance {g.get('tolerance', 0):g} points, {base}) "
+                f"over {over}")
     return (f"gdro (group DRO, Sagawa et al. 2020: step {g.get('step_size', 0):g}, adjustment "
             f"{g.get('adjustment', 0):g}, {base}) over {over}")
 

@@ -93,6 +93,8 @@ CONFIG_RANGES = {
     "clusters.min_fraction": Range(0.0, 0.5),
     "gdro.step_size": Range(0.0, 100.0),
     "gdro.adjustment": Range(0.0, 100.0),
+    "gdro.tolerance": POINTS,
+    "disagreement_weight": Range(0.0, 1000.0),
     "stopping.max_group_drop": POINTS,
     "stopping.round_size": Range(0.0, 1.0, low_open=True, high_open=True),
 }
