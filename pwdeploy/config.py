@@ -145,7 +145,7 @@ class LoaderSettings:
                                help="Decoded-image cache for image-file datasets: auto (when the disk has room), on, "
                                     "off, rebuild (replace a stale one).")
     cache_dir: str | None = setting(None, text=True, flag="--cache-dir", panel="Scale",
-                                    help="Where decoded images are cached (default $PWDEPLOY_CACHE_DIR or "
+                                    help="Where decoded images are cached (default $PWDEPLOY_IMAGE_CACHE_DIR or "
                                          "~/.cache/pwdeploy/images).")
     workers: int | None = setting(None, range=NON_NEGATIVE_INT, flag="--workers", panel="Scale",
                                   help="DataLoader worker processes per process (default: auto, 0 for in-memory "
