@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import PWSettings, RunConfig, build_config
+from .config import PW_RANGES, PWSettings, RunConfig, build_config
 from .data import DataSpec, GroupedDataset, create_dataset
 from .errors import DataError, PwdeployError
 from .fsutil import write_text
@@ -49,7 +49,7 @@ def make_config(overrides: dict, config_file=None, *, pw_gamma: float | None = N
     # --pw-gamma / --pw-min-weight override the settings the active pruning method uses
     key = config.prune.method if config.prune.method in config.pw else "default"
     pw = config.pw.setdefault(key, PWSettings())
-    from .validate import PW_RANGES, check
+    from .validate import check
 
     if pw_gamma is not None:
         pw.gamma = check("--pw-gamma", pw_gamma, PW_RANGES["gamma"])
