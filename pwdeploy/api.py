@@ -43,7 +43,7 @@ from .prune import PruneResult
 from .prune.budget import CountingStream, PruneBudget, plan_for
 from .timings import summary_line, timed
 from .recipes import apply_recipe
-from .records import ArtifactRecord, EngineRecord, Report, Sizes
+from .records import ArtifactRecord, EngineRecord, ModelSource, Report, RunProvenance, Sizes, Versions
 from .registry import IMPORTANCES, LOSSES
 from .selection import OVERALL_MARGIN, WorstGroupCheckpoint, choose_recipe, validation_set
 from .speed import measured_latency, prune_for_deploy
@@ -112,10 +112,10 @@ def resolve_run_precision(config: RunConfig, device: torch.device) -> str:
     return config.precision
 
 
-def versions() -> dict:
-    return {"pwdeploy": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "torch_pruning": torch_pruning.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__}
+def versions() -> Versions:
+    return Versions(pwdeploy=__version__, torch=torch.__version__, torchvision=torchvision.__version__,
+                    torch_pruning=torch_pruning.__version__, onnx=onnx.__version__,
+                    onnxruntime=onnxruntime.__version__)
 
 
 def train_baseline(overrides: dict, out: str | Path, config_file=None) -> Path:
@@ -359,7 +359,8 @@ class CompressResult:
 
     A stable attribute API (benchmarks and user code read it; report.json is written from it by write_run):
     ``metrics[name]`` / ``logits[name]`` for name in original, pruned (and ``metrics["pruned-before-retraining"]``),
-    ``prune.reduction`` / ``macs_before`` / ``macs_after``, ``metrics_validation``, ``recipes``, ``stopping``."""
+    ``prune.reduction`` / ``macs_before`` / ``macs_after``, ``metrics_validation``, ``recipes``, ``stopping``;
+    ``report()`` gives the typed ``pwdeploy.records.Report`` (changes, worst groups) without writing files."""
     config: RunConfig  # the settings of the shipped model (the chosen recipe's, with --recipes)
     original: torch.nn.Module
     pruned: torch.nn.Module
@@ -383,6 +384,11 @@ class CompressResult:
     @property
     def input_shape(self) -> tuple:
         return tuple(self.train_set.preprocessing.input_shape)
+
+    def report(self) -> Report:
+        """The run's report in memory, nothing written: metrics, changes, worst groups, MACs, settings. What
+        needs files (measured latency, ONNX parity, artifacts) is filled in only by ``write_run``."""
+        return report_record(self, None)
 
 
 def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDataset, test_set: GroupedDataset,
@@ -458,7 +464,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
         result = compress(original, config, train_set, test_set, device, val_set)
         if not main:
             return out
-        report = write_run(rundir.RunDir(tmp), result, model_source={"path": str(model_path), "kind": info["kind"]},
+        report = write_run(rundir.RunDir(tmp), result, model_source=ModelSource(str(model_path), info["kind"]),
                            started=started)
         publish(tmp, out)
     finally:
@@ -471,7 +477,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
     return out
 
 
-def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict, started: float) -> Report:
+def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: ModelSource, started: float) -> Report:
     """Save ``result`` into the (temporary) run directory: checkpoints, ONNX, the precision target, config.json
     and report.json (each written once), then the completion marker. Returns the report."""
     config, shape, timings = result.config, result.input_shape, dict(result.timings_s)
@@ -486,9 +492,8 @@ def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict,
     with timed(timings, "latency"):
         result.speed["latency"] = measured_latency(config, run.file(rundir.ORIGINAL_ONNX),
                                                    run.file(rundir.MODEL_ONNX), shape)
-    config_record = {**config.to_dict(), "versions": versions(), "input_shape": list(shape),
-                     "model_source": model_source, "distributed": distributed.describe()}
-    run.write_config(config_record)
+    run.write_config(config.to_dict(), RunProvenance(versions(), list(shape), model_source, distributed.describe()))
+    config_record = run.config  # make_target reads config.json's form
     with timed(timings, "verify"):
         parity = onnx_parity(result.pruned, run.file(rundir.MODEL_ONNX), shape)
     report = report_record(result, parity)

@@ -239,6 +239,37 @@ class Stopping:
     details: dict = field(default_factory=dict)
 
 
+# --- config.json: what is not a setting ---------------------------------------------------------------------
+
+@dataclass
+class Versions:
+    """The packages that produced the run."""
+    pwdeploy: str
+    torch: str
+    torchvision: str
+    torch_pruning: str
+    onnx: str
+    onnxruntime: str
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelSource:
+    """Where the input model came from: its path and how it was read (checkpoint, pickle, ...)."""
+    path: str
+    kind: str
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunProvenance:
+    """config.json beside the settings: versions, the model's source, ``input_shape``, the distributed set-up."""
+    versions: Versions
+    input_shape: List[int]
+    model_source: ModelSource
+    distributed: dict  # pwdeploy.distributed.describe
+
+
 # --- the report ------------------------------------------------------------------------------------------------
 
 @dataclass

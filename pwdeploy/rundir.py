@@ -23,7 +23,8 @@ from typing import Callable, Dict, Optional, Union
 
 from .errors import PwdeployError
 from .fsutil import read_json, write_json
-from .records import ArtifactRecord, EngineRecord, Report, Speed, Stopping, VerificationRecord, from_json, to_json
+from .records import (ArtifactRecord, EngineRecord, Report, RunProvenance, Speed, Stopping, VerificationRecord,
+                      from_json, to_json)
 from .report import render_reports
 
 __all__ = ["ArtifactRecord", "EngineRecord", "Report", "RunDir", "VerificationRecord"]
@@ -93,8 +94,17 @@ class RunDir:
         return self.read_report().artifacts
 
     # --- writing (the only place config.json and report.json are written) ---
-    def write_config(self, config: dict) -> None:
-        write_json(self.path / CONFIG, {"schema": CONFIG_SCHEMA, **config})
+    def provenance(self) -> RunProvenance:
+        """config.json's versions, model source, input shape and distributed set-up (not settings)."""
+        config = self.config
+        try:
+            return from_json(RunProvenance, {f: config.get(f) for f in RunProvenance.__dataclass_fields__})
+        except (TypeError, AttributeError) as exc:
+            raise PwdeployError(f"{self.path / CONFIG} lacks what compress records ({exc}): re-run compress") from None
+
+    def write_config(self, settings: dict, provenance: RunProvenance) -> None:
+        """config.json: the settings (pwdeploy.config.RunConfig.to_dict) and the run's provenance."""
+        write_json(self.path / CONFIG, {"schema": CONFIG_SCHEMA, **settings, **to_json(provenance)})
 
     def write_report(self, report: Union[Report, dict]) -> None:
         """report.json, and report.md / report.png rendered from it."""

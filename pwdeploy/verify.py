@@ -340,7 +340,8 @@ class _DatasetImages:
         return np.stack([self.dataset.load_image(i) for i in range(*index.indices(len(self)))])
 
 
-def _eval_data(run: Path, config: dict, report: rundir.Report, *, data, data_root, data_options, batch_size) -> EvalData:
+def _eval_data(run: Path, config: dict, report: rundir.Report, *, data, data_root, data_options,
+               batch_size) -> EvalData:
 
     wants_dataset = data is not None or data_root is not None or bool(data_options)
     npz = run / VERIFICATION_SET

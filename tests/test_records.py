@@ -71,3 +71,19 @@ def test_the_schema_table_lists_every_report_field():
     table = schema_table()
     for name in ("macs", "speed", "artifacts", "verification", "changes", "worst_group", "prune_budget"):
         assert f"| `{name}` |" in table
+
+
+def test_a_fresh_run_reads_back_as_records(tiny_run):
+    import torch
+
+    run = rundir.RunDir.open(tiny_run)
+    report = run.read_report()
+    assert report.macs.pruned < report.macs.original and report.latency.pruned > 0
+    assert report.artifacts["model.onnx"].role == "pruned" and report.targets == ["onnx-fp32"]
+    drop = report.changes["pruned"].worst_group_drop
+    metrics = report.metrics
+    assert drop.points == pytest.approx(max(metrics["original"]["groups"][g]["accuracy"]
+                                            - metrics["pruned"]["groups"][g]["accuracy"] for g in report.group_names))
+    provenance = run.provenance()
+    assert provenance.versions.torch == torch.__version__ and provenance.input_shape == [3, 16, 16]
+    assert provenance.model_source.kind == "checkpoint"
