@@ -363,12 +363,33 @@ def summarize(metrics: Dict[str, dict]) -> tuple:
     return changes, worst
 
 
+def _type_name(hint) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace(f"{__name__}.", "").replace("NoneType", "None")
+
+
 def schema_table(cls: type = Report) -> str:
     """A markdown table of ``cls``'s fields (the docs' record schema is generated from it)."""
     hints = typing.get_type_hints(cls)
-    rows = ["| field | type |", "|---|---|"]
+    rows = ["| field | type | in the file |", "|---|---|---|"]
     for f in fields(cls):
         if f.name != "details":
-            name = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
-            rows.append(f"| `{f.name}` | `{name}` |")
+            optional = type(None) in typing.get_args(hints[f.name])
+            when = "when set" if f.metadata.get("omit_none") else "always (may be null)" if optional else "always"
+            rows.append(f"| `{f.name}` | `{_type_name(hints[f.name])}` | {when} |")
     return "\n".join(rows)
+
+
+DOCUMENTED = ("Report", "Sizes", "Speed", "Latency", "Change", "GroupDrop", "WorstGroup", "ArtifactRecord",
+              "EngineRecord", "VerificationRecord", "Stopping", "RunProvenance", "Versions", "ModelSource")
+
+
+def schema_markdown() -> str:
+    """The record schema section of docs/concepts/run-directory.md (tests/test_records.py keeps it in step)."""
+    parts = []
+    for name in DOCUMENTED:
+        cls = globals()[name]
+        doc = " ".join((cls.__doc__ or "").split())
+        parts += [f"### `{name}`", "", doc, "", schema_table(cls), ""]
+    return "\n".join(parts)
