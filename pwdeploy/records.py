@@ -216,7 +216,7 @@ class Latency:
 @dataclass
 class Speed:
     """report.json ``speed``: channel rounding, allocation, the latency target and the measured latency."""
-    round_to: dict
+    round_to: Optional[dict] = optional()
     allocation: Optional[str] = optional()
     allocation_source: Optional[str] = optional()
     latency_target: Optional[dict] = optional()
