@@ -175,6 +175,24 @@ class Change:
     worst_group_drop: GroupDrop
 
 
+@dataclass
+class Score:
+    """Accuracy (percent; None for a group with no samples) and sample count of one group or overall."""
+    accuracy: Optional[float]
+    n: int
+    details: dict = field(default_factory=dict)  # tpr, fpr of a binary task
+
+
+@dataclass
+class ModelResult:
+    """One model or exported target of a run, by group (as fairlearn's MetricFrame: overall, by_group, the
+    worst group, the change against the original). A view of ``Report``'s metrics, changes and worst_group."""
+    overall: Score
+    by_group: Dict[str, Score]
+    worst_group: Optional[WorstGroup]
+    change: Optional[Change]  # None for the original itself
+
+
 # --- what compress measured ------------------------------------------------------------------------------------
 
 @dataclass
@@ -326,6 +344,12 @@ class Report:
         """Batch-1 latency of the original and the pruned model (None where it was not measured)."""
         return self.speed.latency.at(1) if self.speed is not None and self.speed.latency is not None else None
 
+    def result(self, name: str) -> ModelResult:
+        """``name`` (original, pruned, or an exported target such as onnx-int8) by group."""
+        metrics = self.metrics[name]
+        return ModelResult(from_json(Score, metrics["overall"]), from_json(Dict[str, Score], metrics["groups"]),
+                           self.worst_group.get(name), self.changes.get(name))
+
     @property
     def retraining_settings(self) -> dict:
         """The settings of the retraining loss as registered (pwdeploy.loss.LossFn.record)."""
@@ -381,7 +405,8 @@ def schema_table(cls: type = Report) -> str:
     return "\n".join(rows)
 
 
-DOCUMENTED = ("Report", "Sizes", "Speed", "Latency", "Change", "GroupDrop", "WorstGroup", "ArtifactRecord",
+DOCUMENTED = ("Report", "ModelResult", "Score", "Sizes", "Speed", "Latency", "Change", "GroupDrop", "WorstGroup",
+              "ArtifactRecord",
               "EngineRecord", "VerificationRecord", "Stopping", "RunProvenance", "Versions", "ModelSource")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .fsutil import atomic_path, write_text
 from .metrics import fmt_points
-from .records import Report, label_view, to_json
+from .records import ModelResult, Report, Score, label_view, to_json
 
 
 def loss_tag(report) -> str:
@@ -81,8 +81,7 @@ def method_label(report) -> str:
 
 def comparison_table(report: Report, title: str | None = None) -> Table:
     """Rows: groups then overall; columns: accuracy of each model and its change against the original."""
-    metrics = report.metrics
-    names = list(metrics)
+    names = list(report.metrics)
     table = Table(title=title or f"{method_label(report)} / {loss_label(report)} at "
                                  f"{100 * report.flops_reduction:.1f}% MACs removed")
     table.add_column("group")
@@ -93,24 +92,27 @@ def comparison_table(report: Report, title: str | None = None) -> Table:
             table.add_column("Δ vs original", justify="right")
     # The group that ends up worst in the last (most compressed) model.
     worst = report.worst_group[names[-1]].group if names[-1] in report.worst_group else None
-    rows = [(g, metrics["original"]["groups"][g]["n"]) for g in metrics["original"]["groups"]]
-    rows.append(("overall", metrics["original"]["overall"]["n"]))
-    for group, n in rows:
+    results = {name: report.result(name) for name in names}
+    original = results["original"]
+    rows = list(original.by_group) + ["overall"]
+    for group in rows:
+        n = (original.overall if group == "overall" else original.by_group[group]).n
         cells = [f"[bold red]{group}[/] (worst)" if group == worst else group, str(n)]
         for name in names:
-            entry = metrics[name]["overall"] if group == "overall" else metrics[name]["groups"][group]
-            cells.append(fmt_points(entry["accuracy"]))
+            acc = _score(results[name], group).accuracy
+            cells.append(fmt_points(acc))
             if name != "original":
-                ref = metrics["original"]["overall"] if group == "overall" else metrics["original"]["groups"][group]
-                change = None if entry["accuracy"] is None else entry["accuracy"] - ref["accuracy"]
-                cells.append(fmt_points(change, signed=True))
+                cells.append(fmt_points(None if acc is None else acc - _score(original, group).accuracy, signed=True))
         table.add_row(*cells)
     return table
 
 
+def _score(result: ModelResult, group: str) -> Score:
+    return result.overall if group == "overall" else result.by_group[group]
+
+
 def markdown(report: Report) -> str:
-    metrics = report.metrics
-    names = list(metrics)
+    names = list(report.metrics)
     lines = [f"# pwdeploy report: {method_label(report)} / {loss_label(report)}", "",
              f"- MACs: {report.macs.original:,} -> {report.macs.pruned:,} "
              f"({100 * report.flops_reduction:.2f}% removed, target {100 * report.flops_reduction_target:.2f}%)",
@@ -118,13 +120,12 @@ def markdown(report: Report) -> str:
              f"- Data: {report.dataset} (test split), groups: {', '.join(report.group_names)}", "",
              "| group | n | " + " | ".join(f"{n} acc %" for n in names) + " | Δ pruned vs original |",
              "|---|---:|" + "---:|" * len(names) + "---:|"]
-    for group in list(metrics["original"]["groups"]) + ["overall"]:
-        def entry(m):
-            return m["overall"] if group == "overall" else m["groups"][group]
-        accs = [entry(metrics[n])["accuracy"] for n in names]
-        change = report.changes["pruned"]
+    results = {name: report.result(name) for name in names}
+    change = report.changes["pruned"]
+    for group in list(results["original"].by_group) + ["overall"]:
+        accs = [_score(results[n], group).accuracy for n in names]
         delta = change.overall if group == "overall" else change.groups[group]
-        lines.append(f"| {group} | {entry(metrics['original'])['n']} | " + " | ".join(fmt_points(a) for a in accs)
+        lines.append(f"| {group} | {_score(results['original'], group).n} | " + " | ".join(fmt_points(a) for a in accs)
                      + f" | {fmt_points(delta, True)} |")
     drop = report.changes["pruned"].worst_group_drop
     lines += ["", f"Largest group drop: **{drop.group}**, {drop.points:.2f} points.", ""]
@@ -202,14 +203,13 @@ def plot_groups(report: Report, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after choosing the Agg backend
 
-    metrics = report.metrics
-    groups = list(metrics["original"]["groups"]) + ["overall"]
-    names = list(metrics)
+    results = {name: report.result(name) for name in report.metrics}
+    groups = list(results["original"].by_group) + ["overall"]
+    names = list(results)
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 3.6))
     for i, name in enumerate(names):
-        vals = [(metrics[name]["overall"] if g == "overall" else metrics[name]["groups"][g])["accuracy"] or 0
-                for g in groups]
+        vals = [_score(results[name], g).accuracy or 0 for g in groups]
         ax.bar(np.arange(len(groups)) + i * width, vals, width, label=name)
     ax.set_xticks(np.arange(len(groups)) + width * (len(names) - 1) / 2, groups)
     ax.set_ylabel("accuracy (%)")

@@ -34,6 +34,11 @@ def test_a_report_of_the_previous_schema_loads_as_typed_records():
     assert isinstance(report.changes["pruned"], Change)
     assert report.worst_group["pruned"].group == old["worst_group"]["pruned"]["group"]
     assert report.prune_budget == old["prune_budget"]
+    int8_result = report.result("onnx-int8")
+    assert int8_result.by_group["minority"].n == old["metrics"]["onnx-int8"]["groups"]["minority"]["n"]
+    assert int8_result.overall.accuracy == old["metrics"]["onnx-int8"]["overall"]["accuracy"]
+    assert int8_result.change.worst_group_drop.group == old["changes"]["onnx-int8"]["worst_group_drop"]["group"]
+    assert report.result("original").change is None
 
 
 def test_the_upgrade_changes_nothing_but_the_duplicate_latency():
