@@ -130,3 +130,11 @@ def test_compress_result_gives_the_report_in_memory(tiny_baseline):
     assert report.changes["pruned"].overall == pytest.approx(
         result.metrics["pruned"]["overall"]["accuracy"] - result.metrics["original"]["overall"]["accuracy"])
     assert report.worst_group["original"].group in report.group_names
+
+
+def test_an_early_schema_1_report_with_only_latency_ms_keeps_its_latency():
+    old = _v1()
+    old.pop("speed")
+    report = rundir.parse_report(old)
+    assert report.latency.pruned == old["latency_ms"]["pruned"]
+    assert to_json(report)["speed"]["latency"]["batch_1"] == old["latency_ms"]
