@@ -19,7 +19,7 @@ import numpy as np
 from pwdeploy import rundir
 from pwdeploy.errors import PwdeployError
 from pwdeploy.fsutil import atomic_path, read_json, sha256_file, write_json
-from pwdeploy.rundir import ArtifactRecord, EngineRecord, RunDir
+from pwdeploy.rundir import ArtifactRecord, EngineRecord, Report, RunDir
 from pwdeploy.targets import DEFAULT_CALIB_SIZE, Target, get_target
 from pwdeploy.verification_set import FILENAME as VERIFICATION_SET
 
@@ -54,16 +54,16 @@ def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int = 
                        seed=seed, console=console, recalibrate=recalibrate, calib_shares=calib_shares,
                        int8_full_range=int8_full_range, protect_groups=protect_groups,
                        max_float_layers=max_float_layers)
-    run.update_report(lambda r: record_target(r, info))
+    run.update_record(lambda r: record_target(r, info))
     return info
 
 
-def record_target(report: dict, info: dict) -> None:
+def record_target(report: Report, info: dict) -> None:
     """Put ``make_target``'s records into ``report`` (in memory; the caller writes it once)."""
-    report["artifacts"] = info["all_artifacts"]
-    report["targets"] = sorted(set(report.get("targets", [])) | {info["target"]})
+    report.artifacts = {name: ArtifactRecord.from_dict(r) for name, r in info["all_artifacts"].items()}
+    report.targets = sorted(set(report.targets or []) | {info["target"]})
     if info["engine"] is not None:
-        report["engine"] = info["engine"]
+        report.engine = EngineRecord.from_dict(info["engine"])
 
 
 def make_target(run: Path, config: dict, report: dict, target: str, *, calib_size: int = DEFAULT_CALIB_SIZE,

@@ -24,7 +24,7 @@ import torch_pruning
 import torchvision
 
 from pwdeploy.exporters.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_parity
-from pwdeploy.exporters.targets import InMemoryResults, make_target
+from pwdeploy.exporters.targets import InMemoryResults, make_target, record_target
 
 from . import __version__
 from .config import PWSettings, RunConfig, build_config
@@ -43,7 +43,7 @@ from .prune import PruneResult
 from .prune.budget import CountingStream, PruneBudget, plan_for
 from .timings import summary_line, timed
 from .recipes import apply_recipe
-from .records import ArtifactRecord, EngineRecord, ModelSource, Report, RunProvenance, Sizes, Versions
+from .records import ModelSource, Report, RunProvenance, Sizes, Versions
 from .registry import IMPORTANCES, LOSSES
 from .selection import OVERALL_MARGIN, WorstGroupCheckpoint, choose_recipe, validation_set
 from .speed import measured_latency, prune_for_deploy
@@ -541,10 +541,7 @@ def _export_target(run: rundir.RunDir, config: dict, report: Report, result: Com
     info = make_target(run.path, config, {"input_name": report.input_name, "artifacts": {}}, c.target, seed=c.seed,
                        calib_size=c.calib_size, calib_method=c.calib_method, protect_groups=c.protect_groups,
                        max_float_layers=c.max_float_layers, results=InMemoryResults(result.test_set, result.logits))
-    report.artifacts = {name: ArtifactRecord.from_dict(r) for name, r in info["all_artifacts"].items()}
-    report.targets = [info["target"]]
-    if info["engine"] is not None:
-        report.engine = EngineRecord.from_dict(info["engine"])
+    record_target(report, info)
 
 
 def _check_model_input(model: torch.nn.Module, example: torch.Tensor) -> None:
