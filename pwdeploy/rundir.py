@@ -91,9 +91,10 @@ class RunDir:
         return tuple(self.config["input_shape"])
 
     def artifacts(self) -> Dict[str, ArtifactRecord]:
-        return self.read_report().artifacts
+        """report.json's artifact records alone (also of a report too incomplete for ``read_report``)."""
+        recorded = read_json(self.path / REPORT).get("artifacts") or {}
+        return from_json(Dict[str, ArtifactRecord], {k: v for k, v in recorded.items() if isinstance(v, dict)})
 
-    # --- writing (the only place config.json and report.json are written) ---
     def provenance(self) -> RunProvenance:
         """config.json's versions, model source, input shape and distributed set-up (not settings)."""
         config = self.config
@@ -102,6 +103,7 @@ class RunDir:
         except (TypeError, AttributeError) as exc:
             raise PwdeployError(f"{self.path / CONFIG} lacks what compress records ({exc}): re-run compress") from None
 
+    # --- writing (the only place config.json and report.json are written) ---
     def write_config(self, settings: dict, provenance: RunProvenance) -> None:
         """config.json: the settings (pwdeploy.config.RunConfig.to_dict) and the run's provenance."""
         write_json(self.path / CONFIG, {"schema": CONFIG_SCHEMA, **settings, **to_json(provenance)})
