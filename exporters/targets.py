@@ -25,7 +25,7 @@ from pwdeploy.data import DataSpec, create_dataset
 from pwdeploy.errors import PwdeployError
 from pwdeploy.fsutil import atomic_path, read_json, sha256_file, write_json
 from pwdeploy.progress import console as default_console, task
-from pwdeploy.rundir import ArtifactRecord, EngineRecord, RunDir
+from pwdeploy.rundir import ArtifactRecord, EngineRecord, Report, RunDir
 from pwdeploy.runners import run_batches
 from pwdeploy.runners.torch_runner import TorchRunner
 from pwdeploy.targets import Target, get_target
@@ -69,16 +69,16 @@ def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int | 
                        seed=seed, console=console, recalibrate=recalibrate, calib_shares=calib_shares,
                        int8_full_range=int8_full_range, protect_groups=protect_groups,
                        max_float_layers=max_float_layers)
-    run.update_report(lambda r: record_target(r, info))
+    run.update_record(lambda r: record_target(r, info))
     return info
 
 
-def record_target(report: dict, info: dict) -> None:
+def record_target(report: Report, info: dict) -> None:
     """Put ``make_target``'s records into ``report`` (in memory; the caller writes it once)."""
-    report["artifacts"] = info["all_artifacts"]
-    report["targets"] = sorted(set(report.get("targets", [])) | {info["target"]})
+    report.artifacts = {name: ArtifactRecord.from_dict(r) for name, r in info["all_artifacts"].items()}
+    report.targets = sorted(set(report.targets or []) | {info["target"]})
     if info["engine"] is not None:
-        report["engine"] = info["engine"]
+        report.engine = EngineRecord.from_dict(info["engine"])
 
 
 def make_target(run: Path, config: dict, report: dict, target: str, *, calib_size: int | None = None,

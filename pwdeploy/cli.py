@@ -312,7 +312,9 @@ def ship(
                          verify_timeout=verify_timeout, keep=keep, allowed_signers=allowed_signers,
                          allow_downgrade=allow_downgrade, bootstrap=bootstrap)
     if result.passed is False:
-        failed = ", ".join(result.verify.get("gate", {}).get("failed_groups", [])) or "integrity"
+        gate = result.verify.get("gate", {})
+        failed = ", ".join(gate.get("failed_groups", [])) or ("no groups" if gate.get("groups_checked") == 0
+                                                              else "integrity")
         kept = f"still points at {result.previous}" if result.previous else "was not created"
         raise GateFailed(f"device verify FAILED on {result.destination} ({failed}); see {result.verify_path}; "
                          f"`current` {kept}")
