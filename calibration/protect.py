@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pwdeploy.targets import DEFAULT_MAX_FLOAT_LAYERS
+
 from .harm import rank_for_group, sensitivity
 
 if TYPE_CHECKING:  # the probe loads ONNX Runtime's quantizer; the CLI reads this module's default at start-up
     from .probe import Int8Probe, Score
 
-DEFAULT_MAX_FLOAT_LAYERS = 4
 CANDIDATES_PER_STEP = 6  # layers tried jointly at each step (the rest are ranked out by the sensitivity table)
 
 

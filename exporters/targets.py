@@ -18,7 +18,6 @@ import numpy as np
 
 from pwdeploy import rundir
 from pwdeploy.calibration import METHODS, check_fresh, make_provenance, stratified_sample
-from pwdeploy.calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
 from pwdeploy.calibration.quantize import (IndexedCalibrationReader, RecordedRangesOnly, activations_for,
                                            quantize_int8, stamp_provenance)
 from pwdeploy.data import DataSpec, create_dataset
@@ -28,7 +27,7 @@ from pwdeploy.progress import console as default_console, task
 from pwdeploy.rundir import ArtifactRecord, EngineRecord, Report, RunDir
 from pwdeploy.runners import run_batches
 from pwdeploy.runners.torch_runner import TorchRunner
-from pwdeploy.targets import Target, get_target
+from pwdeploy.targets import DEFAULT_MAX_FLOAT_LAYERS, Target, get_target
 from pwdeploy.verification_set import FILENAME as VERIFICATION_SET
 from pwdeploy.verification_set import (VerificationSet, choose_indices, load_verification_set,
                                        write_verification_set)

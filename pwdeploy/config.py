@@ -17,13 +17,10 @@ from typing import Any
 
 import yaml
 
-from .calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
-from .data import list_datasets
 from .errors import ConfigError
-from .models import list_models
-from .registry import IMPORTANCES, LOSSES
+from .registry import IMPORTANCES, LOSSES, list_datasets, list_models
 from .schema import Entry, entries, section, setting
-from .targets import DEFAULT_CALIB_SIZE, DEFAULT_TARGET, help_text as targets_help, list_targets
+from .targets import DEFAULT_CALIB_SIZE, DEFAULT_MAX_FLOAT_LAYERS, DEFAULT_TARGET, help_text as targets_help, list_targets
 from .validate import (COUNT, FRACTION, LEARNING_RATE, NON_NEGATIVE, NON_NEGATIVE_INT, POINTS, POSITIVE, SEED, Range,
                        check, check_data_options)
 

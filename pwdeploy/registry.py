@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from importlib import metadata
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError, ModelError
 
 
 class Registry:
@@ -66,6 +66,28 @@ IMPORTANCES = Registry("prune.method", "pwdeploy.importances", {
     "magnitude": "pwdeploy.prune.criteria", "fairgrape": "pwdeploy.prune.fairgrape"})
 LOSSES = Registry("loss", "pwdeploy.losses", {
     "pw": "pwdeploy.loss", "ce": "pwdeploy.loss", "kd": "pwdeploy.loss", "gdro": "pwdeploy.loss"})
+
+# pwdeploy's own adapters (name -> module), imported on first use so a missing optional dependency of one never
+# breaks the others; other adapters come through @register_dataset or an entry point ("pwdeploy.datasets").
+DATASETS = Registry("--data", "pwdeploy.datasets", {
+    name: f"pwdeploy.data.{module}" for name, module in (("synthetic", "synthetic"), ("celeba", "celeba"),
+                                                         ("cifar10", "cifar10"), ("fitzpatrick17k", "fitzpatrick17k"),
+                                                         ("csv", "csv_manifest"))}, error=DataError)
+# pwdeploy's own models (name -> module that registers it), imported on first use; others come through
+# @register_model or an entry point in the group "pwdeploy.models".
+MODELS = Registry("--arch", "pwdeploy.models", {
+    "smallcnn": "pwdeploy.models.small", "tinyresnet": "pwdeploy.models.small",
+    **{f"cifar_resnet{depth}": "pwdeploy.models.cifar_resnet" for depth in (20, 32, 44, 56)}}, error=ModelError)
+MODEL_FAMILIES = ("torchvision", "timm")  # external models, chosen by the prefix before ':' (pwdeploy.models)
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def list_models() -> list[str]:
+    return MODELS.names() + [f"{family}:<name>" for family in MODEL_FAMILIES]
+
 
 register_importance = IMPORTANCES.register
 register_loss = LOSSES.register

@@ -23,6 +23,8 @@ from .gate import tolerance_for
 ENGINE_BATCHES: Tuple[int, int, int] = (1, 8, 32)
 # INT8 calibration images drawn, stratified by group, from the training split
 DEFAULT_CALIB_SIZE = 512
+# INT8 --protect-groups: at most this many layers kept in float (pwdeploy.calibration.protect)
+DEFAULT_MAX_FLOAT_LAYERS = 4
 DEFAULT_TARGET = "onnx-fp32"
 ONNX_FOR_PRECISION: Dict[str, str] = {"fp32": rundir.MODEL_ONNX, "fp16": rundir.FP16_ONNX,
                                       "int8": rundir.INT8_ONNX}

@@ -8,25 +8,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import DataError
-from ..registry import Registry
+from ..registry import DATASETS, list_datasets
 from ..validate import check_data_options
 from .spec import SPLITS, DataSpec
 
 if TYPE_CHECKING:
     from .base import ArrayDataset, GroupedDataset
 
-# pwdeploy's own adapters (name -> module), imported on first use so a missing optional dependency of one never
-# breaks the others; other adapters come through @register_dataset or an entry point ("pwdeploy.datasets").
-DATASETS = Registry("--data", "pwdeploy.datasets", {
-    name: f"{__name__}.{module}" for name, module in (("synthetic", "synthetic"), ("celeba", "celeba"),
-                                                      ("cifar10", "cifar10"), ("fitzpatrick17k", "fitzpatrick17k"),
-                                                      ("csv", "csv_manifest"))}, error=DataError)
 # ``@register_dataset("mydata")`` on a factory ``(root, split, **options) -> GroupedDataset``
 register_dataset = DATASETS.register
-
-
-def list_datasets() -> list[str]:
-    return DATASETS.names()
 
 
 def create_dataset(spec: DataSpec, split: str) -> GroupedDataset:

@@ -10,17 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import ModelError
-from ..registry import Registry
+from ..registry import MODEL_FAMILIES, MODELS, list_models
 
 if TYPE_CHECKING:  # torch is imported when a model is built, so listing names (CLI help) stays light
     from torch import nn
 
 ModelFactory = Callable[[int], "nn.Module"]
-# pwdeploy's own models (name -> module that registers it), imported on first use; others come through
-# @register_model or an entry point in the group "pwdeploy.models".
-MODELS = Registry("--arch", "pwdeploy.models", {
-    "smallcnn": "pwdeploy.models.small", "tinyresnet": "pwdeploy.models.small",
-    **{f"cifar_resnet{depth}": "pwdeploy.models.cifar_resnet" for depth in (20, 32, 44, 56)}}, error=ModelError)
 register_model = MODELS.register  # ``@register_model("mynet")`` on a function ``num_classes -> nn.Module``
 
 
@@ -44,11 +39,7 @@ def _timm(name: str, num_classes: int) -> nn.Module:
 
 
 # Families of external models, chosen by the prefix before ':'.
-_FAMILIES: dict[str, Callable[[str, int], nn.Module]] = {"torchvision": _torchvision, "timm": _timm}
-
-
-def list_models() -> list[str]:
-    return MODELS.names() + [f"{family}:<name>" for family in _FAMILIES]
+_FAMILIES: dict[str, Callable[[str, int], nn.Module]] = dict(zip(MODEL_FAMILIES, (_torchvision, _timm)))
 
 
 def create_model(arch: str, num_classes: int) -> nn.Module:
