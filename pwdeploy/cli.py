@@ -426,13 +426,22 @@ def package(
     release: Optional[int] = typer.Option(None, "--release", help="Release number of this bundle for its model "
                                                                   "(signed; devices refuse older ones). Default: the "
                                                                   "packaging time as YYYYMMDDHHMMSS."),
+    with_original: bool = typer.Option(False, "--with-original", help="Also ship original.onnx: the device times "
+                                                                      "both and reports the realized speed-up."),
+    max_latency_ms: Optional[list[str]] = typer.Option(None, "--max-latency-ms", metavar="MS[@BATCH]",
+                                                       help="Latency budget (median, batch 1 unless @BATCH) the "
+                                                            "device verify fails above; repeatable."),
+    min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="Fail the device verify below this "
+                                                                            "speed-up over the original (needs "
+                                                                            "--with-original)."),
 ):
     """Bundle a run for a Jetson: model, verification set + reference results, build_engine.sh, device verifier."""
     from .package import package_run
 
     package_run(run_dir, output, target=target, verification_size=verification_size, seed=seed,
                 engine_for=engine_for, tolerance=tolerance, max_group_drop=max_group_drop, sign_key=sign_key,
-                allow_empty_groups=allow_empty_groups, release=release)
+                allow_empty_groups=allow_empty_groups, release=release, with_original=with_original,
+                max_latency_ms=max_latency_ms, min_speedup=min_speedup)
 
 
 @app.command()

@@ -95,6 +95,7 @@ def _verify_parser() -> Parser:
     parser.add_argument("--json", dest="json_path", default="")
     parser.add_argument("--state-dir", default=None)
     parser.add_argument("--build-timeout", type=float, default=3600.0)
+    parser.add_argument("--speed-seconds", default=None)
     parser.add_argument("--result-line", action="store_true")
     parser.add_argument("--debug", action="store_true")
     return parser
@@ -118,6 +119,7 @@ def verify(argv: List[str]) -> int:
     forwarded = ["verify", root, "--runner", args.runner, "--build-timeout", str(args.build_timeout),
                  "--state-dir", state_dir(root, args.state_dir)]
     forwarded += ["--json", args.json_path] if args.json_path else []
+    forwarded += ["--speed-seconds", args.speed_seconds] if args.speed_seconds is not None else []
     forwarded += ["--allowed-signers", checked["signers"]] if checked["signers"] else []
     forwarded += [flag for flag, on in (("--result-line", args.result_line), ("--debug", args.debug)) if on]
     return hand_over(root, forwarded)

@@ -1,0 +1,111 @@
+"""Speed where the model runs: latency and throughput of the shipped model on the runtime that verified it.
+
+After the per-group check, the device verifier times the model at every batch size the bundle declares (its
+engine profile: min/opt/max) and every batch a latency budget names, with the shared core
+(pwdeploy.latency_core: warm-up, then runs until p50/p90/p99 settle). When the bundle carries the original
+model (``package --with-original``) both are timed in turn on the same runtime, so the realized speed-up sits
+beside the MAC ratio. Fresh sessions are opened for timing, with ONNX Runtime's thread-pool spinning off,
+after the verification session is closed: nothing idles on the cores the timed session needs.
+
+numpy plus one runtime; Python 3.8 compatible; no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from ..latency_core import Settings, batch_of, time_pair, time_until_stable
+from ..latency_gate import STATISTIC, batches_to_time
+
+DEFAULT_SECONDS = 20.0  # the whole timing, all batches and sides together
+_PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
+
+
+def declared_batches(manifest: Dict[str, Any]) -> List[int]:
+    engine = manifest["engine"]
+    return batches_to_time(manifest.get("latency"), [engine["min_batch"], engine["opt_batch"], engine["max_batch"]])
+
+
+def _ort_opener(path: str, provider: str, input_name: Optional[str]) -> Callable[[], Any]:
+    from ..runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    return lambda: OnnxRuntimeRunner(path, provider=provider, input_name=input_name, spinning=False)
+
+
+def _openers(bundle_dir: str, manifest: Dict[str, Any], runtime: Dict[str, Any], engine_path: Optional[str]):
+    """(open the shipped model, open the original or None, why the original is not timed or None)."""
+    model = manifest["model"]
+    original = (manifest.get("latency") or {}).get("original")
+    if runtime.get("runtime") == "tensorrt" and engine_path:
+        from .runners import TensorRTRunner
+
+        opener = lambda: TensorRTRunner(engine_path, model["input"]["name"], model["output"]["name"])  # noqa: E731
+        why = "not timed: the original is timed on ONNX Runtime only (no TensorRT engine of it is built)" \
+            if original else None
+        return opener, None, why
+    provider = _PROVIDERS.get(str(runtime.get("provider")), "cpu")
+    opener = _ort_opener(os.path.join(bundle_dir, model["file"]), provider, model["input"]["name"])
+    if not original:
+        return opener, None, "the bundle has no original model (package --with-original)"
+    return opener, _ort_opener(os.path.join(bundle_dir, original), provider, model["input"]["name"]), None
+
+
+def measure_speed(bundle_dir: str, manifest: Dict[str, Any], images: np.ndarray, runtime: Dict[str, Any], *,
+                  engine_path: Optional[str] = None, seconds: float = DEFAULT_SECONDS,
+                  log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """The bundle's speed record: per batch, the model's (and the original's) latency and the speed-up."""
+    open_model, open_original, why = _openers(bundle_dir, manifest, runtime, engine_path)
+    batches = declared_batches(manifest)
+    limit = manifest["engine"]["max_batch"] if runtime.get("runtime") == "tensorrt" else None
+    sides = 2 if open_original else 1
+    per_side = max(0.2, float(seconds) / (len(batches) * sides))
+    settings = Settings(max_seconds=per_side, min_seconds=min(0.2, per_side))
+    started = time.time()
+    rows = []
+    model_runner = open_model()
+    original_runner = open_original() if open_original else None
+    try:
+        for batch in batches:
+            if limit is not None and batch > limit:
+                log("speed: batch {} is above the engine's max batch {}: not timed".format(batch, limit))
+                continue
+            rows.append(_time_batch(model_runner, original_runner, batch_of(images, batch), batch, settings))
+    finally:
+        model_runner.close()
+        if original_runner is not None:
+            original_runner.close()
+    flops = manifest["model"].get("flops_reduction")
+    return {"method": settings.method(), "statistic": STATISTIC, "spinning": "off",
+            "runtime": dict(getattr(model_runner, "description", runtime)), "batches": rows,
+            "macs_speedup": (1.0 / (1.0 - float(flops))) if isinstance(flops, (int, float)) and flops < 1 else None,
+            "original_note": why, "seconds": round(time.time() - started, 3)}
+
+
+def _time_batch(model_runner, original_runner, x: np.ndarray, batch: int, settings: Settings) -> Dict[str, Any]:
+    if original_runner is None:
+        stats = time_until_stable(lambda: model_runner.run(x), batch, settings)
+        return {"batch": batch, "model": stats.to_dict(), "original": None, "speedup": None}
+    pair = time_pair(lambda: original_runner.run(x), lambda: model_runner.run(x), batch, settings)
+    return {"batch": batch, "model": pair["b"].to_dict(), "original": pair["a"].to_dict(),
+            "speedup": round(pair["speedup"], 4), "speedup_p25": round(pair["speedup_p25"], 4),
+            "speedup_p75": round(pair["speedup_p75"], 4)}
+
+
+def summary_line(speed: Dict[str, Any]) -> str:
+    """One line for the verifier's output: p50/p90/p99 and throughput per batch, the speed-up beside MACs."""
+    parts = []
+    for row in speed["batches"]:
+        m = row["model"]
+        text = "b{}: p50 {:.2f} / p90 {:.2f} / p99 {:.2f} ms, {:.0f} img/s".format(
+            row["batch"], m["p50_ms"], m["p90_ms"], m["p99_ms"], m["throughput_ips"])
+        if row.get("speedup") is not None:
+            text += ", {:.2f}x vs original".format(row["speedup"])
+        parts.append(text)
+    runtime = speed["runtime"]
+    where = "{} {}".format(runtime.get("runtime", "?"), runtime.get("provider") or runtime.get("via") or "")
+    macs = " (MACs {:.2f}x fewer)".format(speed["macs_speedup"]) if speed.get("macs_speedup") else ""
+    return "latency on {}: {}{}".format(where.strip(), "; ".join(parts) or "nothing timed", macs)
