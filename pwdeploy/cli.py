@@ -10,7 +10,7 @@ import typer
 
 from . import __version__
 from .data import list_datasets
-from .device.install import DEFAULT_KEEP
+from .cli_fleet import register as register_device_commands
 from .cli_panels import COMPRESS as COMPRESS_PANELS, panels
 from .errors import EXIT_INTERNAL, ConfigError, PwdeployError
 from .models import list_models
@@ -444,47 +444,7 @@ def package(
                 max_latency_ms=max_latency_ms, min_speedup=min_speedup)
 
 
-@app.command()
-def ship(
-    bundle: Path = typer.Argument(..., help="Bundle written by 'pwdeploy package' (NAME.tar.gz)."),
-    destination: str = typer.Argument(..., help="user@host:DIR on the device (DIR/current will point at it)."),
-    verify: bool = typer.Option(False, "--verify", help="Run the device-side verify in the new release first; switch "
-                                                        "`current` only if it passes; bring back its result."),
-    port: Optional[int] = typer.Option(None, "-p", "--port", help="SSH port."),
-    identity: Optional[str] = typer.Option(None, "-i", "--identity", help="SSH private key file."),
-    ssh_config: Optional[str] = typer.Option(None, "-F", "--ssh-config", help="ssh config file (default ~/.ssh/config)."),
-    ssh_option: Optional[list[str]] = typer.Option(None, "-o", "--ssh-option",
-                                                   help="Extra ssh option, repeatable (e.g. -o ProxyJump=gw)."),
-    remote_python: str = typer.Option("python3", "--remote-python", help="Python 3.8+ on the device (path or name)."),
-    runner: str = typer.Option("auto", "--runner", help="Device verify runtime: auto, tensorrt or onnxruntime."),
-    verify_timeout: float = typer.Option(3600.0, "--verify-timeout", help="Seconds allowed for the remote verify "
-                                                                          "(includes the engine build)."),
-    keep: int = typer.Option(DEFAULT_KEEP, "--keep", help="Releases kept on the device after switching, `current` "
-                                                         "included (older ones are removed; 0 keeps all)."),
-    allowed_signers: Optional[str] = typer.Option(None, "--allowed-signers",
-                                                  help="OpenSSH allowed-signers file: refuse an unsigned or wrongly "
-                                                       "signed bundle before sending it (the device checks its own "
-                                                       "DIR/allowed_signers too)."),
-    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a release older than the one the "
-                                                                          "device runs for this model."),
-    bootstrap: bool = typer.Option(False, "--bootstrap", help="Also install the trust anchor as "
-                                                              "DIR/.pwdeploy/anchor/pwdeploy-device.py (prints its "
-                                                              "sha256)."),
-):
-    """Copy a bundle over SSH, install it as DIR/current only if its hashes check out, optionally verify it there."""
-    from .errors import GateFailed
-    from .ship import ship as ship_bundle
-
-    result = ship_bundle(bundle, destination, verify=verify, port=port, identity=identity, ssh_config=ssh_config,
-                         ssh_options=ssh_option, remote_python=remote_python, runner=runner,
-                         verify_timeout=verify_timeout, keep=keep, allowed_signers=allowed_signers,
-                         allow_downgrade=allow_downgrade, bootstrap=bootstrap)
-    if result.passed is False:
-        failed = ", ".join(result.verify.get("gate", {}).get("failed_groups", [])) or "integrity"
-        kept = f"still points at {result.previous}" if result.previous else "was not created"
-        raise GateFailed(f"device verify FAILED on {result.destination} ({failed}); see {result.verify_path}; "
-                         f"`current` {kept}")
-
+register_device_commands(app)  # ship (one host or a fleet), status, rollback: pwdeploy/cli_fleet.py
 
 
 @app.command()

@@ -33,6 +33,7 @@ from .args import Parser
 from .install import main as install_main
 from .releases import RELEASES
 from .state import state_dir
+from .status import main as status_main
 
 ANCHOR_PATH = os.path.join(".pwdeploy", "anchor", "pwdeploy-device.py")  # DEPLOY_DIR/<this>
 RUNNERS = ("auto", "tensorrt", "onnxruntime")
@@ -131,8 +132,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return verify(argv[1:])
     if argv[:1] in (["install"], ["switch"], ["rollback"]):
         return install_main(argv)  # the anchor's own copy, never the bundle's
+    if argv[:1] == ["status"]:
+        return status_main(argv[1:])
     print("error: usage: python3 -I -B pwdeploy-device.py verify BUNDLE_DIR | install ARCHIVE DEPLOY_DIR | "
-          "switch RELEASE DEPLOY_DIR | rollback DEPLOY_DIR", file=sys.stderr)
+          "switch RELEASE DEPLOY_DIR | rollback DEPLOY_DIR | status DEPLOY_DIR", file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -20,6 +20,8 @@ import numpy as np
 
 from ..latency_core import Settings, batch_of, time_pair, time_until_stable
 from ..latency_gate import STATISTIC, batches_to_time
+from ..runners.onnxruntime_runner import OnnxRuntimeRunner
+from .runners import TensorRTRunner
 
 DEFAULT_SECONDS = 20.0  # the whole timing, all batches and sides together
 _PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
@@ -31,8 +33,6 @@ def declared_batches(manifest: Dict[str, Any]) -> List[int]:
 
 
 def _ort_opener(path: str, provider: str, input_name: Optional[str]) -> Callable[[], Any]:
-    from ..runners.onnxruntime_runner import OnnxRuntimeRunner
-
     return lambda: OnnxRuntimeRunner(path, provider=provider, input_name=input_name, spinning=False)
 
 
@@ -41,8 +41,6 @@ def _openers(bundle_dir: str, manifest: Dict[str, Any], runtime: Dict[str, Any],
     model = manifest["model"]
     original = (manifest.get("latency") or {}).get("original")
     if runtime.get("runtime") == "tensorrt" and engine_path:
-        from .runners import TensorRTRunner
-
         opener = lambda: TensorRTRunner(engine_path, model["input"]["name"], model["output"]["name"])  # noqa: E731
         why = "not timed: the original is timed on ONNX Runtime only (no TensorRT engine of it is built)" \
             if original else None
