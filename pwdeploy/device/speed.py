@@ -93,17 +93,19 @@ def _time_batch(model_runner, original_runner, x: np.ndarray, batch: int, settin
             "speedup_p75": round(pair["speedup_p75"], 4)}
 
 
-def summary_line(speed: Dict[str, Any]) -> str:
-    """One line for the verifier's output: p50/p90/p99 and throughput per batch, the speed-up beside MACs."""
-    parts = []
+def summary_lines(speed: Dict[str, Any]) -> List[str]:
+    """The verifier's latency lines: p50/p90/p99 and throughput per batch, the speed-up beside the MAC ratio."""
+    runtime = speed["runtime"]
+    where = "{} {}".format(runtime.get("runtime", "?"), runtime.get("provider") or runtime.get("via") or "").strip()
+    macs = ", MACs {:.2f}x fewer".format(speed["macs_speedup"]) if speed.get("macs_speedup") else ""
+    lines = ["latency on {} ({:.1f} s of timing{}):".format(where, speed["seconds"], macs)]
     for row in speed["batches"]:
         m = row["model"]
-        text = "b{}: p50 {:.2f} / p90 {:.2f} / p99 {:.2f} ms, {:.0f} img/s".format(
+        text = "  batch {:>3}: p50 {:.3f} ms, p90 {:.3f} ms, p99 {:.3f} ms, {:.0f} images/s".format(
             row["batch"], m["p50_ms"], m["p90_ms"], m["p99_ms"], m["throughput_ips"])
         if row.get("speedup") is not None:
-            text += ", {:.2f}x vs original".format(row["speedup"])
-        parts.append(text)
-    runtime = speed["runtime"]
-    where = "{} {}".format(runtime.get("runtime", "?"), runtime.get("provider") or runtime.get("via") or "")
-    macs = " (MACs {:.2f}x fewer)".format(speed["macs_speedup"]) if speed.get("macs_speedup") else ""
-    return "latency on {}: {}{}".format(where.strip(), "; ".join(parts) or "nothing timed", macs)
+            text += "; {:.2f}x the original ({:.3f} ms)".format(row["speedup"], row["original"]["p50_ms"])
+        lines.append(text + ("" if m["stable"] else " (not settled within the time allowed)"))
+    if speed.get("original_note"):
+        lines.append("  speed-up: {}".format(speed["original_note"]))
+    return lines

@@ -34,7 +34,7 @@ from ..latency_gate import check_latency, table_lines
 from ..signature import signers_for, verify as verify_signature
 from . import facts as device_facts
 from .runners import describe, run_batches, select_runner
-from .speed import DEFAULT_SECONDS, measure_speed, summary_line
+from .speed import DEFAULT_SECONDS, measure_speed, summary_lines
 from .state import state_dir as state_dir_of
 
 RESULT_SCHEMA = "pwdeploy.device_verify/1"
@@ -125,8 +125,8 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
         "latency_gate": [b.to_dict() for b in budgets],
         "total_seconds": round(time.time() - started, 3),
     })
-    if speed is not None:
-        log(summary_line(speed))
+    for line in summary_lines(speed) if speed is not None else []:
+        log(line)
     _print_table(log, metrics, gate, result["agreement"], len(vs), model_runner, budgets)
     _write(result, state, result_path)
     return result
