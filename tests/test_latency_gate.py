@@ -18,6 +18,11 @@ from pwdeploy.latency_gate import check_latency, manifest_section, parse_budget,
 from pwdeploy.package import package_run, verify_locally  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def wide(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # the verifier's lines unwrapped
+
+
 def _speed(p50_b1: float, speedup: float | None = None) -> dict:
     row = {"batch": 1, "model": {"p50_ms": p50_b1, "p90_ms": p50_b1, "p99_ms": p50_b1}, "speedup": speedup}
     return {"batches": [row]}

@@ -18,6 +18,8 @@ import platform
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..errors import PwdeployError
+
 try:
     from importlib import metadata as _metadata
 except ImportError:  # pragma: no cover - Python < 3.8
@@ -131,6 +133,13 @@ def describe(facts: Dict[str, Any]) -> str:
 
 def _version_tuple(text: Optional[str]) -> Tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text or "")[:3])
+
+
+def refuse_if_lacking(manifest: Dict[str, Any], facts: Dict[str, Any], runner: str) -> None:
+    """Raise (one line, exit 2) when ``requirement_problem`` finds something the device lacks."""
+    problem = requirement_problem(manifest, facts, runner)
+    if problem:
+        raise PwdeployError("{}: refused before building or running anything".format(problem))
 
 
 def requirement_problem(manifest: Dict[str, Any], facts: Dict[str, Any], runner: str) -> Optional[str]:

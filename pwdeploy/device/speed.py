@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..latency_core import Settings, batch_of, time_pair, time_until_stable
-from ..latency_gate import STATISTIC, batches_to_time
+from ..latency_gate import STATISTIC, BudgetCheck, batches_to_time, check_latency
 from ..runners.onnxruntime_runner import OnnxRuntimeRunner
 from .runners import TensorRTRunner
 
@@ -81,6 +81,16 @@ def measure_speed(bundle_dir: str, manifest: Dict[str, Any], images: np.ndarray,
             "runtime": dict(getattr(model_runner, "description", runtime)), "batches": rows,
             "macs_speedup": (1.0 / (1.0 - float(flops))) if isinstance(flops, (int, float)) and flops < 1 else None,
             "original_note": why, "seconds": round(time.time() - started, 3)}
+
+
+def timed_and_gated(bundle_dir: str, manifest: Dict[str, Any], images: np.ndarray, verified_with, seconds: float,
+                    log: Callable[[str], None]) -> Tuple[Optional[Dict[str, Any]], List[BudgetCheck]]:
+    """(speed record or None when ``seconds`` is 0, the manifest's latency budgets checked against it).
+    ``verified_with``: the (closed) runner that verified the bundle: its runtime, and its engine, are timed."""
+    speed = None if seconds <= 0 else measure_speed(
+        bundle_dir, manifest, images, dict(getattr(verified_with, "description", {})),
+        engine_path=getattr(verified_with, "engine_path", None), seconds=seconds, log=log)
+    return speed, check_latency(manifest.get("latency"), speed)
 
 
 def _time_batch(model_runner, original_runner, x: np.ndarray, batch: int, settings: Settings) -> Dict[str, Any]:

@@ -30,11 +30,11 @@ from ..evaluate import agreement, evaluate_artifact
 from ..manifest import check_files, parse_manifest, read_manifest, read_signature, unlisted_entries
 from ..metrics import fmt_points, predict
 from ..verification_set import load_verification_set
-from ..latency_gate import check_latency, table_lines
+from ..latency_gate import table_lines
 from ..signature import signers_for, verify as verify_signature
 from . import facts as device_facts
 from .runners import describe, run_batches, select_runner
-from .speed import DEFAULT_SECONDS, measure_speed, summary_lines
+from .speed import DEFAULT_SECONDS, summary_lines, timed_and_gated
 from .state import state_dir as state_dir_of
 
 RESULT_SCHEMA = "pwdeploy.device_verify/1"
@@ -88,11 +88,7 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
 
     vs = load_verification_set(os.path.join(bundle_dir, manifest["verification"]["file"]))
     _check_set(vs, manifest)
-    lacking = device_facts.requirement_problem(manifest, result["device"], runner)
-    if lacking:
-        from ..errors import PwdeployError
-
-        raise PwdeployError("{}: refused before building or running anything".format(lacking))
+    device_facts.refuse_if_lacking(manifest, result["device"], runner)
     model_runner, note = select_runner(bundle_dir, manifest, runner, log=log, build_timeout=build_timeout,
                                        state_dir=state, manifest_sha256=hashlib.sha256(raw).hexdigest())
     try:
@@ -108,10 +104,7 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
                                allow_empty_groups=manifest["gate"].get("allow_empty_groups", False),
                                reference_logits=vs.logits.get("reference"))
     gate, metrics = shared.pop("gate_result"), shared["metrics"]
-    speed = None if speed_seconds <= 0 else measure_speed(
-        bundle_dir, manifest, vs.images, describe(model_runner), engine_path=getattr(model_runner, "engine_path", None),
-        seconds=speed_seconds, log=log)
-    budgets = check_latency(manifest.get("latency"), speed)
+    speed, budgets = timed_and_gated(bundle_dir, manifest, vs.images, model_runner, speed_seconds, log)
     shared["passed"] = bool(shared["passed"] and all(b.passed for b in budgets))
     result.update({
         "runner": dict(describe(model_runner), note=note),
