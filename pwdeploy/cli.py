@@ -390,6 +390,8 @@ def verify_command(
     allow_empty_groups: bool = AllowEmptyOpt,
     force: bool = typer.Option(False, "--force", help="With --reference: verify an artifact whose recorded model "
                                                       "hash says it was exported from another run."),
+    speed_seconds: float = typer.Option(0.0, "--speed-seconds", help="Also time each ONNX artifact (and the "
+                                                                     "original) with the device's code, S seconds."),
 ):
     """Run the exported artifact per group; PASSED/FAILED per group, verify.json; exit 1 when the gate fails."""
     from .errors import GateFailed
@@ -399,7 +401,7 @@ def verify_command(
     summary = run_verify(artifact, reference=reference, target=target, data=data, data_root=data_root, data_options=options,
                tolerance=tolerance, max_group_drop=max_group_drop, runner=runner, ort_provider=ort_provider,
                bootstrap=bootstrap, seed=seed, batch_size=batch_size, allow_empty_groups=allow_empty_groups,
-               force=force)
+               force=force, speed_seconds=speed_seconds)
     if summary["failure"]:
         raise GateFailed(summary["failure"])
 

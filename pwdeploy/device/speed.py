@@ -57,8 +57,21 @@ def measure_speed(bundle_dir: str, manifest: Dict[str, Any], images: np.ndarray,
                   log: Callable[[str], None] = print) -> Dict[str, Any]:
     """The bundle's speed record: per batch, the model's (and the original's) latency and the speed-up."""
     open_model, open_original, why = _openers(bundle_dir, manifest, runtime, engine_path)
-    batches = declared_batches(manifest)
     limit = manifest["engine"]["max_batch"] if runtime.get("runtime") == "tensorrt" else None
+    speed = time_models(open_model, open_original, images, declared_batches(manifest), seconds, max_batch=limit,
+                        log=log)
+    flops = manifest["model"].get("flops_reduction")
+    speed["runtime"] = speed["runtime"] or dict(runtime)
+    speed["macs_speedup"] = (1.0 / (1.0 - float(flops))) if isinstance(flops, (int, float)) and flops < 1 else None
+    speed["original_note"] = why
+    return speed
+
+
+def time_models(open_model: Callable[[], Any], open_original: Optional[Callable[[], Any]], images: np.ndarray,
+                batches: List[int], seconds: float, *, max_batch: Optional[int] = None,
+                log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Time the runner ``open_model()`` opens (alternated with ``open_original()``'s when given) at each batch,
+    ``seconds`` in all; the runners live only while timed. Used by the device verifier and `pwdeploy verify`."""
     sides = 2 if open_original else 1
     per_side = max(0.2, float(seconds) / (len(batches) * sides))
     settings = Settings(max_seconds=per_side, min_seconds=min(0.2, per_side))
@@ -68,19 +81,24 @@ def measure_speed(bundle_dir: str, manifest: Dict[str, Any], images: np.ndarray,
     original_runner = open_original() if open_original else None
     try:
         for batch in batches:
-            if limit is not None and batch > limit:
-                log("speed: batch {} is above the engine's max batch {}: not timed".format(batch, limit))
+            if max_batch is not None and batch > max_batch:
+                log("speed: batch {} is above the engine's max batch {}: not timed".format(batch, max_batch))
                 continue
             rows.append(_time_batch(model_runner, original_runner, batch_of(images, batch), batch, settings))
     finally:
         model_runner.close()
         if original_runner is not None:
             original_runner.close()
-    flops = manifest["model"].get("flops_reduction")
     return {"method": settings.method(), "statistic": STATISTIC, "spinning": "off",
-            "runtime": dict(getattr(model_runner, "description", runtime)), "batches": rows,
-            "macs_speedup": (1.0 / (1.0 - float(flops))) if isinstance(flops, (int, float)) and flops < 1 else None,
-            "original_note": why, "seconds": round(time.time() - started, 3)}
+            "runtime": dict(getattr(model_runner, "description", {})), "batches": rows,
+            "seconds": round(time.time() - started, 3)}
+
+
+def time_onnx(model: str, original: Optional[str], images: np.ndarray, batches: List[int], seconds: float,
+              provider: str = "auto") -> Dict[str, Any]:
+    """`pwdeploy verify`'s timing of an ONNX artifact (and the run's original.onnx), with the device's code."""
+    return time_models(_ort_opener(model, provider, None), _ort_opener(original, provider, None) if original else None,
+                       images, batches, seconds)
 
 
 def timed_and_gated(bundle_dir: str, manifest: Dict[str, Any], images: np.ndarray, verified_with, seconds: float,
