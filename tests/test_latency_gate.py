@@ -100,3 +100,17 @@ def test_package_refuses_bad_latency_options(run, tmp_path, capsys):
     assert main(["package", str(run), "-o", str(tmp_path / "b.tar.gz"), "--min-speedup", "1.5"]) == 2
     assert "--with-original" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.tar.gz"))
+
+
+def test_host_verify_times_with_the_device_code(run, tmp_path, capsys):
+    from run_fixture import copy_run
+
+    from pwdeploy.verify import verify
+
+    mine = copy_run(tmp_path, tmp_path / "run")  # the fixture's report.json is too small to render: no report update
+    summary = verify(mine / "model.onnx", bootstrap=0, speed_seconds=1, update_report=False)
+    speed = summary["artifacts"]["model.onnx"]["speed"]
+    assert read_json(mine / "verify.json")["artifacts"]["model.onnx"]["speed"] == speed
+    assert [row["batch"] for row in speed["batches"]] == [1, 8, 32] and speed["spinning"] == "off"
+    assert all(row["original"]["p50_ms"] > 0 and row["speedup"] > 0 for row in speed["batches"])  # original.onnx
+    assert "model.onnx: latency on onnxruntime" in capsys.readouterr().out
