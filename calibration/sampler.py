@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from pwdeploy.errors import DataError
-from pwdeploy.verification_set import equal_shares
+from pwdeploy.sampling import equal_shares, group_sizes, stratified_indices
 
 
 @dataclass
@@ -48,18 +48,13 @@ def stratified_sample(groups: np.ndarray, group_names: Sequence[str], size: int,
     else:
         weights = [1.0] * len(names)
 
-    available = [int((groups == g).sum()) for g in range(len(names))]
+    available = group_sizes(groups, len(names))
     if sum(available) == 0:
         raise DataError("the training split is empty: cannot draw a calibration set")
     requested = equal_shares([size] * len(names), size, weights)  # the shares if every group had enough
     drawn = equal_shares(available, size, weights)
 
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for g, count in enumerate(drawn):
-        members = np.flatnonzero(groups == g)
-        chosen.append(rng.permutation(members)[:count])
-    indices = np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, np.int64)
+    indices = stratified_indices(groups, len(names), size, seed=seed, weights=weights)
 
     notes = []
     for g, name in enumerate(names):

@@ -23,6 +23,8 @@ ANCHOR_NAME = os.path.basename(ANCHOR_PATH)
 MODULES = (
     ("pwdeploy", "__init__.py", True),
     ("pwdeploy.errors", "errors.py", False),
+    ("pwdeploy.names", "names.py", False),
+    ("pwdeploy.fsutil", "fsutil.py", False),
     ("pwdeploy.safe_extract", "safe_extract.py", False),
     ("pwdeploy.manifest", "manifest.py", False),
     ("pwdeploy.signature", "signature.py", False),

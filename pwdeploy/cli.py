@@ -70,7 +70,7 @@ PrecisionOpt = typer.Option(None, "--precision", help="Training precision: auto 
                                                       "fp16; fp32 on the CPU), bf16, fp16 or fp32.")
 ImageCacheOpt = typer.Option(None, "--image-cache", help="Decoded-image cache for image-file datasets: auto (when "
                                                          "the disk has room), on, off, rebuild (replace a stale one).")
-CacheDirOpt = typer.Option(None, "--cache-dir", help="Where decoded images are cached (default $PWDEPLOY_CACHE_DIR "
+CacheDirOpt = typer.Option(None, "--cache-dir", help="Where decoded images are cached (default $PWDEPLOY_IMAGE_CACHE_DIR "
                                                      "or ~/.cache/pwdeploy/images).")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes per process (default: auto, 0 for "
                                                   "in-memory datasets).")

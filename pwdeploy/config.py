@@ -99,7 +99,7 @@ class LoaderSettings:
     # decoded-image cache (pwdeploy/data/cache.py): auto (image-file datasets, when the disk has room), on, off,
     # rebuild (replace a stale cache)
     image_cache: str = "auto"
-    cache_dir: str | None = None  # default $PWDEPLOY_CACHE_DIR or ~/.cache/pwdeploy/images
+    cache_dir: str | None = None  # default $PWDEPLOY_IMAGE_CACHE_DIR or ~/.cache/pwdeploy/images
     workers: int | None = None  # DataLoader worker processes per rank; None: auto (pwdeploy/data/loading.py)
     pin_memory: bool | None = None  # None: on when training on CUDA
 

@@ -1,4 +1,8 @@
-"""Atomic writes and hashing: nothing is ever half-written under its final name."""
+"""Atomic writes and hashing: nothing is ever half-written under its final name.
+
+Portable core (standard library only, Python 3.8): the device bundle and the trust anchor ship it, and the
+host imports the same module, so the host and the device hash and write files with one implementation.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".{}.".format(path.name), suffix=".partial", dir=str(path.parent))
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -45,13 +49,14 @@ def _json_default(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    raise TypeError("not JSON serialisable: {}".format(type(obj).__name__))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, read in 1 MiB blocks (the one file-hashing helper, host and device)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
+        for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -63,7 +68,7 @@ def not_a_file(path: str | os.PathLike) -> str | None:
     except FileNotFoundError:
         return "not found" if not os.path.islink(path) else "is a dangling symbolic link"
     except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc})"
+        return "cannot be read ({})".format(exc.strerror or exc)
     if stat.S_ISREG(mode):
         return None
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),

@@ -7,12 +7,14 @@ where no jsonschema is installed. Errors name the offending key.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
 from typing import Any, Dict, Optional
+
+from .fsutil import sha256_file
+from .names import MANIFEST, SIGNATURE_FILE  # noqa: F401 - the bundle's names, imported from here too
 
 try:
     from .errors import PwdeployError as _BaseError
@@ -21,12 +23,10 @@ except ImportError:  # pragma: no cover - only when run as a loose script
 
 SCHEMA = "pwdeploy.bundle/1"
 SCHEMA_MAJOR = 1
-MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 _FIX = "re-create the bundle with `pwdeploy package`"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-SIGNATURE_FILE = "manifest.json.sig"  # OpenSSH signature of manifest.json: the one file the manifest cannot list
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_RELEASE = 2 ** 63 - 1
 
@@ -319,15 +319,6 @@ def unlisted_entries(bundle_dir: str, manifest: Dict[str, Any]) -> list:
     return sorted(extra)
 
 
-def sha256_of(path: str) -> str:
-    """sha256 of a file, read in 1 MiB blocks (the one hashing helper of the device code)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_problem(bundle_dir: str, name: str, entry: Dict[str, Any]) -> Optional[str]:
     """None when ``name`` exists with the recorded size and sha256, else what is wrong (one line)."""
     path = os.path.join(str(bundle_dir), *name.split("/"))
@@ -336,7 +327,7 @@ def file_problem(bundle_dir: str, name: str, entry: Dict[str, Any]) -> Optional[
     size = os.path.getsize(path)
     if size != entry["bytes"]:
         return "{} has {} bytes, the manifest says {}".format(name, size, entry["bytes"])
-    if sha256_of(path) != entry["sha256"]:
+    if sha256_file(path) != entry["sha256"]:
         return "{} does not match its sha256 in the manifest".format(name)
     return None
 

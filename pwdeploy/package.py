@@ -25,26 +25,30 @@ from . import __version__, rundir
 from .errors import DataError, PwdeployError
 from .fsutil import atomic_path, sha256_file, write_json, write_text
 from .manifest import MANIFEST, SCHEMA, SIGNATURE_FILE, validate_manifest
+from .names import BUILD_SCRIPT, ORIGINAL_ONNX
 from .metrics import group_metrics, predict
+from .sampling import stratified_indices
 from .safe_extract import check_archive, single_root
 from .signature import sign
 from .targets import ENGINE_BATCHES, Target, get_target
-from .verification_set import FILENAME as VSET_FILE, VerificationSet, equal_shares, load_verification_set, \
+from .verification_set import FILENAME as VSET_FILE, VerificationSet, load_verification_set, \
     write_verification_set
 
 MAX_VERIFICATION_BYTES = 128 * 1024 * 1024  # keeps a 224 px bundle shippable (about 220 images)
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The torch-free slice of pwdeploy that runs on the device (paths relative to the package's parent).
 DEVICE_CODE = (
-    "pwdeploy/__init__.py", "pwdeploy/errors.py", "pwdeploy/metrics.py", "pwdeploy/gate.py", "pwdeploy/evaluate.py",
-    "pwdeploy/manifest.py", "pwdeploy/safe_extract.py", "pwdeploy/verification_set.py",
+    "pwdeploy/__init__.py", "pwdeploy/names.py", "pwdeploy/errors.py", "pwdeploy/metrics.py", "pwdeploy/gate.py", "pwdeploy/evaluate.py",
+    "pwdeploy/manifest.py", "pwdeploy/fsutil.py", "pwdeploy/safe_extract.py", "pwdeploy/verification_set.py",
+    "pwdeploy/sampling.py",
     "pwdeploy/device/__init__.py", "pwdeploy/device/__main__.py", "pwdeploy/device/verify.py",
     "pwdeploy/device/runners.py", "pwdeploy/device/build_engine.py", "pwdeploy/device/install.py",
     "pwdeploy/signature.py", "pwdeploy/device/args.py", "pwdeploy/device/state.py", "pwdeploy/device/releases.py",
     "pwdeploy/runners/__init__.py", "pwdeploy/runners/base.py", "pwdeploy/runners/onnxruntime_runner.py",
+    "pwdeploy/runners/tensorrt_runner.py", "pwdeploy/runners/gpu.py",
     "pwdeploy/latency_core.py", "pwdeploy/latency_gate.py", "pwdeploy/device/speed.py", "pwdeploy/device/facts.py",
 )
-ORIGINAL_IN_BUNDLE = "original.onnx"  # package --with-original: the unpruned model, timed against on the device
+ORIGINAL_IN_BUNDLE = ORIGINAL_ONNX  # package --with-original: the unpruned model, timed against on the device
 _ONNX_DTYPES = {1: "float32", 10: "float16"}
 
 DEVICE_README = """pwdeploy bundle {bundle_id}
@@ -206,7 +210,7 @@ def _stage_files(root: Path, run: rundir.RunDir, spec: Target, model_path: Path,
                  engine_file: Optional[str], evidence: _Evidence, bundle_id: str, created: dt.datetime,
                  release: int) -> None:
     """Everything but the manifest: model (+ external data), engine, verification set, build script, device code."""
-    from .device.build_engine import SCRIPT_NAME, render_script
+    from .device.build_engine import render_script
 
     shutil.copy2(model_path, root / spec.onnx_file)
     for extra in io_info["external_data"]:
@@ -216,10 +220,10 @@ def _stage_files(root: Path, run: rundir.RunDir, spec: Target, model_path: Path,
     evidence.vs.meta.update(bundle_id=bundle_id, subset_of=evidence.source, reference_runner=evidence.runner)
     write_verification_set(root / VSET_FILE, evidence.vs)
     lo, opt, hi = spec.engine_batches
-    write_text(root / SCRIPT_NAME, render_script(
+    write_text(root / BUILD_SCRIPT, render_script(
         bundle_id=bundle_id, version=__version__, model_file=spec.onnx_file, precision=spec.precision,
         input_name=io_info["name"], input_shape=io_info["shape"], min_batch=lo, opt_batch=opt, max_batch=hi))
-    (root / SCRIPT_NAME).chmod(0o755)
+    (root / BUILD_SCRIPT).chmod(0o755)
     for rel in DEVICE_CODE:
         dest = root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -245,10 +249,8 @@ def _model_entry(run: rundir.RunDir, config: dict, report: dict, spec: Target, i
 
 
 def _engine_entry(spec: Target, engine_file: Optional[str], engine_trt: Optional[str]) -> dict:
-    from .device.build_engine import SCRIPT_NAME
-
     lo, opt, hi = spec.engine_batches
-    return {"build_script": SCRIPT_NAME, "file": engine_file, "tensorrt": engine_trt,
+    return {"build_script": BUILD_SCRIPT, "file": engine_file, "tensorrt": engine_trt,
             "min_batch": lo, "opt_batch": opt, "max_batch": hi,
             "note": "engines are built on the device: they do not move between GPUs or TensorRT versions"}
 
@@ -354,7 +356,7 @@ def _verification_subset(run: rundir.RunDir, config: dict, size: int, seed: int)
         full = _from_dataset(config, size, seed)
         source = f"test split of dataset {config['data']['name']!r} ({full.meta['source_n']} images)"
     size = _fit_size(size, full.images.shape[1:])
-    pick = _stratified(full.groups, len(full.group_names), size, seed)
+    pick = stratified_indices(full.groups, len(full.group_names), size, seed=seed)
     subset = VerificationSet(
         images=np.ascontiguousarray(full.images[pick], dtype=np.float32), labels=full.labels[pick],
         groups=full.groups[pick], group_names=list(full.group_names), class_names=list(full.class_names),
@@ -375,13 +377,6 @@ def _fit_size(size: int, chw: tuple) -> int:
     return fitted
 
 
-def _stratified(groups: np.ndarray, num_groups: int, size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    members = [rng.permutation(np.flatnonzero(groups == g)) for g in range(num_groups)]
-    quota = equal_shares([len(m) for m in members], size)
-    return np.sort(np.concatenate([m[:q] for m, q in zip(members, quota)])).astype(np.int64)
-
-
 def _from_dataset(config: dict, size: int, seed: int) -> VerificationSet:
     from .data import DataSpec, create_dataset
 
@@ -391,7 +386,7 @@ def _from_dataset(config: dict, size: int, seed: int) -> VerificationSet:
         raise DataError(f"cannot build the verification set: the run has no {VSET_FILE} and the test split "
                         f"does not load ({exc}); run `pwdeploy export RUN_DIR` first") from exc
     size = _fit_size(size, tuple(ds.preprocessing.input_shape))
-    pick = _stratified(np.asarray(ds.groups), len(ds.group_names), size, seed)
+    pick = stratified_indices(np.asarray(ds.groups), len(ds.group_names), size, seed=seed)
     images = np.stack([ds.load_image(int(i)) for i in pick]).astype(np.float32)
     return VerificationSet(images=images, labels=np.asarray(ds.labels)[pick], groups=np.asarray(ds.groups)[pick],
                            group_names=list(ds.group_names), class_names=list(ds.class_names), indices=pick,

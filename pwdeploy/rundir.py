@@ -19,17 +19,13 @@ from typing import Callable, Dict, List, Optional
 
 from .errors import PwdeployError
 from .fsutil import read_json, write_json
+from .names import ENGINE, FP16_ONNX, INT8_ONNX, MODEL_ONNX, ORIGINAL_ONNX  # noqa: F401 - a run's file names
 
 CONFIG = "config.json"
 REPORT = "report.json"
 REPORT_MD = "report.md"
 ORIGINAL_PT = "original.pt"
 PRUNED_PT = "pruned.pt"
-MODEL_ONNX = "model.onnx"
-ORIGINAL_ONNX = "original.onnx"
-FP16_ONNX = "model.fp16.onnx"
-INT8_ONNX = "model.int8.onnx"
-ENGINE = "model.plan"
 CALIBRATION_JSON = "calibration.json"  # provenance of the INT8 scales
 CALIBRATION_RANGES = "calibration_ranges.json"  # ONNX Runtime's calibrated tensor ranges (reusable cache)
 COMPLETE = ".complete"  # written last: a directory without it is an interrupted run

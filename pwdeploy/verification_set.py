@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from .errors import DataError
+from .names import VERIFICATION_SET as FILENAME  # noqa: F401 - the name readers import from here
+from .sampling import stratified_indices
 
-FILENAME = "verification_set.npz"
 SCHEMA = "pwdeploy.verification_set/1"
 # A full test split is kept when it fits these limits; larger splits get a group-stratified subset.
 DEFAULT_MAX_SAMPLES = 4000
@@ -160,35 +161,4 @@ def choose_indices(groups: np.ndarray, num_groups: int, bytes_per_sample: int, *
     limit = int(min(max_samples, max(1, max_bytes // max(1, bytes_per_sample))))
     if n <= limit:
         return np.arange(n, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    members = [rng.permutation(np.flatnonzero(groups == g)) for g in range(num_groups)]
-    quota = equal_shares([len(m) for m in members], limit)
-    chosen = np.concatenate([m[:q] for m, q in zip(members, quota)]) if members else np.zeros(0, np.int64)
-    return np.sort(chosen).astype(np.int64)
-
-
-def equal_shares(available: Sequence[int], total: int, weights: Optional[Sequence[float]] = None) -> List[int]:
-    """Split ``total`` over groups in proportion to ``weights`` (equal by default) without exceeding what each
-    group has; a short group's shortfall goes to the groups that still have samples (water-filling)."""
-    weights = [1.0] * len(available) if weights is None else [float(w) for w in weights]
-    take = [0] * len(available)
-    remaining = min(int(total), int(sum(available)))
-    open_groups = [i for i, a in enumerate(available) if a > 0 and weights[i] > 0]
-    while remaining > 0 and open_groups:
-        wsum = sum(weights[i] for i in open_groups)
-        shares = {i: remaining * weights[i] / wsum for i in open_groups}
-        # floor shares, then hand out the leftover units by largest remainder (ties: lower group id)
-        floors = {i: int(shares[i]) for i in open_groups}
-        leftover = remaining - sum(floors.values())
-        for i in sorted(open_groups, key=lambda g: (-(shares[g] - floors[g]), g))[:leftover]:
-            floors[i] += 1
-        progressed = 0
-        for i in open_groups:
-            give = min(floors[i], available[i] - take[i])
-            take[i] += give
-            progressed += give
-        remaining -= progressed
-        open_groups = [i for i in open_groups if take[i] < available[i]]
-        if progressed == 0:
-            break
-    return take
+    return stratified_indices(groups, num_groups, limit, seed=seed)

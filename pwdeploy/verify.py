@@ -24,9 +24,9 @@ from .fsutil import read_json, sha256_file, write_json
 from .evaluate import evaluate_artifact
 from .gate import tolerance_for
 from .metrics import group_metrics, predict
+from .names import ENGINE_SUFFIXES, VERIFICATION_SET
 from .runners import RUNNER_KINDS
 from .targets import ONNX_FOR_PRECISION, get_target, target_for_file
-from .verification_set import FILENAME as VERIFICATION_SET
 from .verify_speed import add_speed
 
 SCHEMA = "pwdeploy.verify/1"
@@ -266,7 +266,7 @@ def _file_artifact(path: Path, run: Path, recorded: dict, in_run: bool) -> Artif
     if record is None:  # a copy elsewhere: recognise it by content
         digest = sha256_file(path) if path.is_file() else None
         record = next((r for r in recorded.values() if isinstance(r, dict) and r.get("sha256") == digest), None)
-    if suffix in (".plan", ".engine"):
+    if suffix in ENGINE_SUFFIXES:
         precision = (record or {}).get("precision") or _precision_from_name(path.name)
         art = Artifact(path, f"trt-{precision}", precision, in_run)
         try:

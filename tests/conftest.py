@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("PWDEPLOY_NO_PROGRESS", "1")
 # decoded-image caches of test datasets go to a throw-away folder, never the user's ~/.cache
-os.environ.setdefault("PWDEPLOY_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="pwdeploy-test-cache-"))
+os.environ.setdefault("PWDEPLOY_IMAGE_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="pwdeploy-test-cache-"))
 
 TINY_DATA = {"name": "synthetic", "options": {"size": 16, "n": 400, "minority_fraction": 0.2}}
 

@@ -10,7 +10,7 @@ import pytest
 from pwdeploy.calibration import StaleCalibrationError, check_fresh, indices_sha256, make_provenance, stratified_sample
 from pwdeploy.errors import DataError
 from pwdeploy.fsutil import read_json, sha256_file
-from pwdeploy.verification_set import equal_shares
+from pwdeploy.sampling import equal_shares
 
 from conftest import TINY_DATA as DATA
 

@@ -336,7 +336,8 @@ def test_a_shipped_engine_is_used_when_tensorrt_versions_match(bundles, fake_ten
 
 
 def test_install_switch_and_rollback_on_the_device(bundles, no_torch, tmp_path):
-    from pwdeploy.device.install import InstallError, install, sha256_of, switch
+    from pwdeploy.device.install import InstallError, install, switch
+    from pwdeploy.fsutil import sha256_file as sha256_of
 
     deploy = tmp_path / "deploy"
     a = install(str(bundles["onnx-fp32"]), str(deploy), expected_sha256=sha256_of(str(bundles["onnx-fp32"])),

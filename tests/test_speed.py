@@ -211,7 +211,7 @@ def test_allocation_auto_follows_what_was_measured(target, method, value):
 
 
 def test_cli_latency_target_and_strict_rounding(tiny_baseline, tmp_path, monkeypatch):
-    monkeypatch.setenv("PWDEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PWDEPLOY_LATENCY_CACHE_DIR", str(tmp_path / "cache" / "latency"))
     import pwdeploy.latency.lut as lut
 
     monkeypatch.setattr(lut, "DEFAULT_CACHE", tmp_path / "cache" / "latency")

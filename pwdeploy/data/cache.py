@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache_dirs import image_cache_dir
 from ..errors import DataError
 from .base import GroupedDataset
 from .images import ImageFileDataset
@@ -33,7 +34,7 @@ MODES = ("auto", "on", "off", "rebuild")
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("PWDEPLOY_CACHE_DIR") or Path.home() / ".cache" / "pwdeploy" / "images")
+    return image_cache_dir()
 
 
 def _sha(obj) -> str:

@@ -19,13 +19,13 @@ import os
 import subprocess
 from typing import Any, Dict, Optional
 
+from ..names import BUILD_SCRIPT, ENGINE
+
 try:
     from ..errors import PwdeployError as _BaseError
 except ImportError:  # pragma: no cover
     _BaseError = Exception  # type: ignore[misc,assignment]
 
-SCRIPT_NAME = "build_engine.sh"
-ENGINE_NAME = "model.plan"
 TIMING_CACHE = "timing.cache"
 BUILD_LOG = "build_engine.log"
 
@@ -121,7 +121,7 @@ def render_script(*, bundle_id: str, version: str, model_file: str, precision: s
         return "{}x{}".format(batch, rest)
 
     values = {
-        "__BUNDLE_ID__": bundle_id, "__VERSION__": version, "__MODEL__": model_file, "__ENGINE__": ENGINE_NAME,
+        "__BUNDLE_ID__": bundle_id, "__VERSION__": version, "__MODEL__": model_file, "__ENGINE__": ENGINE,
         "__CACHE__": TIMING_CACHE, "__PRECISION__": precision, "__INPUT__": input_name,
         "__DYNAMIC__": "1" if dynamic else "0", "__SHAPE_MIN__": shape(min_batch),
         "__SHAPE_OPT__": shape(opt_batch), "__SHAPE_MAX__": shape(max_batch),
@@ -140,7 +140,7 @@ def build_engine(bundle_dir: str, manifest: Dict[str, Any], *, engine_path: Opti
     build_engine.log go to ``state_dir`` (default: beside the bundle's files, for a hand build)."""
     script = os.path.join(bundle_dir, manifest["engine"]["build_script"])
     out_dir = state_dir or bundle_dir
-    engine_path = engine_path or os.path.join(out_dir, ENGINE_NAME)
+    engine_path = engine_path or os.path.join(out_dir, ENGINE)
     log_path = os.path.join(out_dir, BUILD_LOG)
     env = dict(os.environ, PWDEPLOY_TIMING_CACHE=os.path.join(out_dir, TIMING_CACHE))
     log("building the TensorRT engine on this device (log: {}) ...".format(log_path))

@@ -24,8 +24,9 @@ import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import PwdeployError
+from ..fsutil import sha256_file, write_text
 from ..manifest import MANIFEST, SIGNATURE_FILE, allowed_paths, check_files, parse_manifest, read_manifest, \
-    read_signature, sha256_of, unlisted_entries
+    read_signature, unlisted_entries
 from ..safe_extract import ARCHIVE_ERRORS, check_archive, read_member, safe_extract, single_root
 from ..signature import default_allowed_signers, verify as verify_signature
 from . import releases as ordered
@@ -67,7 +68,7 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
     if not os.path.isfile(archive):
         raise InstallError("{} not found on the device: upload it again; {}".format(archive, untouched))
     if expected_sha256:
-        actual = sha256_of(archive)
+        actual = sha256_file(archive)
         if actual != expected_sha256:
             raise InstallError("{} arrived damaged (sha256 {}... differs from the sent {}...): refused, {}; "
                                "ship it again".format(name, actual[:12], expected_sha256[:12], untouched))
@@ -278,10 +279,7 @@ def _read_order(releases: str) -> List[str]:
 
 
 def _write_order(releases: str, names: List[str]) -> None:
-    tmp = os.path.join(releases, "{}.{}.tmp".format(ORDER, os.getpid()))
-    with open(tmp, "w") as fh:
-        fh.write("".join(name + "\n" for name in names))
-    os.replace(tmp, os.path.join(releases, ORDER))
+    write_text(os.path.join(releases, ORDER), "".join(name + "\n" for name in names))
 
 
 def _record_install(releases: str, name: str) -> None:

@@ -9,11 +9,11 @@ way back, to the newest verified release below `current`. Standard library only,
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Dict, List, Optional
 
 from ..errors import PwdeployError
+from ..fsutil import sha256_bytes
 from ..manifest import MANIFEST, parse_manifest, read_manifest
 
 RELEASES = "releases"
@@ -41,7 +41,7 @@ def describe(path: str, order: Optional[List[str]] = None) -> Optional[Dict[str,
         return None
     name = os.path.basename(path)
     return {"name": name, "path": path, "bundle_id": manifest["bundle_id"], "model": model_name(manifest),
-            "release": release_number(manifest), "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+            "release": release_number(manifest), "manifest_sha256": sha256_bytes(raw),
             "installed": (order or []).index(name) if name in (order or []) else -1}
 
 
@@ -88,7 +88,7 @@ def order_problem(deploy_dir: str, manifest: Dict[str, Any], raw: bytes) -> Opti
         return ("release {} of model {!r} is older than release {} ({}) installed here: refused as a downgrade; "
                 "use `rollback DEPLOY_DIR` to go back to a verified earlier release, or pass --allow-downgrade"
                 .format(number, model, base["release"], where))
-    if number == base["release"] and hashlib.sha256(raw).hexdigest() != base["manifest_sha256"]:
+    if number == base["release"] and sha256_bytes(raw) != base["manifest_sha256"]:
         return ("release {} of model {!r} is already installed as a different bundle ({}): refused; package the "
                 "new bundle with a higher --release".format(number, model, where))
     return None

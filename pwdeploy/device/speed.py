@@ -21,7 +21,7 @@ import numpy as np
 from ..latency_core import Settings, batch_of, time_pair, time_until_stable
 from ..latency_gate import STATISTIC, BudgetCheck, batches_to_time, check_latency
 from ..runners.onnxruntime_runner import OnnxRuntimeRunner
-from .runners import TensorRTRunner
+from ..runners.tensorrt_runner import TensorRTRunner
 
 DEFAULT_SECONDS = 20.0  # the whole timing, all batches and sides together
 _PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
@@ -107,7 +107,8 @@ def timed_and_gated(bundle_dir: str, manifest: Dict[str, Any], images: np.ndarra
     ``verified_with``: the (closed) runner that verified the bundle: its runtime, and its engine, are timed."""
     speed = None if seconds <= 0 else measure_speed(
         bundle_dir, manifest, images, dict(getattr(verified_with, "description", {})),
-        engine_path=getattr(verified_with, "engine_path", None), seconds=seconds, log=log)
+        engine_path=verified_with.path if getattr(verified_with, "kind", "") == "tensorrt" else None,
+        seconds=seconds, log=log)
     return speed, check_latency(manifest.get("latency"), speed)
 
 

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Dict, Optional
 
-from ..manifest import sha256_of
+from ..fsutil import sha256_file, write_json
 from ..signature import deploy_dir_of
 
 STATE = os.path.join(".pwdeploy", "state")
@@ -35,12 +35,9 @@ def state_dir(bundle: str, explicit: Optional[str] = None) -> str:
 
 def record_engine(state: str, engine: str, tensorrt: Optional[str], manifest_sha256: str) -> Dict[str, Any]:
     """Write state/engine.json for the engine just built (atomically)."""
-    record = {"engine": os.path.basename(engine), "sha256": sha256_of(engine), "bytes": os.path.getsize(engine),
+    record = {"engine": os.path.basename(engine), "sha256": sha256_file(engine), "bytes": os.path.getsize(engine),
               "tensorrt": tensorrt, "manifest_sha256": manifest_sha256}
-    tmp = os.path.join(state, ".{}.{}.partial".format(ENGINE_RECORD, os.getpid()))
-    with open(tmp, "w") as fh:
-        json.dump(record, fh, indent=2)
-    os.replace(tmp, os.path.join(state, ENGINE_RECORD))
+    write_json(os.path.join(state, ENGINE_RECORD), record)
     return record
 
 
@@ -57,6 +54,6 @@ def recorded_engine(state: str, engine: str, tensorrt: Optional[str], manifest_s
         return "{} is not a record".format(path)
     if record.get("manifest_sha256") != manifest_sha256 or record.get("tensorrt") != tensorrt:
         return "it was built for another bundle or TensorRT version"
-    if os.path.islink(engine) or not os.path.isfile(engine) or record.get("sha256") != sha256_of(engine):
+    if os.path.islink(engine) or not os.path.isfile(engine) or record.get("sha256") != sha256_file(engine):
         return "it changed after it was built (sha256 differs from {})".format(path)
     return None

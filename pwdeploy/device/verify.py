@@ -15,8 +15,6 @@ numpy plus one runtime; Python 3.8 compatible; no torch.
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import os
 import platform
 import sys
@@ -26,6 +24,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from .. import __version__
+from ..fsutil import sha256_bytes, write_json
 from ..evaluate import agreement, evaluate_artifact
 from ..manifest import check_files, parse_manifest, read_manifest, read_signature, unlisted_entries
 from ..metrics import fmt_points, predict
@@ -90,7 +89,7 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
     _check_set(vs, manifest)
     device_facts.refuse_if_lacking(manifest, result["device"], runner)
     model_runner, note = select_runner(bundle_dir, manifest, runner, log=log, build_timeout=build_timeout,
-                                       state_dir=state, manifest_sha256=hashlib.sha256(raw).hexdigest())
+                                       state_dir=state, manifest_sha256=sha256_bytes(raw))
     try:
         t0 = time.time()
         logits = run_batches(model_runner, vs.images, batch_size=manifest["verification"]["batch_size"])
@@ -185,20 +184,7 @@ def _write(result: Dict[str, Any], state: str, result_path: Optional[str]) -> No
     if result_path is None:
         return
     path = result_path or os.path.join(state, RESULT_FILE)
-    tmp = "{}.{}.partial".format(path, os.getpid())
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(tmp, "w") as fh:
-            json.dump(result, fh, indent=2, default=_json_default)
-            fh.write("\n")
-        os.replace(tmp, path)
+        write_json(path, result)
     except OSError as exc:  # a read-only bundle still verifies; the result is printed anyway
         print("note: could not write {} ({})".format(path, exc), file=sys.stderr)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _json_default(obj):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError("not JSON serialisable: {}".format(type(obj).__name__))

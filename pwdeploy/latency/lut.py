@@ -14,7 +14,6 @@ whatever the load was when each was taken.
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 from pathlib import Path
 
@@ -22,12 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cache_dirs import latency_cache_dir
 from ..fsutil import read_json, write_json
 from .timing import TimedSession, summarize
 
 METHOD = "ratio-to-reference/3"  # /3: no thread-pool spinning (timing.session_options); /1, /2 were skewed by it
 REFERENCE_KEY = "conv:64x64:k3x3:s1x1:p1x1:d1x1:g1:28x28:b1"
-DEFAULT_CACHE = Path(os.environ.get("PWDEPLOY_CACHE", Path.home() / ".cache" / "pwdeploy")) / "latency"
+DEFAULT_CACHE = latency_cache_dir()
 
 
 def _cpu_signature() -> str:

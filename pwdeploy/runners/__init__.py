@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import PwdeployError
+from ..names import ENGINE_SUFFIXES
 from .base import Runner, run_batches
 
 RUNNER_KINDS = ("auto", "onnxruntime", "tensorrt", "torch")
@@ -18,7 +19,7 @@ def runner_for_suffix(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
         return "onnxruntime"
-    if suffix in (".plan", ".engine"):
+    if suffix in ENGINE_SUFFIXES:
         return "tensorrt"
     if suffix in (".pt", ".pth"):
         return "torch"
