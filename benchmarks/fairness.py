@@ -5,7 +5,7 @@
     PYTHONPATH=. python3 benchmarks/fairness.py --ablations     # the "make it work" sweeps
 
 One baseline per dataset variant (and baseline seed) is trained once and shared by every cell; seeds vary
-the pruning and retraining randomness. Each cell is a real ``pwdeploy.api.compress_model`` run; its numbers
+the pruning and retraining randomness. Each cell is a real in-memory ``pwdeploy.api.compress`` run; its numbers
 are cached in OUT/cells/<key>.json, where the key hashes the cell's effective configuration and the baseline
 file, so an interrupted run resumes and a changed default re-runs only what it changes. Results:
 fairness.json / .md / .png (main grid), fairness_quick.*, fairness_ablations.* in OUT.
@@ -72,7 +72,29 @@ ARMS = {"ce": {"loss": "ce"}, "pw": {"loss": "pw", "group_balanced": False},
         # step 0.1: at the paper's 0.01 the weights barely move in a 2-epoch budget (a few hundred updates)
         "gdro+clusters/0.1": {"loss": "gdro", "pseudo_groups": "clusters", "gdro": {"step_size": 0.1}},
         "kd-gdro+clusters/0.1": {"loss": "gdro", "pseudo_groups": "clusters", "gdro": {"step_size": 0.1, "base": "kd"}},
+        # Balancing Act's constraint form (a multiplier per group on its accuracy gap to the original beyond the
+        # overall gap, dual ascent at the step size): over real groups (group-aware) or clusters (label-free)
+        "gdro-c/1": {"loss": "gdro", "gdro": {"form": "constraint", "step_size": 1.0}},
+        "gdro-c/0.1": {"loss": "gdro", "gdro": {"form": "constraint", "step_size": 0.1}},
+        "gdro-c/0.03": {"loss": "gdro", "gdro": {"form": "constraint", "step_size": 0.03}},
+        "gdro-c+clusters/1": {"loss": "gdro", "pseudo_groups": "clusters", "gdro": {"form": "constraint", "step_size": 1.0}},
+        "gdro-c+clusters/0.1": {"loss": "gdro", "pseudo_groups": "clusters",
+                                "gdro": {"form": "constraint", "step_size": 0.1}},
+        # four clusters per class whatever the silhouette: finer pseudo-groups, so a minority k-means does not
+        # split off at the default criterion can still get a cluster (and a multiplier) of its own
+        "gdro-c+clusters4/0.1": {"loss": "gdro", "pseudo_groups": "clusters", "clusters": {"k": 4},
+                                 "gdro": {"form": "constraint", "step_size": 0.1}},
+        # disagreement with the original (label-free): samples the pruned model gets "wrong" w.r.t. the original
+        # count 1 + W times, in importance and retraining
+        "ce+dis/10": {"loss": "ce", "disagreement_weight": 10.0},
+        "ce+dis/30": {"loss": "ce", "disagreement_weight": 30.0},
+        "kd+dis/10": {"loss": "kd", "group_balanced": False, "disagreement_weight": 10.0},
         "ce/gradual": {"loss": "ce", "retrain_schedule": "gradual"},
+        # fairness as the stopping rule (validation groups): prune toward the cell's reduction but undo the first
+        # round taking a group more than 5 points below the original; auto: the largest of 50-95% whose retrained
+        # copy keeps every group within 5 points (the cell's reduction is then only its label)
+        "ce/max-drop5": {"loss": "ce", "stopping": {"max_group_drop": 5.0}},
+        "ce/auto5": {"loss": "ce", "stopping": {"max_group_drop": 5.0, "auto": True}},
         "kd/gradual": {"loss": "kd", "group_balanced": False, "retrain_schedule": "gradual"},
         # Group-aware: FairGRAPE (channel-level adaptation; Taylor-based, so only in the taylor rows, with CE as
         # in its paper), and the recipe comparison chosen on validation (every recipe costs a cell).
@@ -81,7 +103,8 @@ ARMS = {"ce": {"loss": "ce"}, "pw": {"loss": "pw", "group_balanced": False},
 # Arms that replace the importance criterion run only in the rows of the criterion they build on.
 ARM_METHODS = {"fairgrape": ("taylor",), "recipes": ("taylor",)}
 # Arms that need group labels in the training split.
-GROUP_AWARE_ARMS = ("pw+gb", "fairgrape", "recipes", "gdro", "gdro/0.1")
+GROUP_AWARE_ARMS = ("pw+gb", "fairgrape", "recipes", "gdro", "gdro/0.1", "gdro-c/1", "gdro-c/0.1", "gdro-c/0.03",
+                    "ce/max-drop5", "ce/auto5")
 
 # Regimes ("variants"): synthetic data options, baseline changes, and whether the train split has groups.
 # colour / subtle: the grid the defaults were tuned on. Two regimes they were not tuned on:
@@ -144,7 +167,8 @@ ADDED_KEYS = {"group_balance_strength": 1.0, "pseudo_groups": "none", "select": 
               "kd": {"temperature": 4.0, "alpha": 0.9, "pw_weights": False},
               # feature-cluster pseudo-groups, group DRO, the stopping rule and the retraining schedule
               "clusters": {"k": None, "max_k": 4, "min_silhouette": 0.5, "min_fraction": 0.01},
-              "gdro": {"step_size": 0.01, "adjustment": 0.0, "base": "ce"},
+              "gdro": {"step_size": 0.01, "adjustment": 0.0, "base": "ce", "form": "dro", "tolerance": 1.0},
+              "disagreement_weight": 0.0,
               "stopping": {"max_group_drop": None, "round_size": 0.1, "auto": False,
                            "auto_reductions": [0.5, 0.75, 0.85, 0.9, 0.95]},
               "retrain_schedule": "end"}
@@ -343,30 +367,55 @@ def _run_baseline(task: dict, started: float) -> dict:
 
 
 def _run_cell(task: dict, started: float) -> dict:
-    from pwdeploy.api import compress_model
+    """One cell through the in-memory ``pwdeploy.api.compress``: nothing is written but the cell's numbers
+    (no checkpoints, ONNX, plots or report.json to read back)."""
+    import torch
 
-    tmp = Path(tempfile.mkdtemp(prefix="pwfair-"))
-    try:
-        run = compress_model(task["baseline"], dict(task["overrides"], device=WORKER_DEVICE), tmp / "run",
-                             quiet=True)
-        report = json.loads((run / "report.json").read_text())
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    keep = ("original", "pruned")
+    from pwdeploy import api
+    from pwdeploy.models.checkpoint import load_model
+    from pwdeploy.selection import validation_set
+    from pwdeploy.train import resolve_device, seed_everything
+
+    config = api.make_config(dict(task["overrides"], device=WORKER_DEVICE))
+    original, info = load_model(task["baseline"])
+    config.model.arch, config.model.num_classes = info["arch"], info["num_classes"]
+    device = resolve_device(config.device)
+    seed_everything(config.seed)  # the same order of random draws as compress_model, so the same numbers
+    spec = api.data_spec(config)
+    train_set, test_set = api.open_splits(config, spec)
+    wants_val = config.recipes or config.select == "worst-group" or config.stopping.max_group_drop is not None
+    val_set = validation_set(spec, "the cell", pseudo=config.pseudo_groups) if wants_val else None
+    torch.randn(1, *train_set.preprocessing.input_shape)  # compress_model's input check draws this example
+    result = api.compress(original, config, train_set, test_set, device, val_set)
+    return _cell_record(task, result, started)
+
+
+def _cell_record(task: dict, result, started: float) -> dict:
+    """The numbers a cell keeps, from compress's result (the fields report.json would have carried)."""
+    from pwdeploy.metrics import worst_group_drop
+
+    config, prune, metrics = result.config, result.prune, result.metrics
+    pw = config.to_dict()["pw"]
+    group, points = worst_group_drop(metrics["pruned"], metrics["original"])
+    stopping = result.stopping
     return {
         "schema": CELL_SCHEMA, "kind": "cell", "spec": task["spec"], "overrides": task["overrides"],
         "device": device_label(WORKER_DEVICE),
-        "metrics": {k: report["metrics"][k] for k in keep},
-        "metrics_before_retraining": report.get("metrics_before_retraining"),
-        "flops_reduction": report["flops_reduction"], "macs": report["macs"], "params": report["params"],
-        "pw": report.get("pw"), "pw_applies_to": report.get("pw_applies_to"),
-        "group_balanced": report.get("group_balanced"),
-        "group_balance_strength": report.get("group_balance_strength"),
-        "importance": report.get("importance"), "loss_fn": report.get("loss_fn"),
-        "recipe_chosen": (report.get("recipes") or {}).get("chosen"),
-        "checkpoint_selection": report.get("checkpoint_selection"),
-        "worst_group_drop": report["changes"]["pruned"]["worst_group_drop"],
-        "timings_s": report.get("timings_s"), "seconds": time.time() - started,
+        "metrics": {"original": metrics["original"], "pruned": metrics["pruned"]},
+        "metrics_before_retraining": metrics["pruned-before-retraining"],
+        "flops_reduction": prune.reduction, "macs": {"original": prune.macs_before, "pruned": prune.macs_after},
+        "params": {"original": prune.params_before, "pruned": prune.params_after},
+        "pw": pw.get(config.prune.method) or pw["default"], "pw_applies_to": config.pw_applies_to,
+        "group_balanced": config.group_balanced, "group_balance_strength": config.group_balance_strength,
+        "importance": prune.importance, "loss_fn": result.losses,
+        "recipe_chosen": (result.recipes or {}).get("chosen"),
+        "checkpoint_selection": result.checkpoint_selection,
+        "worst_group_drop": {"group": group, "points": points},
+        # --max-group-drop / --flops-reduction auto: how far the stopping rule got, and its curve
+        "stopping": None if stopping is None else {k: stopping.get(k) for k in ("rule", "reached", "stopped_early",
+                                                                                  "met", "curve")},
+        "pseudo_groups_found": result.pseudo_groups,
+        "timings_s": dict(result.timings_s), "seconds": time.time() - started,
     }
 
 

@@ -16,8 +16,9 @@ export PYTHONPATH=".:${PYTHONPATH:-}" PWDEPLOY_NO_PROGRESS=1 PYTHONUNBUFFERED=1
 timeout ${TEST_TIMEOUT:-150} ${PY:-python3} -m pytest -q -ra -p no:cacheprovider ${TESTS:-tests/test_cuda.py \
   tests/test_precision.py tests/test_runners.py tests/test_loss.py tests/test_prune.py} -k "not vgg16" 2>&1 \
   | tail -25 | tee "$OUT/pytest_gpu.txt"
-# 1b. the scale benchmark's GPU part (fp32 vs bf16 ResNet-18 at 218x178, loader alone vs model alone, projected CelebA
-#     recipe) and the calibration study on ORT's CUDA provider (needs onnxruntime-gpu in .whl/)
+# 1b. the scale benchmark's GPU part (fp32 vs bf16 ResNet-18 at 218x178, loader alone vs model alone, the CelebA
+#     projection: Taylor with the schedule the pruning budget plans for 162,770 images + 1 retraining epoch)
+#     and the calibration study on ORT's CUDA provider (needs onnxruntime-gpu in .whl/)
 [ -n "${SCALE:-1}" ] && timeout ${SCALE_TIMEOUT:-180} ${PY:-python3} benchmarks/scale.py --quick --skip-ddp \
   --out "$OUT/scale.json" 2>&1 | tail -30 | tee "$OUT/scale.txt"
 [ -n "${CALIBRATION:-}" ] && OUT="$OUT" QUICK=1 timeout ${CALIBRATION_TIMEOUT:-240} bash benchmarks/calibration_gpu.sh \

@@ -256,21 +256,33 @@ def _resnet18_rate(precision: str, device, steps: int, train: bool = True) -> fl
     return steps * 256 / (time.perf_counter() - start)
 
 
+def celeba_taylor_plan() -> dict:
+    """The pruning budget's schedule for the CelebA recipe (configs/celeba.yaml, Taylor) on CelebA's training
+    split: what compress would plan there (pwdeploy.prune.budget), in batches and sample passes."""
+    from pwdeploy.config import build_config
+    from pwdeploy.prune.budget import plan_for
+
+    config = build_config({"prune": {"method": "taylor"}}, data_name="celeba")
+    return plan_for(config, CELEBA_TRAIN, num_groups=2).to_dict()
+
+
 def project_recipe(model_rates: dict, inference: float, pipeline: float) -> dict:
     """Wall time of ``compress --method taylor`` + 1 retraining epoch on CelebA from the measured rates.
 
-    Taylor (configs/celeba.yaml): ~20 pruning steps x (4 gradient + 10 adaptation batches) of 256 images in
-    fp32; the original model's outputs over the training set and 4 evaluations of the test set (inference);
-    one retraining epoch in bf16. Each part runs at the slower of the model and the loader. Excludes the
-    one-time cache build, ONNX export and the MACs counting between pruning steps."""
+    Taylor: the sample passes the pruning budget plans for CelebA (``celeba_taylor_plan``; the configured
+    schedule, since 162,770 images are far above the budget's floor) in fp32; the original model's outputs over
+    the training set and 4 evaluations of the test set (inference); one retraining epoch in bf16. Each part
+    runs at the slower of the model and the loader. Excludes the one-time cache build, ONNX export and the MACs
+    counting between pruning steps."""
     train_bf16 = min(model_rates["bf16"], pipeline)
     train_fp32 = min(model_rates["fp32"], pipeline)
     infer = min(inference, pipeline)
-    parts = {"taylor importance + adaptation (fp32)": 20 * 14 * 256 / train_fp32,
+    plan = celeba_taylor_plan()
+    parts = {"taylor importance + adaptation (fp32)": plan["planned_passes"] / train_fp32,
              "original-model outputs (train set)": CELEBA_TRAIN / infer,
              "4 test-set evaluations": 4 * CELEBA_TEST / infer,
              "1 retraining epoch (bf16)": CELEBA_TRAIN / train_bf16}
-    return {"parts_s": parts, "total_min": sum(parts.values()) / 60, "goal_min": 10}
+    return {"parts_s": parts, "total_min": sum(parts.values()) / 60, "goal_min": 10, "prune_budget": plan}
 
 
 # ------------------------------------------------------------------ report
@@ -298,6 +310,10 @@ def show(results: dict) -> None:
     console.print(table)
     console.print(f"cache build (one time): {p['cache_build_s']:.1f} s, {p['cache_build_images_per_s']:,.0f} images/s")
     gpu = results["gpu"]
+    plan = gpu.get("celeba_recipe", {}).get("prune_budget") or celeba_taylor_plan()
+    console.print(f"CelebA recipe, pruning budget: {plan['steps']} Taylor steps x ({plan['importance_batches']} + "
+                  f"{plan['adaptation_batches']}) batches of {plan['batch_size']} = {plan['planned_passes']:,} sample "
+                  f"passes ({plan['planned_passes'] / CELEBA_TRAIN:.2f} epochs of {CELEBA_TRAIN:,} images)")
     if "skipped" in gpu:
         console.print(f"GPU part skipped: {gpu['skipped']}")
     else:

@@ -264,7 +264,8 @@ def main(argv=None) -> int:
     started = time.time()
     results = {"runtime": runtime_key("cpu", args.threads), "onnxruntime": ort.__version__,
                "int8_activations": args.int8_activations,
-               "load_average_1min_at_start": os.getloadavg()[0], "rounds": rounds, "models": {}}
+               "load_average_1min_at_start": os.getloadavg()[0], "rounds": rounds,
+               "models": previous_models(args.out, names) if args.models else {}}
     with tempfile.TemporaryDirectory(prefix="pwdeploy-speedup-") as tmp:
         for name in names:
             folder = Path(tmp) / name
@@ -278,7 +279,10 @@ def main(argv=None) -> int:
                     timings[f"{precision} b{batch}"] = time_table(paths, info["shape"], batch, args.threads, rounds)
             render(name, info, timings, console)
             entry = {k: v for k, v in info.items() if k not in ("paths", "int8")}
-            entry["timings"] = timings
+            entry.update(timings=timings, runtime=results["runtime"], rounds=rounds,
+                         int8_activations=args.int8_activations,
+                         measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                         load_average_1min=os.getloadavg()[0])
             if name == "resnet18":
                 entry["profile_b8_fp32"] = profile(info, args.threads)
                 entry["profile_b8_int8"] = profile(info, args.threads, "int8")
@@ -298,8 +302,41 @@ def main(argv=None) -> int:
     results["seconds"] = time.time() - started
     results["load_average_1min_at_end"] = os.getloadavg()[0]
     write_json(args.out, results)
+    headline(results, console)
     console.print(f"wrote {args.out} in {results['seconds']:.0f} s")
     return 0
+
+
+def previous_models(path: Path, names: list) -> dict:
+    """The other models' entries of an earlier run (``--models`` re-measures a subset; each entry records the
+    runtime and time it was measured on)."""
+    from pwdeploy.fsutil import read_json
+
+    if not path.is_file():
+        return {}
+    old = read_json(path)
+    # files written before the activation type was recorded used symmetric INT8 activations
+    return {name: {"runtime": old.get("runtime"), "rounds": old.get("rounds"),
+                   "int8_activations": old.get("int8_activations", "int8"), **entry}
+            for name, entry in old.get("models", {}).items() if name not in names}
+
+
+# The variant each target's default produces here (magnitude pruning, 75% of the MACs): its Target's rounding
+# (16 for both) and --allocation auto (the benchmark prunes by magnitude: global; compress's default Taylor
+# route gets uniform on onnx-fp32, so that side is shown with its uniform variant).
+DEFAULT_VARIANTS = {"fp32": ("onnx-fp32, Taylor route", "round16+uniform"), "int8": ("onnx-int8", "round16")}
+
+
+def headline(results: dict, console) -> None:
+    """Realized speed-up / MAC ratio of each target's default variant at batch 1 and 8 (the goal's numbers)."""
+    for name, entry in results["models"].items():
+        parts = []
+        for precision, (target, label) in DEFAULT_VARIANTS.items():
+            ratio = entry["mac_ratio"][label]
+            cells = [f"b{b} {entry['timings'][f'{precision} b{b}'][label]['speedup_median'] / ratio:.2f}"
+                     for b in (1, 8) if f"{precision} b{b}" in entry["timings"]]
+            parts.append(f"{precision} ({target}: {label}) {', '.join(cells)}")
+        console.print(f"{name}: realized speed-up / MAC ratio, " + "; ".join(parts))
 
 
 def target_only(args) -> int:

@@ -12,13 +12,13 @@ import time
 
 import numpy as np
 
+from pwdeploy.runners.onnxruntime_runner import OnnxRuntimeRunner
+
 
 def compare_latency(models: dict, input_shape: tuple, *, batch: int = 1, rounds: int = 50, warmup: int = 5,
                     provider: str = "cpu", threads: int | None = None) -> dict:
     """``models``: label -> ONNX path. Returns ``{label: {"median_ms", "ratio"}}`` plus the settings used; ratios
     are against the first label."""
-    from pwdeploy.runners.onnxruntime_runner import OnnxRuntimeRunner
-
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
     runners = {label: OnnxRuntimeRunner(path, provider=provider, threads=threads) for label, path in models.items()}
     times = {label: [] for label in runners}

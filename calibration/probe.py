@@ -15,8 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pwdeploy.data import DataSpec, create_dataset
+from pwdeploy.errors import DataError
 from pwdeploy.gate import check_groups
 from pwdeploy.metrics import group_metrics, predict
+from pwdeploy.runners import run_batches
+from pwdeploy.runners.onnxruntime_runner import OnnxRuntimeRunner
+from pwdeploy.verification_set import choose_indices
+
+from .quantize import RecordedRangesOnly, prepare, quantizable_layers, quantize_int8
 
 
 @dataclass
@@ -88,8 +95,6 @@ class Int8Probe:
     def __init__(self, model_onnx: str | os.PathLike, ranges: str | os.PathLike, data: ProbeData, *,
                  method: str = "minmax", weight_bits: int = 7, tolerance: float = 2.0, provider: str = "cpu",
                  activations: str = "int8"):
-        from .quantize import prepare, quantizable_layers
-
         self.model_onnx, self.ranges, self.data = Path(model_onnx), Path(ranges), data
         self.method, self.full_range, self.tolerance, self.provider = method, weight_bits == 8, tolerance, provider
         self.activations = activations  # pwdeploy.calibration.quantize.ACTIVATIONS: as the exported model
@@ -111,8 +116,6 @@ class Int8Probe:
 
     def quantize(self, float_layers, out: str | os.PathLike) -> dict:
         """Write the Q/DQ model with ``float_layers`` left in float to ``out``; returns the settings."""
-        from .quantize import RecordedRangesOnly, quantize_int8
-
         unknown = sorted(set(float_layers) - set(self.layers))
         if unknown:
             raise ValueError(f"not a quantizable layer of this model: {unknown[0]}")
@@ -132,19 +135,12 @@ class Int8Probe:
         return self._scores[key]
 
     def _run(self, path: Path) -> np.ndarray:
-        from pwdeploy.runners import run_batches
-        from pwdeploy.runners.onnxruntime_runner import OnnxRuntimeRunner
-
         with OnnxRuntimeRunner(path, provider=self.provider) as runner:
             return run_batches(runner, self.data.images, batch_size=256)
 
 
 def load_split(config: dict, split: str, *, max_samples: int = 2000, seed: int = 0) -> ProbeData:
     """``split`` of the run's dataset, preprocessed (a group-stratified subset above ``max_samples``)."""
-    from pwdeploy.data import DataSpec, create_dataset
-    from pwdeploy.errors import DataError
-    from pwdeploy.verification_set import choose_indices
-
     dataset = create_dataset(DataSpec.from_dict(config["data"]), split)
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {dataset.name} is empty: the per-group INT8 analysis needs it "

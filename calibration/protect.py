@@ -10,9 +10,12 @@ made on validation; `pwdeploy verify` then gates the result on test as for any I
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .probe import Int8Probe, Score
-from .sensitivity import rank_for_group, sensitivity
+from .harm import rank_for_group, sensitivity
+
+if TYPE_CHECKING:  # the probe loads ONNX Runtime's quantizer; the CLI reads this module's default at start-up
+    from .probe import Int8Probe, Score
 
 DEFAULT_MAX_FLOAT_LAYERS = 4
 CANDIDATES_PER_STEP = 6  # layers tried jointly at each step (the rest are ranked out by the sensitivity table)

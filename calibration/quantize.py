@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from pwdeploy.errors import PwdeployError
+
+from .provenance import METADATA_KEY
 
 # Activation type per runtime (see above): what the runtime's INT8 kernels take.
 ACTIVATIONS = {"onnxruntime": "uint8", "tensorrt": "int8"}
@@ -144,8 +150,6 @@ def prepare(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike) -> bool:
     """ORT's recommended pre-processing (shape inference + graph optimisation) into ``out_path``; node names in
     it are the ones ``float_nodes`` refers to. Falls back to a plain copy (returns False) if the symbolic shape
     pass cannot handle a graph."""
-    import shutil
-
     with _quiet():
         try:
             quant_pre_process(str(fp32_onnx), str(out_path))
@@ -159,8 +163,6 @@ def prepare(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike) -> bool:
 
 def _name_layers(path: str | os.PathLike) -> None:
     """Give every unnamed node a unique name: ORT excludes nodes from quantization by name only."""
-    import onnx
-
     model = onnx.load(str(path))
     taken = {node.name for node in model.graph.node if node.name}
     unnamed = [node for node in model.graph.node if not node.name]
@@ -180,8 +182,6 @@ LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 def quantizable_layers(prepared_onnx: str | os.PathLike) -> list:
     """Names of the weighted layers (Conv/Gemm/MatMul) of a pre-processed model, in graph order."""
-    import onnx
-
     model = onnx.load(str(prepared_onnx))
     return [node.name for node in model.graph.node if node.op_type in LAYER_OP_TYPES]
 
@@ -189,12 +189,6 @@ def quantizable_layers(prepared_onnx: str | os.PathLike) -> list:
 def stamp_provenance(path: str | os.PathLike, provenance: dict) -> None:
     """Store the calibration provenance in the model's metadata (``pwdeploy.calibration``), so a copy of the
     file still says which fp32 model its scales belong to."""
-    import json
-
-    import onnx
-
-    from .provenance import METADATA_KEY
-
     model = onnx.load(str(path))
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:
@@ -206,8 +200,6 @@ def stamp_provenance(path: str | os.PathLike, provenance: dict) -> None:
 @contextlib.contextmanager
 def _quiet():
     """The entropy/percentile calibrators print progress to stdout; keep the CLI's output clean."""
-    import logging
-
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)  # ORT logs a pre-processing hint through the root logger

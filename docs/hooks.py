@@ -1,6 +1,8 @@
 """MkDocs hook: pages made at build time from the sources, so they cannot drift from them.
 
 - ``reference/cli.md``: every command of the Typer app with its arguments and options, grouped by help panel.
+- ``reference/config.md``: every config key of the schema (pwdeploy.config) with its type, default, allowed values,
+  flag and help.
 - ``results/*.md`` and ``assets/results/*.png``: the benchmark tables and plots committed in benchmarks/results.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import typer
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,7 +19,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 if str(ROOT) not in sys.path:  # document this checkout, not whichever pwdeploy happens to be installed
     sys.path.insert(0, str(ROOT))
 
+from pwdeploy.cli import app  # noqa: E402 - after the path above
+from pwdeploy.config import SETTINGS  # noqa: E402
+from pwdeploy.schema import allowed_text, help_text  # noqa: E402
+
 CLI_PAGE = "reference/cli.md"
+CONFIG_PAGE = "reference/config.md"
 DEFAULT_PANEL = "Options"
 
 
@@ -42,7 +50,7 @@ def _default(param) -> str:
     return f"`{value}`"
 
 
-_TYPE_NAMES = {"str": "text", "int": "integer", "float": "number", "Path": "path", "bool": "flag"}
+_TYPE_NAMES = {"str": "text", "int": "integer", "float": "number", "Path": "path", "bool": "flag", "dict": "mapping"}
 
 
 def _type(param) -> str:
@@ -86,10 +94,6 @@ def _command_section(name: str, command) -> list[str]:
 
 def cli_reference() -> str:
     """The CLI reference page (Markdown), from the Typer app's click commands."""
-    import typer
-
-    from pwdeploy.cli import app
-
     group = typer.main.get_command(app)
     lines = ["# CLI reference", "",
              "Generated from the command line itself when the documentation is built; `pwdeploy COMMAND --help` "
@@ -101,8 +105,30 @@ def cli_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _type_name(entry) -> str:
+    tp = entry.base_type
+    return _TYPE_NAMES.get(getattr(tp, "__name__", ""), str(tp).replace("list[", "list of ").rstrip("]"))
+
+
+def config_reference() -> str:
+    """The configuration page (Markdown): one row per setting of the schema."""
+    lines = ["# Configuration reference", "",
+             "Every key of a run's configuration, generated from the schema (`pwdeploy.config`) when the documentation "
+             "is built. Keys are dotted as in `configs/<data>.yaml` and a run's `config.json`; `pw.*` keys are set "
+             "per pruning method (`pw.default` applies where a method has none). Precedence: built-in default < the "
+             "dataset's YAML (or `--config FILE`) < flags.", "",
+             "| key | type | default | allowed | flag | what it does |", "|---|---|---|---|---|---|"]
+    for entry in SETTINGS:
+        flag = " ".join(f"`{f}`" for f in (entry.setting.flag or "").split("/") if f)
+        default = "" if entry.default in (None, [], {}) else f"`{entry.default}`"
+        lines.append(f"| `{entry.key}` | {_type_name(entry)} | {default} | {_escape(allowed_text(entry))} | {flag} "
+                     f"| {_escape(help_text(entry))} |")
+    return "\n".join(lines) + "\n"
+
+
 def on_files(files, config):
     files.append(File.generated(config, CLI_PAGE, content=cli_reference()))
+    files.append(File.generated(config, CONFIG_PAGE, content=config_reference()))
     for path in sorted(RESULTS.glob("*.png")):
         files.append(File.generated(config, f"assets/results/{path.name}", abs_src_path=str(path)))
     for path in sorted(RESULTS.glob("*.md")):

@@ -10,6 +10,9 @@ import os
 from collections import Counter
 
 import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+from onnxconverter_common import float16
 
 # Ops whose fp16 results drift or overflow: normalisations (variance), exponentials and reductions over
 # many elements. They stay fp32 with Casts around them; convolutions and GEMMs, where the speed is, go fp16.
@@ -25,9 +28,6 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, *, keep_io_type
                  extra_block_list: list[str] | None = None) -> dict:
     """Convert the fp32 ONNX ``src`` to fp16 at ``dst`` (caller makes it atomic); inputs/outputs stay fp32
     by default so the same preprocessing and postprocessing apply. Returns what was done."""
-    import onnx
-    from onnxconverter_common import float16
-
     model = onnx.load(str(src))
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(SENSITIVE_OPS) | set(extra_block_list or []))
     out_of_range = _count_out_of_range(model)
@@ -45,8 +45,6 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, *, keep_io_type
 
 
 def _count_out_of_range(model) -> int:
-    from onnx import TensorProto, numpy_helper
-
     count = 0
     for init in model.graph.initializer:
         if init.data_type == TensorProto.FLOAT:

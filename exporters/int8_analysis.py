@@ -8,12 +8,22 @@ Runtime, and record what they found in report.json.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from pwdeploy import rundir
+from pwdeploy.calibration import check_fresh
+from pwdeploy.calibration.latency import compare_latency
+from pwdeploy.calibration.probe import Int8Probe, ProbeData, load_split, score_logits
+from pwdeploy.calibration.protect import select_float_layers
+from pwdeploy.calibration.sensitivity import plot_heatmap, rich_table, sensitivity
 from pwdeploy.errors import PwdeployError
 from pwdeploy.fsutil import read_json, sha256_file
 from pwdeploy.gate import tolerance_for
+from pwdeploy.progress import console as default_console, task
+from pwdeploy.runners import run_batches
+from pwdeploy.runners.onnxruntime_runner import OnnxRuntimeRunner
+from pwdeploy.verification_set import FILENAME, load_verification_set
 
 SENSITIVITY_PNG = "int8_sensitivity.png"
 VALIDATION_SPLIT = "val"
@@ -23,8 +33,6 @@ MAX_VALIDATION_SAMPLES = 2000
 def open_probe(run: Path, config: dict, *, method: str, weight_bits: int, tolerance: float | None = None,
                max_samples: int = MAX_VALIDATION_SAMPLES, provider: str = "cpu", activations: str = "int8"):
     """An Int8Probe on ``run``'s validation split with its recorded calibration ranges."""
-    from pwdeploy.calibration.probe import Int8Probe, load_split
-
     data = load_split(config, VALIDATION_SPLIT, max_samples=max_samples, seed=int(config.get("seed", 0)))
     return Int8Probe(run / rundir.MODEL_ONNX, run / rundir.CALIBRATION_RANGES, data, method=method,
                      weight_bits=weight_bits, tolerance=tolerance_for("int8") if tolerance is None else tolerance,
@@ -35,9 +43,6 @@ def analyze_int8(run_dir, *, tolerance: float | None = None, max_samples: int = 
                  provider: str = "cpu", console=None) -> dict:
     """Leave-one-in-float sensitivity of the run's INT8 model, per group on validation: rich table, heatmap PNG
     (int8_sensitivity.png) and report.json ``int8_sensitivity``. Returns the table."""
-    from pwdeploy.calibration.sensitivity import plot_heatmap, rich_table, sensitivity
-    from pwdeploy.progress import console as default_console, task
-
     console = console or default_console
     run_dir = rundir.RunDir.open(run_dir)
     run, config, report = run_dir.path, run_dir.config, run_dir.report
@@ -57,8 +62,6 @@ def analyze_int8(run_dir, *, tolerance: float | None = None, max_samples: int = 
 def _recorded_int8(run: Path, report: dict) -> tuple:
     """(calibration method, weight bits, activation type) of the run's INT8 export; its ranges must belong to
     model.onnx."""
-    from pwdeploy.calibration import check_fresh
-
     calib, ranges = run / rundir.CALIBRATION_JSON, run / rundir.CALIBRATION_RANGES
     if not calib.is_file() or not ranges.is_file():
         raise PwdeployError(f"{run} has no INT8 calibration: run 'pwdeploy export {run} --target onnx-int8' first")
@@ -76,11 +79,6 @@ def protect_int8(run: Path, config: dict, out: Path, *, method: str, weight_bits
                  console, provider: str = "cpu", activations: str = "int8") -> dict:
     """Choose the float layers (pwdeploy.calibration.protect), write the mixed Q/DQ model to ``out`` and return the record:
     chosen layers, per-group results on validation and test, ONNX Runtime latency against plain INT8 and fp32."""
-    import tempfile
-
-    from pwdeploy.calibration.latency import compare_latency
-    from pwdeploy.calibration.protect import select_float_layers
-
     with open_probe(run, config, method=method, weight_bits=weight_bits, provider=provider,
                     activations=activations) as probe, \
             tempfile.TemporaryDirectory(prefix="pwdeploy-protect-") as tmp:
@@ -105,11 +103,6 @@ def protect_int8(run: Path, config: dict, out: Path, *, method: str, weight_bits
 def _test_results(run: Path, models: dict) -> dict | None:
     """Per-group results of ``models`` on the run's verification set (test split) against the pruned PyTorch
     reference, with the INT8 gate; None when the run has no verification set."""
-    from pwdeploy.calibration.probe import ProbeData, score_logits
-    from pwdeploy.runners import run_batches
-    from pwdeploy.runners.onnxruntime_runner import OnnxRuntimeRunner
-    from pwdeploy.verification_set import FILENAME, load_verification_set
-
     if not (run / FILENAME).is_file():
         return None
     vs = load_verification_set(run / FILENAME)

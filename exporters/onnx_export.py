@@ -7,6 +7,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -19,8 +21,6 @@ OPSET = 17
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int], *, opset: int = OPSET) -> Path:
     """Export ``model`` (eval mode, CPU copy) and run ``onnx.checker`` on the result."""
-    import onnx
-
     path = Path(path)
     model = copy.deepcopy(model).cpu().eval()
     example = torch.randn(2, *input_shape)
@@ -45,8 +45,6 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
 def onnx_parity(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int], *, batch: int = 4,
                 seed: int = 0) -> float:
     """Max absolute difference between PyTorch and ONNX Runtime (CPU) logits on random inputs."""
-    import onnxruntime as ort
-
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *input_shape, generator=generator)
     expected = copy.deepcopy(model).cpu().eval()(x).numpy()

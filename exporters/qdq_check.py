@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
-from pwdeploy.errors import PwdeployError
 from pwdeploy.calibration.quantize import LAYER_OP_TYPES
+from pwdeploy.errors import PwdeployError
 
 
 class QdqCheckError(PwdeployError):
@@ -24,9 +26,6 @@ class QdqCheckError(PwdeployError):
 
 def check_qdq_for_tensorrt(path: str | os.PathLike) -> dict:
     """Raise QdqCheckError naming the first problems; return a summary (counts, quantized and float layers)."""
-    import onnx
-    from onnx import numpy_helper
-
     model = onnx.load(str(path))
     consts = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:  # Constant nodes hold values too

@@ -17,11 +17,26 @@ from typing import Any
 import numpy as np
 
 from pwdeploy import rundir
+from pwdeploy.calibration import METHODS, check_fresh, make_provenance, stratified_sample
+from pwdeploy.calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
+from pwdeploy.calibration.quantize import (IndexedCalibrationReader, RecordedRangesOnly, activations_for,
+                                           quantize_int8, stamp_provenance)
+from pwdeploy.data import DataSpec, create_dataset
 from pwdeploy.errors import PwdeployError
 from pwdeploy.fsutil import atomic_path, read_json, sha256_file, write_json
-from pwdeploy.rundir import ArtifactRecord, EngineRecord, RunDir
-from pwdeploy.targets import DEFAULT_CALIB_SIZE, Target, get_target
+from pwdeploy.progress import console as default_console, task
+from pwdeploy.rundir import ArtifactRecord, EngineRecord, Report, RunDir
+from pwdeploy.runners import run_batches
+from pwdeploy.runners.torch_runner import TorchRunner
+from pwdeploy.targets import Target, get_target
 from pwdeploy.verification_set import FILENAME as VERIFICATION_SET
+from pwdeploy.verification_set import (VerificationSet, choose_indices, load_verification_set,
+                                       write_verification_set)
+
+from .fp16 import convert_fp16
+from .int8_analysis import protect_int8
+from .qdq_check import check_qdq_for_tensorrt
+from .tensorrt import BUILD_SCRIPT, build_engine, tensorrt_status, write_build_script
 
 CALIBRATION_JSON, CALIBRATION_RANGES = rundir.CALIBRATION_JSON, rundir.CALIBRATION_RANGES  # named in rundir
 
@@ -42,7 +57,7 @@ def check_target(target: str) -> None:
     get_target(target)
 
 
-def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int = DEFAULT_CALIB_SIZE,
+def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int | None = None,
                   calib_method: str = "minmax", seed: int = 0, console=None, recalibrate: bool = False,
                   calib_shares: dict | None = None, int8_full_range: bool = False, protect_groups: bool = False,
                   max_float_layers: int | None = None) -> dict:
@@ -54,28 +69,28 @@ def export_target(run_dir: str | os.PathLike, target: str, *, calib_size: int = 
                        seed=seed, console=console, recalibrate=recalibrate, calib_shares=calib_shares,
                        int8_full_range=int8_full_range, protect_groups=protect_groups,
                        max_float_layers=max_float_layers)
-    run.update_report(lambda r: record_target(r, info))
+    run.update_record(lambda r: record_target(r, info))
     return info
 
 
-def record_target(report: dict, info: dict) -> None:
+def record_target(report: Report, info: dict) -> None:
     """Put ``make_target``'s records into ``report`` (in memory; the caller writes it once)."""
-    report["artifacts"] = info["all_artifacts"]
-    report["targets"] = sorted(set(report.get("targets", [])) | {info["target"]})
+    report.artifacts = {name: ArtifactRecord.from_dict(r) for name, r in info["all_artifacts"].items()}
+    report.targets = sorted(set(report.targets or []) | {info["target"]})
     if info["engine"] is not None:
-        report["engine"] = info["engine"]
+        report.engine = EngineRecord.from_dict(info["engine"])
 
 
-def make_target(run: Path, config: dict, report: dict, target: str, *, calib_size: int = DEFAULT_CALIB_SIZE,
+def make_target(run: Path, config: dict, report: dict, target: str, *, calib_size: int | None = None,
                 calib_method: str = "minmax", seed: int = 0, console=None, recalibrate: bool = False,
                 calib_shares: dict | None = None, int8_full_range: bool = False, protect_groups: bool = False,
                 max_float_layers: int | None = None, results: InMemoryResults | None = None) -> dict:
     """Write ``target``'s artifacts into ``run`` (atomically) and return their records, without touching
     report.json: ``{"target", "precision", "artifact", "verify", "engine", "artifacts", "all_artifacts"}`` where
-    ``verify`` is the file `pwdeploy verify` checks (the engine if built here, else the ONNX it is built from)."""
-    from pwdeploy.calibration import METHODS
-
+    ``verify`` is the file `pwdeploy verify` checks (the engine if built here, else the ONNX it is built from).
+    ``calib_size`` None: the target's own (``Target.calib_size``)."""
     spec = get_target(target)
+    calib_size = spec.calib_size if calib_size is None else int(calib_size)
     if calib_method not in METHODS:
         raise PwdeployError(f"unknown --calib-method {calib_method!r}: use one of {', '.join(METHODS)}")
     max_float_layers = _check_protection(spec, protect_groups, max_float_layers)
@@ -118,7 +133,7 @@ def _record_engine(run: Path, spec: Target, artifacts: dict, input_name: str, in
                    console) -> tuple:
     """Build (or script) the TensorRT engine and record it; returns (engine record, file verify checks)."""
     onnx_name = spec.onnx_file
-    engine = _engine(run, onnx_name, spec.precision, input_name, input_shape, console)
+    engine = _engine(run, onnx_name, spec, input_name, input_shape, console)
     verify_name = onnx_name
     if engine["built"]:
         artifacts[rundir.ENGINE] = ArtifactRecord(sha256_file(run / rundir.ENGINE), spec.precision, "tensorrt",
@@ -135,8 +150,6 @@ def _record_engine(run: Path, spec: Target, artifacts: dict, input_name: str, in
 # --- fp16 -----------------------------------------------------------------------------------------------------
 
 def _export_fp16(run: Path, model_onnx: Path, model_sha: str, console) -> dict:
-    from .fp16 import convert_fp16
-
     with atomic_path(run / rundir.FP16_ONNX) as tmp:
         info = convert_fp16(model_onnx, tmp)
     kept = ", ".join(info["kept_fp32_ops"]) or "none present"
@@ -153,8 +166,6 @@ def _export_fp16(run: Path, model_onnx: Path, model_sha: str, console) -> dict:
 
 def _check_protection(target: Target, protect: bool, max_float_layers: int | None) -> int:
     """--protect-groups applies to INT8 targets only; the float-layer budget is >= 0."""
-    from pwdeploy.calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
-
     if protect and target.precision != "int8":
         raise PwdeployError(f"--protect-groups keeps INT8 layers in float: use it with --target onnx-int8 or "
                             f"trt-int8, not {target.name}")
@@ -168,9 +179,6 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
                  calib_size: int,
                  method: str, seed: int, recalibrate: bool, shares: dict | None, full_range: bool,
                  console, protect: bool = False, max_float_layers: int = 0) -> dict:
-    from pwdeploy.calibration import check_fresh
-    from pwdeploy.calibration.quantize import RecordedRangesOnly, activations_for, quantize_int8, stamp_provenance
-
     activations = activations_for(runtime)  # UINT8 for ONNX Runtime's fused kernels, symmetric INT8 for TensorRT
 
     calib_json, ranges = run / CALIBRATION_JSON, run / CALIBRATION_RANGES
@@ -196,14 +204,10 @@ def _export_int8(run: Path, config: dict, model_onnx: Path, model_sha: str, inpu
             what = f"{method} calibration on {provenance['n']} training images stratified by group: {counts}"
         protection = None
         if protect:  # replaces the plain INT8 model with the group-aware mixed one
-            from .int8_analysis import protect_int8
-
             protection = protect_int8(run, config, out, method=method, weight_bits=settings["weight_bits"],
                                       budget=max_float_layers, console=console, activations=activations)
             settings["float_nodes"] = protection["float_layers"]
         stamp_provenance(out, provenance)  # the provenance travels inside the file too
-        from .qdq_check import check_qdq_for_tensorrt
-
         # what TensorRT's parser would refuse, caught here; an ONNX Runtime model (UINT8) is not for TensorRT
         trt_check = check_qdq_for_tensorrt(out) if activations == "int8" else \
             {"skipped": f"UINT8 activations for {runtime}: export --target trt-int8 for TensorRT"}
@@ -223,11 +227,6 @@ def _calibrate(run: Path, config: dict, model_onnx: Path, model_sha: str, input_
                calib_size: int, method: str, seed: int, shares: dict | None, full_range: bool, console,
                activations: str = "int8"):
     """Draw the stratified calibration set, quantize into ``out``, record ranges and provenance."""
-    from pwdeploy.calibration import make_provenance, stratified_sample
-    from pwdeploy.calibration.quantize import IndexedCalibrationReader, quantize_int8
-    from pwdeploy.data import DataSpec, create_dataset
-    from pwdeploy.progress import task
-
     train = create_dataset(DataSpec.from_dict(config["data"]), "train")
     sample = stratified_sample(train.groups, train.group_names, calib_size, seed=seed, shares=shares)
     for note in sample.notes:
@@ -251,15 +250,15 @@ def _calibrate(run: Path, config: dict, model_onnx: Path, model_sha: str, input_
 
 # --- TensorRT --------------------------------------------------------------------------------------------------
 
-def _engine(run: Path, onnx_name: str, precision: str, input_name: str, input_shape: tuple, console) -> dict:
-    from .tensorrt import BUILD_SCRIPT, build_engine, tensorrt_status, write_build_script
-
+def _engine(run: Path, onnx_name: str, spec: Target, input_name: str, input_shape: tuple, console) -> dict:
+    """Build the engine with the target's batch profile where TensorRT is here; the build script either way."""
+    precision = spec.precision
     write_build_script(run, onnx_name=onnx_name, precision=precision, input_name=input_name,
-                       input_shape=input_shape)
+                       input_shape=input_shape, batches=spec.engine_batches)
     status = tensorrt_status()
     if status["available"]:
         info = build_engine(run / onnx_name, run / rundir.ENGINE, precision=precision, input_name=input_name,
-                            input_shape=input_shape)
+                            input_shape=input_shape, batches=spec.engine_batches)
         gpu = info.get("gpu") or {}
         console.print(f"built {rundir.ENGINE} from {onnx_name} with TensorRT {info['tensorrt_version']} on "
                       f"{gpu.get('name')} (compute capability {gpu.get('compute_capability')}); for another device "
@@ -282,8 +281,6 @@ def ensure_verification_set(run: Path, config: dict, *, seed: int = 0, console=N
     """Write ``verification_set.npz`` (test images + PyTorch logits of pruned.pt and original.pt) unless one for
     these exact checkpoints exists. Returns its artifact record, or None when the run has no pruned.pt.
     With ``results`` (compress) the logits are the ones compress computed; else the checkpoints are run."""
-    from pwdeploy.verification_set import load_verification_set
-
     console = console or _default_console()
     pruned_pt, original_pt = run / rundir.PRUNED_PT, run / rundir.ORIGINAL_PT
     if not pruned_pt.is_file():
@@ -302,7 +299,6 @@ def ensure_verification_set(run: Path, config: dict, *, seed: int = 0, console=N
         except PwdeployError:
             pass  # unreadable or old: rewrite it
     vs = build_verification_set(run, config, models, seed=seed, results=results)
-    from pwdeploy.verification_set import write_verification_set
 
     write_verification_set(path, vs)
     what = "a group-stratified subset of" if vs.meta["subset"] else "all of"
@@ -313,10 +309,6 @@ def ensure_verification_set(run: Path, config: dict, *, seed: int = 0, console=N
 
 def build_verification_set(run: Path, config: dict, models: dict, *, seed: int = 0,
                            results: InMemoryResults | None = None):
-    from pwdeploy.data import DataSpec, create_dataset
-    from pwdeploy.progress import task
-    from pwdeploy.verification_set import VerificationSet, choose_indices
-
     test = results.test_set if results is not None else create_dataset(DataSpec.from_dict(config["data"]), "test")
     if len(test) == 0:
         raise PwdeployError(f"the test split of {test.name} is empty: check --data-root")
@@ -331,7 +323,9 @@ def build_verification_set(run: Path, config: dict, models: dict, *, seed: int =
         logits = {name: np.asarray(results.logits[name])[indices] for name in models}
     else:
         logits = _checkpoint_logits(run, models, images, config["device"])
+    widths = {np.asarray(v).shape[-1] for v in logits.values()}
     meta = {"split": "test", "subset": bool(len(indices) < len(test)), "source_n": int(len(test)),
+            "logit_width": int(widths.pop()) if len(widths) == 1 else None,
             "dataset": test.name, "data": config["data"], "models": models, "seed": int(seed),
             "preprocessing": test.preprocessing.to_dict(), "input_shape": list(shape),
             "logits_from": ("compress's evaluation of the models it saved as pruned.pt, original.pt"
@@ -343,9 +337,6 @@ def build_verification_set(run: Path, config: dict, models: dict, *, seed: int =
 
 def _checkpoint_logits(run: Path, models: dict, images: np.ndarray, device: str) -> dict:
     """Logits of the run's checkpoints on ``images`` (`pwdeploy export` on a run made by an older pwdeploy)."""
-    from pwdeploy.runners import run_batches
-    from pwdeploy.runners.torch_runner import TorchRunner
-
     logits = {}
     for name, file in (("pruned", rundir.PRUNED_PT), ("original", rundir.ORIGINAL_PT)):
         if name in models:
@@ -361,6 +352,4 @@ def _vs_record(path: Path, vs) -> dict:
 
 
 def _default_console():
-    from pwdeploy.progress import console
-
-    return console
+    return default_console

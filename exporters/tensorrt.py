@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from pwdeploy import __version__
+from pwdeploy.device.build_engine import render_script
 from pwdeploy.fsutil import atomic_path, write_text
 from pwdeploy.runners.gpu import gpu_info
 from pwdeploy.targets import ENGINE_BATCHES
@@ -78,9 +80,6 @@ def write_build_script(run_dir: str | os.PathLike, *, onnx_name: str, precision:
                        input_shape: tuple, batches: tuple = PROFILE_BATCHES) -> Path:
     """Write ``build_engine.sh`` beside ``onnx_name``: the same script a bundle ships (TensorRT 10 and 11 command
     lines, timing cache, engine renamed into place only when the build succeeds)."""
-    from pwdeploy import __version__
-    from pwdeploy.device.build_engine import render_script
-
     run_dir = Path(run_dir)
     lo, opt, hi = batches
     script = render_script(bundle_id=re.sub(r"[^A-Za-z0-9._-]", "_", run_dir.name), version=__version__,

@@ -17,25 +17,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime
 import torch
+import torch_pruning
+import torchvision
+
+from pwdeploy.exporters.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_parity
+from pwdeploy.exporters.targets import InMemoryResults, make_target, record_target
 
 from . import __version__
-from .config import PWSettings, RunConfig, build_config
+from .config import PW_RANGES, PWSettings, RunConfig, build_config
 from .data import DataSpec, GroupedDataset, create_dataset
+from .data.cache import use_cache
 from .errors import DataError, PwdeployError
 from .fsutil import write_text
 from .loss import LossFn, pseudo_group_names, pseudo_groups
-from .metrics import group_metrics, predict
+from .metrics import fmt_points, group_metrics, predict
 from .models import create_model
 from .models.checkpoint import load_model, save_checkpoint
 from .outputs import begin_run, check_out, partial_path, publish
+from .precision import resolve_precision
 from .progress import console
-from .prune.budget import CountingStream, plan_for
+from .prune import PruneResult
+from .prune.budget import CountingStream, PruneBudget, plan_for
 from .timings import summary_line, timed
 from .recipes import apply_recipe
+from .records import ModelSource, Report, RunProvenance, Sizes, Versions
 from .registry import IMPORTANCES, LOSSES
 from .selection import OVERALL_MARGIN, WorstGroupCheckpoint, choose_recipe, validation_set
-from .report import comparison_table, summarize
+from .speed import measured_latency, prune_for_deploy
+from .report import comparison_table
+from .validate import check
 from . import distributed, rundir
 from .train import OriginalOutputs, batch_stream, fit, make_loader, predict_logits, resolve_device, seed_everything
 from .run_groups import (check_group_options, gdro_group_counts, prepare_validation, prune_in_rounds, pseudo_report,
@@ -49,7 +62,6 @@ def make_config(overrides: dict, config_file=None, *, pw_gamma: float | None = N
     # --pw-gamma / --pw-min-weight override the settings the active pruning method uses
     key = config.prune.method if config.prune.method in config.pw else "default"
     pw = config.pw.setdefault(key, PWSettings())
-    from .validate import PW_RANGES, check
 
     if pw_gamma is not None:
         pw.gamma = check("--pw-gamma", pw_gamma, PW_RANGES["gamma"])
@@ -87,8 +99,6 @@ def _group_metrics(logits: np.ndarray, dataset: GroupedDataset) -> dict:
 
 def open_splits(config: RunConfig, spec: DataSpec) -> tuple[GroupedDataset, GroupedDataset]:
     """Train and test splits, with the decoded-image cache attached where it applies (data/cache.py)."""
-    from .data.cache import use_cache
-
     splits = create_dataset(spec, "train"), create_dataset(spec, "test")
     for split in splits:
         outcome = use_cache(split, config.loader.image_cache, config.loader.cache_dir)
@@ -99,21 +109,14 @@ def open_splits(config: RunConfig, spec: DataSpec) -> tuple[GroupedDataset, Grou
 
 def resolve_run_precision(config: RunConfig, device: torch.device) -> str:
     """Record the precision actually used (``auto`` resolved per device) in the config."""
-    from .precision import resolve_precision
-
     config.precision = resolve_precision(config.precision, device)
     return config.precision
 
 
-def versions() -> dict:
-    import onnx
-    import onnxruntime
-    import torch_pruning
-    import torchvision
-
-    return {"pwdeploy": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "torch_pruning": torch_pruning.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__}
+def versions() -> Versions:
+    return Versions(pwdeploy=__version__, torch=torch.__version__, torchvision=torchvision.__version__,
+                    torch_pruning=torch_pruning.__version__, onnx=onnx.__version__,
+                    onnxruntime=onnxruntime.__version__)
 
 
 def train_baseline(overrides: dict, out: str | Path, config_file=None) -> Path:
@@ -139,8 +142,6 @@ def train_baseline(overrides: dict, out: str | Path, config_file=None) -> Path:
     if not distributed.is_main():  # rank 0 writes
         return Path(out)
     save_checkpoint(model.cpu(), out, arch=config.model.arch, num_classes=num_classes, meta=meta)
-    from .metrics import fmt_points
-
     groups = ", ".join(f"{g} {fmt_points(m['accuracy'])}%" for g, m in metrics["groups"].items())
     console.print(f"wrote {out}: test accuracy {fmt_points(metrics['overall']['accuracy'])}% ({groups})")
     return Path(out)
@@ -176,15 +177,17 @@ def _balances(config: RunConfig) -> bool:
 
 
 def _needs_original(config: RunConfig) -> bool:
-    gdro = config.loss == "gdro" and (config.gdro.base == "kd" or config.pseudo_groups == "error-set")
-    return LOSSES.get(config.loss).needs_original or _balances(config) or gdro
+    gdro = config.loss == "gdro" and (config.gdro.base == "kd" or config.pseudo_groups == "error-set"
+                                      or config.gdro.form == "constraint")
+    return LOSSES.get(config.loss).needs_original or _balances(config) or gdro or config.disagreement_weight > 0
 
 
 def _losses(config: RunConfig, group_totals, group_counts=None) -> tuple[LossFn, LossFn]:
     """(importance loss, retraining loss) per --loss and the paper's ablation switch pw_applies_to."""
     main = LossFn(config.loss, config.pw_for(), group_totals, config.group_balance_strength, kd=config.kd,
-                  pseudo_groups=config.pseudo_groups, gdro=config.gdro, group_counts=group_counts)
-    ce = LossFn("ce")
+                  pseudo_groups=config.pseudo_groups, gdro=config.gdro, group_counts=group_counts,
+                  disagreement_weight=config.disagreement_weight)
+    ce = LossFn("ce", disagreement_weight=config.disagreement_weight)
     if config.loss == "ce":
         return ce, ce
     if config.loss != "pw":
@@ -234,33 +237,66 @@ class _Inputs:
         return self.original_outputs
 
 
-def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
-    """One candidate: importance + channel removal to the MACs (or latency) target, retraining, test (and val)
-    metrics."""
-    from .speed import prune_for_deploy
+@dataclasses.dataclass
+class _Outcome:
+    """One candidate's result: the pruned and retrained model and what was measured on the way."""
 
-    device = inputs.device
+    model: torch.nn.Module
+    prune: PruneResult  # MACs, params, reduction, importance
+    speed: dict  # pwdeploy.speed: channel rounding, allocation, latency target
+    budget: PruneBudget
+    losses: dict  # the registered losses used, by name and settings
+    before: dict  # test metrics before retraining
+    history: list  # retraining loss per epoch
+    timings_s: dict  # prune, retrain
+    checkpoint_selection: dict | None
+    stopping: dict | None  # pruning in rounds (pwdeploy.trajectory)
+    logits: np.ndarray | None = None  # test split, after retraining
+    metrics: dict | None = None  # test split, after retraining
+    validation: dict | None = None  # validation split, after retraining
+
+
+@dataclasses.dataclass
+class _Candidate:
+    """What the pruning of one candidate needs: its losses, data stream and schedule."""
+
+    train_set: GroupedDataset
+    original_outputs: OriginalOutputs | None
+    importance_loss: LossFn
+    retrain_loss: LossFn
+    stream: CountingStream
+    budget: PruneBudget
+
+
+def _candidate(config: RunConfig, inputs: _Inputs) -> _Candidate:
     train_set = run_train_set(config, inputs)  # the dataset's groups, or --pseudo-groups clusters
     original_outputs = inputs.outputs() if _needs_original(config) else None
     importance_loss, retrain_loss = _make_losses(config, train_set, original_outputs)
-    pruned = copy.deepcopy(inputs.original).to(device)
     loader = make_loader(train_set, config.retrain.batch_size, shuffle=True, seed=config.seed, drop_last=True,
-                         loader=config.loader, device=device)
-    stream = CountingStream(batch_stream(loader, device, original_outputs))
-    num_groups = len(train_set.group_names)
-    budget = plan_for(config, len(train_set), num_groups)  # the schedule follows the data (prune.budget)
-    pruning = dataclasses.replace(config, prune=budget.apply(config.prune))
+                         loader=config.loader, device=inputs.device)
+    stream = CountingStream(batch_stream(loader, inputs.device, original_outputs))
+    budget = plan_for(config, len(train_set), len(train_set.group_names))  # the schedule follows the data
+    return _Candidate(train_set, original_outputs, importance_loss, retrain_loss, stream, budget)
+
+
+def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> _Outcome:
+    """One candidate: importance + channel removal to the MACs (or latency) target, retraining, test (and val)
+    metrics."""
+    device, cand = inputs.device, _candidate(config, inputs)
+    pruned = copy.deepcopy(inputs.original).to(device)
+    pruning = dataclasses.replace(config, prune=cand.budget.apply(config.prune))
 
     def evaluate_on(model, dataset, name):
         return evaluate(model, dataset, device, name, loader=config.loader)
 
     def retrain(model, settings, seed, on_epoch_end=None):
-        return fit(model, train_set, retrain_loss, settings, device, original=original_outputs, seed=seed,
-                   description=f"retraining ({config.loss})", precision=inputs.precision, loader=config.loader,
-                   on_epoch_end=on_epoch_end)
+        return fit(model, cand.train_set, cand.retrain_loss, settings, device, original=cand.original_outputs,
+                   seed=seed, description=f"retraining ({config.loss})", precision=inputs.precision,
+                   loader=config.loader, on_epoch_end=on_epoch_end)
 
     t0 = time.time()
-    prune_kwargs = {"batches": stream, "loss_fn": importance_loss, "num_groups": num_groups}
+    prune_kwargs = {"batches": cand.stream, "loss_fn": cand.importance_loss,
+                    "num_groups": len(cand.train_set.group_names)}
     rounds = None
     if uses_rounds(config):
         rounds = prune_in_rounds(pruning, inputs, pruned, prune_kwargs, retrain, evaluate_on)
@@ -269,8 +305,8 @@ def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
         result, speed = prune_for_deploy(pruning, pruned, inputs.original, inputs.example,
                                          tuple(inputs.example.shape[1:]), **prune_kwargs)
     prune_seconds = time.time() - t0
-    budget = dataclasses.replace(budget, drawn_samples=stream.samples * distributed.world_size())
-    stream.close()  # ends the pruning loader's worker processes before retraining starts its own
+    budget = dataclasses.replace(cand.budget, drawn_samples=cand.stream.samples * distributed.world_size())
+    cand.stream.close()  # ends the pruning loader's worker processes before retraining starts its own
     distributed.check_same(distributed.shapes(pruned), "the pruned architecture")
 
     before = rounds.before if rounds is not None and rounds.before is not None else \
@@ -279,21 +315,25 @@ def _prune_and_retrain(config: RunConfig, inputs: _Inputs) -> dict:
     t0 = time.time()
     history = rounds.history if rounds is not None and rounds.history is not None else \
         retrain(pruned, config.retrain, config.seed, checkpoint)
-    retrain_seconds = time.time() - t0
-    out = {"model": pruned, "result": result, "speed": speed, "history": history, "before": before, "budget": budget,
-           "timings_s": {"prune": prune_seconds, "retrain": retrain_seconds},
-           "losses": {"importance": importance_loss.record(), "retraining": retrain_loss.record()},
-           "checkpoint_selection": checkpoint.restore(pruned) if checkpoint is not None else None,
-           "stopping": rounds.record if rounds is not None else None}
-    out["logits"] = predict_logits(pruned, inputs.test_set, device, description="evaluating pruned",
-                                   loader=config.loader)
-    out["pruned"] = _group_metrics(out["logits"], inputs.test_set)  # the logits travel on to the export
+    outcome = _Outcome(pruned, result, speed, budget,
+                       {"importance": cand.importance_loss.record(), "retraining": cand.retrain_loss.record()},
+                       before, history, {"prune": prune_seconds, "retrain": time.time() - t0},
+                       checkpoint.restore(pruned) if checkpoint is not None else None,
+                       rounds.record if rounds is not None else None)
+    _evaluate_outcome(outcome, inputs, evaluate_on, config)
+    return outcome
+
+
+def _evaluate_outcome(outcome: _Outcome, inputs: _Inputs, evaluate_on, config: RunConfig) -> None:
+    """Test-split logits and metrics (the logits travel on to the export) and validation metrics."""
+    outcome.logits = predict_logits(outcome.model, inputs.test_set, inputs.device, description="evaluating pruned",
+                                    loader=config.loader)
+    outcome.metrics = _group_metrics(outcome.logits, inputs.test_set)
     if inputs.val_set is not None:
-        out["validation"] = evaluate_on(pruned, inputs.val_set, "pruned (validation)")
-    return out
+        outcome.validation = evaluate_on(outcome.model, inputs.val_set, "pruned (validation)")
 
 
-def _compare_recipes(config: RunConfig, inputs: _Inputs) -> tuple[RunConfig, dict, dict]:
+def _compare_recipes(config: RunConfig, inputs: _Inputs) -> tuple[RunConfig, _Outcome, dict]:
     """Compress with every recipe at the same MACs target; (chosen config, its outcome, the selection record)."""
     configs = [apply_recipe(config, name) for name in config.recipes]
     candidates, outcomes = [], []
@@ -302,24 +342,28 @@ def _compare_recipes(config: RunConfig, inputs: _Inputs) -> tuple[RunConfig, dic
         console.print(f"recipe [bold]{name}[/]: {candidate_config.prune.method} / {candidate_config.loss}")
         torch.set_rng_state(rng_state)  # every candidate starts from the same random state
         outcome = _prune_and_retrain(candidate_config, inputs)
-        outcome["model"] = outcome["model"].cpu()  # candidates wait on the CPU
+        outcome.model = outcome.model.cpu()  # candidates wait on the CPU
         outcomes.append(outcome)
-        candidates.append({"recipe": name, "method": candidate_config.prune.method, "loss": outcome["losses"],
-                           "importance": outcome["result"].importance,
-                           "flops_reduction": outcome["result"].reduction, "metrics_validation": outcome["validation"],
-                           "metrics_test": outcome["pruned"],
-                           "checkpoint_selection": outcome["checkpoint_selection"]})
+        candidates.append({"recipe": name, "method": candidate_config.prune.method, "loss": outcome.losses,
+                           "importance": outcome.prune.importance, "flops_reduction": outcome.prune.reduction,
+                           "metrics_validation": outcome.validation, "metrics_test": outcome.metrics,
+                           "checkpoint_selection": outcome.checkpoint_selection})
     chosen, why = choose_recipe(candidates)
     selection = {"rule": f"best validation worst-group accuracy among recipes within {OVERALL_MARGIN:g} point of "
                          "the best validation accuracy (ties: overall accuracy); the test split is never used",
                  "chosen": config.recipes[chosen], "why": why, "candidates": candidates}
-    outcomes[chosen]["model"].to(inputs.device)
+    outcomes[chosen].model.to(inputs.device)
     return configs[chosen], outcomes[chosen], selection
 
 
 @dataclasses.dataclass
 class CompressResult:
-    """What ``compress`` computed, in memory: both models, their logits and metrics on the test split."""
+    """What ``compress`` computed, in memory: both models, their logits and metrics on the test split.
+
+    A stable attribute API (benchmarks and user code read it; report.json is written from it by write_run):
+    ``metrics[name]`` / ``logits[name]`` for name in original, pruned (and ``metrics["pruned-before-retraining"]``),
+    ``prune.reduction`` / ``macs_before`` / ``macs_after``, ``metrics_validation``, ``recipes``, ``stopping``;
+    ``report()`` gives the typed ``pwdeploy.records.Report`` (changes, worst groups) without writing files."""
     config: RunConfig  # the settings of the shipped model (the chosen recipe's, with --recipes)
     original: torch.nn.Module
     pruned: torch.nn.Module
@@ -344,6 +388,11 @@ class CompressResult:
     def input_shape(self) -> tuple:
         return tuple(self.train_set.preprocessing.input_shape)
 
+    def report(self) -> Report:
+        """The run's report in memory, nothing written: metrics, changes, worst groups, MACs, settings. What
+        needs files (measured latency, ONNX parity, artifacts) is filled in only by ``write_run``."""
+        return report_record(self, None)
+
 
 def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDataset, test_set: GroupedDataset,
              device: torch.device, val_set: GroupedDataset | None = None) -> CompressResult:
@@ -356,10 +405,8 @@ def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDat
     original.to(device).eval()
     logits = {"original": predict_logits(original, test_set, device, description="evaluating original",
                                          loader=config.loader)}
-    metrics = {"original": _group_metrics(logits["original"], test_set)}
     inputs = _Inputs(original, train_set, test_set, val_set, device, example, precision)
     prepare_validation(config, inputs)  # no labelled groups on validation: the pseudo-groups stand in
-    val_set = inputs.val_set
     selection = None
     if config.recipes:
         recipes = config.recipes
@@ -367,18 +414,21 @@ def compress(original: torch.nn.Module, config: RunConfig, train_set: GroupedDat
         config.recipes = recipes  # config.json records the comparison, and the chosen recipe's settings
     else:
         outcome = _prune_and_retrain(config, inputs)
-    logits["pruned"] = outcome["logits"]
-    metrics["pruned-before-retraining"], metrics["pruned"] = outcome["before"], outcome["pruned"]
+    logits["pruned"] = outcome.logits
+    metrics = {"original": _group_metrics(logits["original"], test_set), "pruned-before-retraining": outcome.before,
+               "pruned": outcome.metrics}
     metrics_validation = None
-    if val_set is not None:  # on every rank: evaluation is sharded across the processes
-        metrics_validation = {"original": evaluate(original, val_set, device, "original (validation)",
-                                                   loader=config.loader), "pruned": outcome["validation"]}
-    timings = dict(outcome["timings_s"])  # evaluate: everything compress did besides pruning and retraining
+    if inputs.val_set is not None:  # on every rank: evaluation is sharded across the processes
+        metrics_validation = {"original": evaluate(original, inputs.val_set, device, "original (validation)",
+                                                   loader=config.loader), "pruned": outcome.validation}
+    timings = dict(outcome.timings_s)  # evaluate: everything compress did besides pruning and retraining
     timings["evaluate"] = max(0.0, time.time() - started - timings["prune"] - timings["retrain"])
-    return CompressResult(config, original, outcome["model"], train_set, test_set, logits, metrics,
-                          outcome["result"], outcome["history"], timings, device, outcome["losses"],
-                          outcome["speed"], outcome["checkpoint_selection"], metrics_validation, selection,
-                          outcome["budget"], stopping=outcome["stopping"], pseudo_groups=pseudo_report(config, inputs))
+    return CompressResult(config=config, original=original, pruned=outcome.model, train_set=train_set,
+                          test_set=test_set, logits=logits, metrics=metrics, prune=outcome.prune,
+                          history=outcome.history, timings_s=timings, device=device, losses=outcome.losses,
+                          speed=outcome.speed, checkpoint_selection=outcome.checkpoint_selection,
+                          metrics_validation=metrics_validation, recipes=selection, prune_budget=outcome.budget,
+                          stopping=outcome.stopping, pseudo_groups=pseudo_report(config, inputs))
 
 
 def compress_model(model_path: str | Path, overrides: dict, out: str | Path, config_file=None, *,
@@ -417,7 +467,7 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
         result = compress(original, config, train_set, test_set, device, val_set)
         if not main:
             return out
-        report = write_run(rundir.RunDir(tmp), result, model_source={"path": str(model_path), "kind": info["kind"]},
+        report = write_run(rundir.RunDir(tmp), result, model_source=ModelSource(str(model_path), info["kind"]),
                            started=started)
         publish(tmp, out)
     finally:
@@ -425,17 +475,14 @@ def compress_model(model_path: str | Path, overrides: dict, out: str | Path, con
         release()
     if not quiet:
         console.print(comparison_table(report))
-        console.print(summary_line(report["timings_s"], report.get("prune_budget")))
+        console.print(summary_line(report.timings_s, report.prune_budget))
         console.print(f"run directory: [bold]{out}[/] (report.json, report.md, report.png, model.onnx)")
     return out
 
 
-def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict, started: float) -> dict:
+def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: ModelSource, started: float) -> Report:
     """Save ``result`` into the (temporary) run directory: checkpoints, ONNX, the precision target, config.json
     and report.json (each written once), then the completion marker. Returns the report."""
-    from pwdeploy.exporters.onnx_export import export_onnx, onnx_parity
-    from .speed import measured_latency
-
     config, shape, timings = result.config, result.input_shape, dict(result.timings_s)
     meta = {"data": data_spec(config).to_dict(), "class_names": result.train_set.class_names,
             "group_names": result.train_set.group_names, "preprocessing": result.train_set.preprocessing.to_dict()}
@@ -448,82 +495,55 @@ def write_run(run: rundir.RunDir, result: CompressResult, *, model_source: dict,
     with timed(timings, "latency"):
         result.speed["latency"] = measured_latency(config, run.file(rundir.ORIGINAL_ONNX),
                                                    run.file(rundir.MODEL_ONNX), shape)
-    config_record = {**config.to_dict(), "versions": versions(), "input_shape": list(shape),
-                     "model_source": model_source, "distributed": distributed.describe()}
-    run.write_config(config_record)
+    run.write_config(config.to_dict(), RunProvenance(versions(), list(shape), model_source, distributed.describe()))
+    config_record = run.config  # make_target reads config.json's form
     with timed(timings, "verify"):
         parity = onnx_parity(result.pruned, run.file(rundir.MODEL_ONNX), shape)
-    report = _report(result, parity)
+    report = report_record(result, parity)
     with timed(timings, "export"):
         _export_target(run, config_record, report, result)
-    report["timings_s"] = {**timings, "total": time.time() - started}
+    report.timings_s = {**timings, "total": time.time() - started}
     run.write_report(report)
-    write_text(run.file(rundir.COMPLETE), report["created"] + "\n")
+    write_text(run.file(rundir.COMPLETE), report.created + "\n")
     return report
 
 
-def _report(result: CompressResult, parity: float) -> dict:
-    """report.json's content for a fresh run (artifacts are added by the target export)."""
-    from pwdeploy.exporters.onnx_export import INPUT_NAME, OUTPUT_NAME
-
+def report_record(result: CompressResult, parity: float | None) -> Report:
+    """The report of a fresh run (artifacts are added by the target export)."""
     config, prune, train_set = result.config, result.prune, result.train_set
-    report = {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "pwdeploy_version": __version__,
-        "method": config.prune.method,
-        "loss": config.loss,
-        "pw": config.to_dict()["pw"].get(config.prune.method) or config.to_dict()["pw"]["default"],
-        "pw_applies_to": config.pw_applies_to,
-        "group_balanced": config.group_balanced,
-        "group_balance_strength": config.group_balance_strength,
-        # --flops-reduction auto: the reduction the stopping rule chose (report["stopping"] has the curve)
-        "flops_reduction_target": result.stopping["reached"] if config.stopping.auto else config.prune.flops_reduction,
-        "flops_reduction": prune.reduction,
-        "macs": {"original": prune.macs_before, "pruned": prune.macs_after},
-        "params": {"original": prune.params_before, "pruned": prune.params_after},
-        "latency_ms": result.speed["latency"]["batch_1"],
-        "speed": result.speed,
-        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-        "class_names": train_set.class_names,
-        "group_names": train_set.group_names, "preprocessing": train_set.preprocessing.to_dict(),
-        "dataset": train_set.name,
-        "data_notes": list(dict.fromkeys(train_set.notes + result.test_set.notes)),
-        "device": str(result.device),  # as resolved (config.json has what was asked, e.g. auto)
-        "metrics": {"original": result.metrics["original"], "pruned": result.metrics["pruned"]},
-        "metrics_before_retraining": result.metrics["pruned-before-retraining"],
-        "onnx_parity_max_abs": parity,
-        "retrain_loss_history": result.history,
-        "timings_s": dict(result.timings_s),
-        "prune_budget": result.prune_budget.to_dict() if result.prune_budget is not None else None,
-        "artifacts": {},
-        # registered plug-ins by name and settings (pwdeploy.registry)
-        "importance": prune.importance,
-        "loss_fn": result.losses,
-        "pseudo_groups": config.pseudo_groups,
-        "select": config.select,
-        "checkpoint_selection": result.checkpoint_selection,
-    }
-    if result.metrics_validation is not None:
-        report["metrics_validation"] = result.metrics_validation
-    if result.recipes is not None:
-        report["recipes"] = result.recipes
-    if result.stopping is not None:
-        report["stopping"] = result.stopping
-    if result.pseudo_groups is not None:
-        report["pseudo_groups_found"] = result.pseudo_groups
-    report.update(summarize(report["metrics"]))
+    settings = config.to_dict()["pw"]
+    report = Report(
+        method=config.prune.method, loss=config.loss, flops_reduction=prune.reduction,
+        input_name=INPUT_NAME, output_name=OUTPUT_NAME, dataset=train_set.name,
+        class_names=train_set.class_names, group_names=train_set.group_names,
+        preprocessing=train_set.preprocessing.to_dict(),
+        metrics={"original": result.metrics["original"], "pruned": result.metrics["pruned"]},
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), pwdeploy_version=__version__,
+        pw=settings.get(config.prune.method) or settings["default"], pw_applies_to=config.pw_applies_to,
+        group_balanced=config.group_balanced, group_balance_strength=config.group_balance_strength,
+        # --flops-reduction auto: the reduction the stopping rule chose (``stopping`` has the curve)
+        flops_reduction_target=result.stopping["reached"] if config.stopping.auto else config.prune.flops_reduction,
+        macs=Sizes(prune.macs_before, prune.macs_after), params=Sizes(prune.params_before, prune.params_after),
+        speed=rundir.parse_speed(result.speed),
+        data_notes=list(dict.fromkeys(train_set.notes + result.test_set.notes)),
+        device=str(result.device),  # as resolved (config.json has what was asked, e.g. auto)
+        metrics_before_retraining=result.metrics["pruned-before-retraining"], onnx_parity_max_abs=parity,
+        retrain_loss_history=result.history, timings_s=dict(result.timings_s),
+        prune_budget=result.prune_budget.to_dict() if result.prune_budget is not None else None,
+        importance=prune.importance, loss_fn=result.losses,  # registered plug-ins by name and settings
+        pseudo_groups=config.pseudo_groups, select=config.select, checkpoint_selection=result.checkpoint_selection,
+        metrics_validation=result.metrics_validation, recipes=result.recipes,
+        stopping=rundir.parse_stopping(result.stopping), pseudo_groups_found=result.pseudo_groups)
+    report.summarize()
     return report
 
 
-def _export_target(run: rundir.RunDir, config: dict, report: dict, result: CompressResult) -> None:
+def _export_target(run: rundir.RunDir, config: dict, report: Report, result: CompressResult) -> None:
     """The configured precision target, from the logits compress computed; its records go into ``report``."""
-    from pwdeploy.exporters.targets import InMemoryResults, make_target, record_target
-
     c = result.config
-    info = make_target(run.path, config, report, c.target, seed=c.seed, calib_size=c.calib_size,
-                       calib_method=c.calib_method, protect_groups=c.protect_groups,
-                       max_float_layers=c.max_float_layers,
-                       results=InMemoryResults(result.test_set, result.logits))
+    info = make_target(run.path, config, {"input_name": report.input_name, "artifacts": {}}, c.target, seed=c.seed,
+                       calib_size=c.calib_size, calib_method=c.calib_method, protect_groups=c.protect_groups,
+                       max_float_layers=c.max_float_layers, results=InMemoryResults(result.test_set, result.logits))
     record_target(report, info)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Optional
@@ -9,13 +10,11 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .data import list_datasets
 from .cli_fleet import register as register_device_commands
-from .cli_panels import COMPRESS as COMPRESS_PANELS, panels
-from .errors import EXIT_INTERNAL, ConfigError, PwdeployError
+from .cli_panels import BY_NAME as COMPRESS_FLAGS, parse_data_options, split_values, with_flags_signature
+from .errors import EXIT_INTERNAL, PwdeployError
 from .models import list_models
 from .targets import DEFAULT_CALIB_SIZE, help_text as targets_help
-from .registry import list_importances, list_losses
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fairness-preserving structured pruning (PW loss) and edge deployment.")
@@ -36,44 +35,18 @@ def _root(
     _state["debug"] = debug
 
 
-# --- INT8 group protection options, shared by compress and export ---
-ProtectHelp = ("INT8: keep the layers whose quantization hurts the worst group in float, greedily, until every "
-               "group is within the INT8 tolerance of fp32 on the validation split (or the budget is reached).")
-def _max_float_help() -> str:
-    from pwdeploy.calibration.protect import DEFAULT_MAX_FLOAT_LAYERS
-
-    return f"INT8 with --protect-groups: at most this many layers kept in float (default {DEFAULT_MAX_FLOAT_LAYERS})."
+# --- options shared with compress: declared once (pwdeploy.config settings, cli_panels.CLI_FLAGS) ---
+def _shared(name: str):
+    return COMPRESS_FLAGS[name].option(panel=False)  # a copy without compress's help panel
 
 
-MaxFloatHelp = _max_float_help()
-
-
-# --- commands: train / compress / demo ---
 TargetHelp = targets_help()  # the targets registry (pwdeploy.targets) is the one list
-DataOpt = typer.Option(None, "--data", help=f"Dataset: {', '.join(list_datasets())}; "
-                                            "default: the --config file's dataset, else synthetic.")
-RootOpt = typer.Option(None, "--data-root", help="Folder holding the dataset files (or its parent).")
-SeedOpt = typer.Option(0, "--seed", help="Seed for data order, sampling and initialisation.")
-DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA where present), cpu, cuda or cuda:N.")
-ConfigOpt = typer.Option(None, "--config", help="YAML config; default configs/<data>.yaml. Flags override it.")
-DataOptionOpt = typer.Option(None, "--data-option", "-D",
-                             help="Dataset option KEY=VALUE, repeatable (e.g. target_attr=Smiling).")
-TargetAttrOpt = typer.Option(None, "--target-attr", help="CelebA: attribute to predict (default Blond_Hair).")
-GroupAttrOpt = typer.Option(None, "--group-attr", help="CelebA: attribute that defines the groups (default Male).")
-SkipBadOpt = typer.Option(False, "--skip-bad-images",
-                          help="Count, report and skip missing or unreadable image files instead of failing.")
-# --- scale options: torchrun, mixed precision, data pipeline ---
-NprocOpt = typer.Option(None, "--nproc", help="Run in N processes on this machine through torchrun (DDP: gloo on "
-                                              "CPU, nccl on CUDA, one GPU each). Several machines: run torchrun "
-                                              "yourself (docs: Several GPUs or machines).")
-PrecisionOpt = typer.Option(None, "--precision", help="Training precision: auto (bf16 on GPUs that have it, else "
-                                                      "fp16; fp32 on the CPU), bf16, fp16 or fp32.")
-ImageCacheOpt = typer.Option(None, "--image-cache", help="Decoded-image cache for image-file datasets: auto (when "
-                                                         "the disk has room), on, off, rebuild (replace a stale one).")
-CacheDirOpt = typer.Option(None, "--cache-dir", help="Where decoded images are cached (default $PWDEPLOY_IMAGE_CACHE_DIR "
-                                                     "or ~/.cache/pwdeploy/images).")
-WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes per process (default: auto, 0 for "
-                                                  "in-memory datasets).")
+ProtectHelp, MaxFloatHelp = COMPRESS_FLAGS["protect_groups"].option().help, COMPRESS_FLAGS["max_float_layers"].option().help
+DataOpt, RootOpt, DataOptionOpt = _shared("data"), _shared("data_root"), _shared("data_option")
+TargetAttrOpt, GroupAttrOpt, SkipBadOpt = _shared("target_attr"), _shared("group_attr"), _shared("skip_bad_images")
+SeedOpt, DeviceOpt, ConfigOpt = _shared("seed"), _shared("device"), _shared("config")
+NprocOpt, PrecisionOpt, ImageCacheOpt = _shared("nproc"), _shared("precision"), _shared("image_cache")
+CacheDirOpt, WorkersOpt = _shared("cache_dir"), _shared("workers")
 
 
 def _scale_overrides(overrides: dict, precision, image_cache, cache_dir, workers) -> None:
@@ -132,153 +105,21 @@ def train(
     _launch_or_run(nproc, device, lambda: train_baseline(overrides, out=out, config_file=config))
 
 
-_COMPRESS_SECTIONED = (("model", "arch", "arch"), ("model", "num_classes", "num_classes"),
-                      ("prune", "method", "method"), ("prune", "flops_reduction", "flops_reduction"),
-                      ("prune", "round_to", "round_to"), ("prune", "allocation", "allocation"),
-                      ("prune", "prune_budget", "prune_budget"),
-                      ("prune", "latency_batch", "latency_batch"), ("prune", "latency_reduction", "latency_reduction"),
-                      ("prune", "target_latency_ms", "target_latency_ms"), ("retrain", "epochs", "epochs"),
-                      ("retrain", "lr", "lr"), ("kd", "temperature", "kd_temperature"), ("kd", "alpha", "kd_alpha"),
-                      ("kd", "pw_weights", "kd_pw_weights"), ("clusters", "k", "clusters"),
-                      ("gdro", "step_size", "gdro_step_size"), ("gdro", "adjustment", "gdro_adjustment"),
-                      ("gdro", "base", "gdro_base"), ("stopping", "max_group_drop", "max_group_drop"))
-_COMPRESS_TOP = ("pseudo_groups", "retrain_schedule", "select", "loss", "target", "group_balanced", "group_balance_strength",
-                 "calib_size", "calib_method", "protect_groups", "max_float_layers")
-
-
-def _compress_flags(overrides: dict, flags: dict) -> None:
-    """compress's flags that were given (not None) into ``overrides`` under their config keys."""
-    flags = dict(flags)
-    if isinstance(flags["flops_reduction"], str):  # --flops-reduction auto | a fraction
-        flags["flops_reduction"] = _flops_reduction(flags["flops_reduction"], overrides)
-    for section, key, flag in _COMPRESS_SECTIONED:
-        _put(overrides, section, key, flags[flag])
-    if flags["recipes"] is not None:
-        overrides["recipes"] = [r.strip() for r in flags["recipes"].split(",") if r.strip()]
-    for key in _COMPRESS_TOP:
-        if flags[key] is not None:
-            overrides[key] = flags[key]
-
-
-def _flops_reduction(text: str, overrides: dict):
-    """``auto`` (the stopping rule picks it: pwdeploy.trajectory) or a fraction of the MACs to remove."""
-    if text.strip().lower() == "auto":
-        _put(overrides, "stopping", "auto", True)
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"--flops-reduction {text!r}: give a fraction such as 0.75, or auto (with "
-                          "--max-group-drop)") from None
-
-
 @app.command()
-@panels(COMPRESS_PANELS)
-def compress(
-    model: Path = typer.Argument(..., help="model.pt: pwdeploy checkpoint, or state dict with --arch/--num-classes."),
-    out: Path = typer.Option(..., "--out", help="Run directory to create (runs/NAME)."),
-    data: Optional[str] = DataOpt,
-    data_root: Optional[str] = RootOpt,
-    data_option: Optional[list[str]] = DataOptionOpt,
-    target_attr: Optional[str] = TargetAttrOpt,
-    group_attr: Optional[str] = GroupAttrOpt,
-    skip_bad_images: bool = SkipBadOpt,
-    method: Optional[str] = typer.Option(None, "--method", help="Importance criterion: " + ", ".join(list_importances())
-                                         + " (fairgrape: channel-level adaptation of FairGRAPE, needs training group "
-                                           "labels). `pwdeploy plugins` describes each."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="Loss: " + ", ".join(list_losses()) + " (pw: the paper's, "
-                                       "default; ce: baseline; kd: distillation from the original, label-free; "
-                                       "gdro: group DRO of Sagawa et al. 2020 over the training groups, label-free "
-                                       "with --pseudo-groups)."),
-    gdro_step_size: Optional[float] = typer.Option(None, "--gdro-step-size", help="--loss gdro: step size of the "
-                                                   "exponentiated group weights (0.01, the paper's)."),
-    gdro_adjustment: Optional[float] = typer.Option(None, "--gdro-adjustment", help="--loss gdro: group-size "
-                                                    "adjustment C (each group's loss + C/sqrt(n_g) in the update; 0)."),
-    gdro_base: Optional[str] = typer.Option(None, "--gdro-base", help="--loss gdro: per-sample loss, ce (the "
-                                            "paper's) or kd (distillation from the original: extension)."),
-    clusters: Optional[int] = typer.Option(None, "--clusters", help="--pseudo-groups clusters: clusters per class "
-                                           "(default: chosen by silhouette among 1..4)."),
-    flops_reduction: Optional[str] = typer.Option(None, "--flops-reduction", help="Fraction of MACs to remove, e.g. "
-                                                  "0.75; auto (extension, with --max-group-drop): the largest of "
-                                                  "0.5/0.75/0.85/0.9/0.95 whose retrained model keeps every "
-                                                  "validation group within the bound."),
-    max_group_drop: Optional[float] = typer.Option(None, "--max-group-drop", help="Extension: prune in rounds and "
-                                                   "undo (and stop at) the first round that takes any validation "
-                                                   "group more than D points below the original (real groups, or "
-                                                   "--pseudo-groups where validation has none)."),
-    retrain_schedule: Optional[str] = typer.Option(None, "--retrain-schedule", help="end (default: all epochs after "
-                                                   "pruning) or gradual (extension: one pruning round per epoch, each "
-                                                   "followed by that epoch; equal total epochs)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Retraining epochs after pruning."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Retraining learning rate."),
-    pw_gamma: Optional[float] = typer.Option(None, "--pw-gamma", help="PW exponent gamma (overrides the config)."),
-    pw_min_weight: Optional[float] = typer.Option(None, "--pw-min-weight", help="PW minimum weight w_min."),
-    group_balanced: Optional[bool] = typer.Option(None, "--group-balanced/--no-group-balanced",
-                                                  help="Extension, not the paper: equal total PW weight per group "
-                                                       "(needs group labels; default from the dataset config: on for "
-                                                       "synthetic and celeba, the recipe the benchmark supports)."),
-    group_balance_strength: Optional[float] = typer.Option(
-        None, "--group-balance-strength", help="With --group-balanced: 1 equal group totals, 0.5 halfway (in log "
-                                               "scale), any value in (0, 1]."),
-    kd_temperature: Optional[float] = typer.Option(None, "--kd-temperature", help="--loss kd: temperature T (4)."),
-    kd_alpha: Optional[float] = typer.Option(None, "--kd-alpha", help="--loss kd: weight of the distillation term "
-                                                                      "against CE on the labels (0.9)."),
-    kd_pw_weights: Optional[bool] = typer.Option(None, "--kd-pw-weights/--no-kd-pw-weights",
-                                                 help="--loss kd: weight each sample by its PW weight."),
-    pseudo_groups: Optional[str] = typer.Option(None, "--pseudo-groups",
-                                                help="Extension, label-free: clusters (k-means of the original's "
-                                                     "penultimate features per class) or error-set (true label x "
-                                                     "original right/wrong) replace the dataset's groups for group "
-                                                     "balance, FairGRAPE, gdro and validation checks; none (default)."),
-    select: Optional[str] = typer.Option(None, "--select", help="Checkpoint shipped: last (default) or worst-group "
-                                                                "(best validation worst-group accuracy; needs "
-                                                                "validation group labels)."),
-    recipes: Optional[str] = typer.Option(None, "--recipes", help="Compare recipes at the same MACs target and ship "
-                                                                  "the best on validation, e.g. ce,pw,pw+gb,kd,"
-                                                                  "pw+pseudo,fairgrape (needs validation group labels)."),
-    target: Optional[str] = typer.Option(None, "--target", help=TargetHelp),
-    calib_size: Optional[int] = typer.Option(None, "--calib-size", help=f"INT8: calibration images, stratified by group (default {DEFAULT_CALIB_SIZE})."),
-    calib_method: Optional[str] = typer.Option(None, "--calib-method", help="INT8: minmax, entropy or percentile."),
-    protect_groups: Optional[bool] = typer.Option(None, "--protect-groups", help=ProtectHelp),
-    max_float_layers: Optional[int] = typer.Option(None, "--max-float-layers", help=MaxFloatHelp),
-    round_to: Optional[int] = typer.Option(None, "--round-to", help="Kept channels a multiple of N in every pruned "
-                                           "group (default per --target: 16 ONNX/INT8, 8 TensorRT fp16; 1: off)."),
-    allocation: Optional[str] = typer.Option(None, "--allocation", help="auto (default: uniform for Taylor on "
-                                             "onnx-fp32, global otherwise), global (one importance ranking), uniform (every layer "
-                                             "loses the same share) or latency (ranking weighted by each layer's "
-                                             "measured latency saving)."),
-    prune_budget: Optional[float] = typer.Option(None, "--prune-budget", help="Pruning reads at most about this many "
-                                                 "retraining epochs' worth of training samples (default 12; fewer "
-                                                 "steps and batches on a small dataset); 0: the fixed schedule."),
-    latency_reduction: Optional[float] = typer.Option(None, "--latency-reduction", help="Prune until the measured "
-                                                      "latency (ONNX Runtime CPU) falls by this fraction."),
-    target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms",
-                                                      help="Prune until the measured latency is this many ms."),
-    latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help="Batch size the latency is for (1)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture of a state-dict MODEL."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Class count of a state-dict MODEL."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow MODEL to be a pickled nn.Module."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-    config: Optional[Path] = ConfigOpt,
-    seed: int = SeedOpt,
-    device: str = DeviceOpt,
-    nproc: Optional[int] = NprocOpt,
-    precision: Optional[str] = PrecisionOpt,
-    image_cache: Optional[str] = ImageCacheOpt,
-    cache_dir: Optional[str] = CacheDirOpt,
-    workers: Optional[int] = WorkersOpt,
-):
-    """Prune with the PW loss to a FLOPs target, remove channels, retrain, export and report per group."""
+@with_flags_signature([inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
+                                         default=typer.Argument(..., help="model.pt: pwdeploy checkpoint, or state "
+                                                                "dict with --arch/--num-classes."))])
+def compress(model: Path, **options):
+    """Prune with the PW loss to a FLOPs target, remove channels, retrain, export and report per group.
+
+    Defaults shown are the built-in ones; configs/<data>.yaml (or --config) may set others, and flags override both.
+    """
     from .api import compress_model
 
-    overrides = _data_overrides(data, data_root, data_option, target_attr=target_attr, group_attr=group_attr,
-                                skip_bad_images=skip_bad_images)
-    _compress_flags(overrides, locals())
-    overrides.update(seed=seed, device=device)
-    _scale_overrides(overrides, precision, image_cache, cache_dir, workers)
-    _launch_or_run(nproc, device, lambda: compress_model(model, overrides, out=out, config_file=config,
-                                                         trust_pickle=trust_pickle, overwrite=overwrite,
-                                                         pw_gamma=pw_gamma, pw_min_weight=pw_min_weight))
+    overrides, own = split_values(options)
+    _launch_or_run(own["nproc"], overrides["device"], lambda: compress_model(
+        model, overrides, out=own["out"], config_file=own["config"], trust_pickle=own["trust_pickle"],
+        overwrite=own["overwrite"], pw_gamma=own["pw_gamma"], pw_min_weight=own["pw_min_weight"]))
 
 
 @app.command()
@@ -320,7 +161,7 @@ AllowEmptyOpt = typer.Option(False, "--allow-empty-groups",
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory written by 'pwdeploy compress'."),
     target: str = typer.Option(..., "--target", help=TargetHelp),
-    calib_size: int = typer.Option(DEFAULT_CALIB_SIZE, "--calib-size", help="INT8: calibration images, stratified by group."),
+    calib_size: Optional[int] = typer.Option(None, "--calib-size", help=f"INT8: calibration images, stratified by group (default: the target's, {DEFAULT_CALIB_SIZE})."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="INT8: minmax, entropy or percentile."),
     recalibrate: bool = typer.Option(False, "--recalibrate",
                                      help="INT8: compute new scales even if a calibration is recorded."),
@@ -336,7 +177,7 @@ def export(
     from .rundir import RunDir
     from .validate import COUNT, check
 
-    check("--calib-size", calib_size, COUNT, allow_none=False)
+    check("--calib-size", calib_size, COUNT)
 
     export_target(RunDir.open(run_dir).path, target, calib_size=calib_size, calib_method=calib_method, seed=seed,
                   recalibrate=recalibrate, int8_full_range=int8_full_range, protect_groups=protect_groups,
@@ -467,16 +308,10 @@ def _put(d: dict, section: str, key: str, value) -> None:
         d.setdefault(section, {})[key] = value
 
 
-def _data_overrides(name: Optional[str], root: Optional[str], options: Optional[list[str]], *, target_attr: Optional[str] = None,
-                    group_attr: Optional[str] = None, skip_bad_images: bool = False) -> dict:
-    import yaml
-
-    parsed = {}
-    for item in options or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise PwdeployError(f"--data-option {item!r} must look like KEY=VALUE")
-        parsed[key] = yaml.safe_load(value)
+def _data_overrides(name: Optional[str], root: Optional[str], options: Optional[list[str]], *,
+                    target_attr: Optional[str] = None, group_attr: Optional[str] = None,
+                    skip_bad_images: bool = False) -> dict:
+    parsed = parse_data_options(options, {}) or {}
     # dedicated flags are data options too; only set ones are passed (other adapters reject unknown options)
     for key, value in (("target_attr", target_attr), ("group_attr", group_attr),
                        ("skip_bad_images", skip_bad_images or None)):

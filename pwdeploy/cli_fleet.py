@@ -98,7 +98,9 @@ def ship(
 
     result = ship_bundle(bundle, targets[0], verify=verify, **conn.ship_kwargs(), **options)
     if result.passed is False:
-        failed = ", ".join(result.verify.get("gate", {}).get("failed_groups", [])) or "integrity"
+        gate = result.verify.get("gate", {})
+        failed = ", ".join(gate.get("failed_groups", [])) or ("no groups" if gate.get("groups_checked") == 0
+                                                              else "integrity")
         slow = [b["name"] for b in result.verify.get("latency_gate") or [] if not b.get("passed")]
         kept = f"still points at {result.previous}" if result.previous else "was not created"
         raise GateFailed(f"device verify FAILED on {result.destination} ({', '.join([failed] + slow)}); see "

@@ -7,14 +7,19 @@ group on ONNX Runtime, package it as a device bundle and run the bundle's own ch
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from rich.table import Table
 
+from . import package
+from .api import compress_model, train_baseline
 from .errors import GateFailed
 from .fsutil import write_json
 from .progress import console
 from .report import loss_label
+from .rundir import RunDir
+from .verify import verify
 
 REDUCTION = 0.75
 # name -> overrides; the first is the one verified and packaged (configs/synthetic.yaml's default loss).
@@ -23,8 +28,6 @@ ARMS = {"pw+gb": {"loss": "pw", "group_balanced": True}, "pw": {"loss": "pw", "g
 
 
 def run_demo(out: str | Path, *, seed: int = 0, device: str = "auto") -> dict:
-    from .api import compress_model, train_baseline
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     baseline = out / "baseline.pt"
@@ -48,8 +51,6 @@ def run_demo(out: str | Path, *, seed: int = 0, device: str = "auto") -> dict:
 
     shipped = next(iter(ARMS))
     console.rule(f"3/4 verify the exported {shipped.upper()} model (ONNX Runtime) per group")
-    from .verify import verify
-
     verified = verify(runs[shipped])
     if verified["failure"]:
         raise GateFailed(verified["failure"])
@@ -65,21 +66,15 @@ def run_demo(out: str | Path, *, seed: int = 0, device: str = "auto") -> dict:
 
 def package_and_check(run_dir: Path, bundle: Path) -> None:
     """Package ``run_dir`` and run the bundle's own verifier; a failure raises, so `make demo` exits non-zero."""
-    import tempfile
-
-    from .package import package_run, verify_locally
-
-    package_run(run_dir, bundle)
+    package.package_run(run_dir, bundle)
     with tempfile.TemporaryDirectory() as tmp:
-        passed = verify_locally(bundle, tmp)["passed"]
+        passed = package.verify_locally(bundle, tmp)["passed"]
     console.print(f"bundle {bundle}: device-side check {'PASSED' if passed else 'FAILED'}")
     if not passed:
         raise GateFailed(f"the device-side check of {bundle} FAILED (details above)")
 
 
 def _report(run_dir: Path) -> dict:
-    from .rundir import RunDir
-
     return RunDir.open(run_dir).report
 
 

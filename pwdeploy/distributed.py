@@ -27,8 +27,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed import run as torchrun
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.nn.parallel import DistributedDataParallel
 
 from .errors import PwdeployError
+from .progress import console
 
 
 class DistributedError(PwdeployError):
@@ -126,8 +130,6 @@ def _first_line(exc: BaseException) -> str:
 def _quiet_unless_main() -> None:
     """Only rank 0 prints progress and results; other ranks still print their own errors (stderr)."""
     if not is_main():
-        from .progress import console
-
         console.quiet = True
         os.environ["PWDEPLOY_NO_PROGRESS"] = "1"
 
@@ -153,22 +155,19 @@ def strip_nproc(argv: Sequence[str]) -> list[str]:
 
 def launch(nproc: int, argv: Sequence[str]) -> None:
     """Run ``python -m pwdeploy ARGV`` in ``nproc`` processes on this machine through torchrun."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
     if nproc < 1:
         raise PwdeployError(f"--nproc must be at least 1, got {nproc}")
     if launched_by_torchrun():
         raise PwdeployError("--nproc cannot be used inside torchrun: drop --nproc (torchrun sets the processes)")
-    args = parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "pwdeploy",
-                       *strip_nproc(argv)])
+    args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "pwdeploy",
+                                *strip_nproc(argv)])
     # torchrun would pin every process to 1 thread; on a CPU-only run share the cores out instead
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     # the launcher's own log lines repeat what the ranks and the one-line summary below say
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     logging.getLogger("torch.distributed.run").setLevel(logging.CRITICAL)
     try:
-        run(args)
+        torchrun.run(args)
     except ChildFailedError as exc:
         first_rank, failure = exc.get_first_failure()  # the root cause; the others were stopped after it
         raise DistributedError(f"rank {first_rank} of {nproc} failed first (exit code {failure.exitcode}; its "
@@ -223,8 +222,6 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` wrapped in DistributedDataParallel when running distributed, else ``model`` itself."""
     if not is_active():
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 

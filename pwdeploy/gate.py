@@ -41,7 +41,8 @@ class GateResult:
             "passed": self.passed,
             "tolerance": self.tolerance,
             "max_group_drop": self.max_group_drop,
-            "failed_groups": self.failed_groups if self.checks else ["(no groups)"],
+            "failed_groups": self.failed_groups,  # names only: [] when none failed, also when none were checked
+            "groups_checked": len(self.checks),  # 0: nothing was checked, and the gate failed for that
             "groups": [c.__dict__ for c in self.checks],
         }
 

@@ -195,7 +195,9 @@ class DistillationLoss(Loss):
 @register_loss("gdro")
 class GroupDROLoss(Loss):
     """Group DRO (Sagawa et al. 2020, online): exponentiated weights q over groups (real, or --pseudo-groups),
-    loss = sum_g q_g * mean per-sample loss of group g in the batch; needs groups, not the original (base ce)."""
+    loss = sum_g q_g * mean per-sample loss of group g in the batch; needs groups, not the original (base ce).
+    Form ``constraint`` (Balancing Act, Hashemizadeh et al. 2024): multipliers on each group's accuracy gap to the
+    original instead (``ConstraintMultipliers``); needs the original's logits."""
 
     needs_groups = True
 
@@ -204,38 +206,87 @@ class GroupDROLoss(Loss):
         self.gdro = GDROSettings()
         self.counts = None  # training samples per group (the adjustment's n_g)
         self.q = None
+        self.multipliers = None  # form constraint
 
     def configure(self, settings: GDROSettings, counts: torch.Tensor) -> None:
         """Settings and the training split's samples per group; q starts uniform over the groups present."""
         self.gdro, self.counts = settings, counts.double()
         present = self.counts > 0
         self.q = present.double() / present.sum().clamp_min(1)
+        if settings.form == "constraint":
+            self.multipliers = ConstraintMultipliers(len(counts), settings.step_size, settings.tolerance)
 
     def settings(self) -> dict:
-        return {"step_size": self.gdro.step_size, "adjustment": self.gdro.adjustment, "base": self.gdro.base,
-                "group_weights": None if self.q is None else [round(float(v), 6) for v in self.q]}
+        out = {"step_size": self.gdro.step_size, "adjustment": self.gdro.adjustment, "base": self.gdro.base,
+               "group_weights": None if self.q is None else [round(float(v), 6) for v in self.q]}
+        if self.multipliers is not None:
+            out = {"form": "constraint", "step_size": self.gdro.step_size, "tolerance": self.gdro.tolerance,
+                   "base": self.gdro.base, "multipliers": [round(float(v), 6) for v in self.multipliers.values]}
+        return out
 
     def terms(self, logits, labels, original_logits):
         if self.gdro.base == "kd":
             return DistillationLoss(kd=self.kd).terms(logits, labels, original_logits)[0], None
         return hard_cross_entropy(logits, labels), None
 
-    def reduce(self, terms: torch.Tensor, weights, groups: torch.Tensor) -> torch.Tensor:
+    def reduce(self, terms: torch.Tensor, weights, groups: torch.Tensor, correct=None) -> torch.Tensor:
         """One online step: per-group mean losses, q <- q * exp(step * (loss_g + C / sqrt(n_g))), normalised,
-        and the q-weighted loss (the adjustment is a constant of the loss, so only the weights see it)."""
+        and the q-weighted loss (the adjustment is a constant of the loss, so only the weights see it).
+        ``correct``: (pruned right, original right) per sample, for the constraint form."""
         if weights is not None:
             terms = terms * weights
         k = len(self.q)
         groups = groups.long().to(terms.device)
-        sums = torch.zeros(k, dtype=terms.dtype, device=terms.device).index_add(0, groups, terms)
-        seen = torch.bincount(groups, minlength=k).to(terms.dtype)
-        group_loss = sums / seen.clamp_min(1)
+        group_loss = _group_means(terms, groups, k)
+        if self.multipliers is not None:
+            self.multipliers.step(groups, *correct)
+            lam = self.multipliers.values.to(terms.device, terms.dtype)
+            return terms.mean() + (group_loss * lam).sum()
         present = self.counts > 0
         adjust = torch.where(present, self.gdro.adjustment / self.counts.clamp_min(1).sqrt(), torch.zeros_like(self.q))
         q = self.q * torch.exp(self.gdro.step_size * (group_loss.detach().double().cpu() + adjust))
         q = torch.where(present, q, torch.zeros_like(q))
         self.q = q / q.sum()
         return (group_loss * self.q.to(terms.device, terms.dtype)).sum()
+
+
+def _group_means(values: torch.Tensor, groups: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of ``values`` per group (0 for a group absent from the batch)."""
+    sums = torch.zeros(k, dtype=values.dtype, device=values.device).index_add(0, groups, values)
+    seen = torch.bincount(groups, minlength=k).to(values.dtype)
+    return sums / seen.clamp_min(1)
+
+
+class ConstraintMultipliers:
+    """Balancing Act's constraints (Hashemizadeh et al. 2024): for each group g, psi_g - psi <= tolerance, where
+    psi_g is g's accuracy gap to the original (original's accuracy minus the pruned model's) and psi the overall
+    gap; one multiplier per group, raised by projected dual ascent on the batch's gaps (accuracies in [0, 1],
+    tolerance in points) and never below 0. Groups absent from a batch keep their multiplier."""
+
+    def __init__(self, groups: int, step_size: float, tolerance: float):
+        self.values = torch.zeros(groups, dtype=torch.float64)
+        self.step_size, self.tolerance = step_size, tolerance / 100.0
+
+    def step(self, groups: torch.Tensor, pruned_right: torch.Tensor, original_right: torch.Tensor) -> None:
+        gaps = (original_right.double() - pruned_right.double()).cpu()
+        groups = groups.cpu()
+        k = len(self.values)
+        seen = torch.bincount(groups, minlength=k) > 0
+        violation = _group_means(gaps, groups, k) - gaps.mean() - self.tolerance
+        raised = (self.values + self.step_size * violation).clamp_min(0.0)
+        self.values = torch.where(seen, raised, self.values)
+
+
+def predicted_class(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.detach()
+    return (logits.reshape(-1) > 0).long() if is_binary_logit(logits) else logits.argmax(dim=-1)
+
+
+def disagreement_weights(logits: torch.Tensor, original_logits: torch.Tensor, weight: float) -> torch.Tensor:
+    """1 + weight where the model being trained predicts another class than the original, else 1 (label-free:
+    the samples compression is hurting, after Hooker et al.'s compression-identified exemplars)."""
+    differs = predicted_class(logits) != predicted_class(original_logits).to(logits.device)
+    return 1.0 + weight * differs.to(logits.dtype)
 
 
 class LossFn:
@@ -245,8 +296,10 @@ class LossFn:
 
     def __init__(self, kind: str, pw: PWSettings | None = None, group_totals: torch.Tensor | None = None,
                  group_balance_strength: float = 1.0, *, kd: KDSettings | None = None, pseudo_groups: str = "none",
-                 gdro: GDROSettings | None = None, group_counts: torch.Tensor | None = None):
+                 gdro: GDROSettings | None = None, group_counts: torch.Tensor | None = None,
+                 disagreement_weight: float = 0.0):
         self.kind = kind
+        self.disagreement_weight = disagreement_weight
         self.impl = LOSSES.get(kind)(pw=pw, kd=kd)
         if self.impl.needs_groups:
             self.impl.configure(gdro or GDROSettings(), group_counts)
@@ -261,7 +314,10 @@ class LossFn:
         if self.group_totals is not None:
             balance = {"groups": PSEUDO_DESCRIPTIONS.get(self.pseudo_groups, "dataset groups"),
                        "strength": self.group_balance_strength}
-        return {"name": self.kind, "settings": self.impl.settings(), "group_balance": balance}
+        out = {"name": self.kind, "settings": self.impl.settings(), "group_balance": balance}
+        if self.disagreement_weight:
+            out["disagreement_weight"] = self.disagreement_weight
+        return out
 
     def groups_of(self, labels, original_logits, groups):
         """error-set pseudo-groups come from the original's logits per batch; clusters are already the batch's
@@ -270,8 +326,15 @@ class LossFn:
 
     def __call__(self, logits, labels, original_logits=None, groups=None) -> torch.Tensor:
         terms, weights = self.impl.terms(logits, labels, original_logits)
+        if self.disagreement_weight and original_logits is not None:
+            extra = disagreement_weights(logits, original_logits, self.disagreement_weight)
+            weights = extra if weights is None else weights * extra
         if self.impl.needs_groups:
-            return self.impl.reduce(terms, weights, self.groups_of(labels, original_logits, groups))
+            correct = None
+            if getattr(self.impl, "multipliers", None) is not None:  # the constraint form: who is right
+                truth = labels.long().to(logits.device)
+                correct = (predicted_class(logits) == truth, predicted_class(original_logits).to(logits.device) == truth)
+            return self.impl.reduce(terms, weights, self.groups_of(labels, original_logits, groups), correct)
         if self.group_totals is not None and groups is not None:
             if weights is None:
                 weights = torch.ones_like(terms)

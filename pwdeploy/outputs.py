@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -27,8 +29,6 @@ def partial_path(out: Path) -> Path:
 def is_complete_run(path: Path) -> bool:
     """A folder pwdeploy wrote and finished: config.json of our schema, report.json and the .complete marker."""
     try:
-        import json
-
         config = json.loads((path / rundir.CONFIG).read_text())
     except (OSError, ValueError):
         return False
@@ -86,8 +86,6 @@ def check_out(out: Path, overwrite: bool) -> None:
 def locked(out: Path) -> Iterator[None]:
     """An exclusive lock on ``out`` (a .NAME.lock file beside it, removed again at the end) for the whole run:
     a second run into the same --out stops at once instead of silently replacing the first one's results."""
-    import fcntl
-
     out.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out.parent / f".{out.name}.lock"
     while True:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -20,17 +23,27 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
+import onnx
+from rich.table import Table
 
 from . import __version__, rundir
+from .anchor import ANCHOR_NAME, write_anchor
+from .device import RESULT_PREFIX
+from .device.build_engine import render_script
 from .errors import DataError, PwdeployError
 from .fsutil import atomic_path, sha256_file, write_json, write_text
-from .manifest import MANIFEST, SCHEMA, SIGNATURE_FILE, validate_manifest
-from .names import BUILD_SCRIPT, ORIGINAL_ONNX
+from .manifest import MANIFEST, MAX_RELEASE, SCHEMA, SIGNATURE_FILE, validate_manifest
+from .latency_gate import manifest_section
 from .metrics import group_metrics, predict
+from .names import BUILD_SCRIPT, ORIGINAL_ONNX
+from .progress import console
+from .runners import run_batches
+from .runners.onnxruntime_runner import OnnxRuntimeRunner
+from .safe_extract import check_archive, safe_extract, single_root
 from .sampling import stratified_indices
-from .safe_extract import check_archive, single_root
 from .signature import sign
 from .targets import ENGINE_BATCHES, Target, get_target
+from .validate import POINTS, Range, check
 from .verification_set import FILENAME as VSET_FILE, VerificationSet, load_verification_set, \
     write_verification_set
 
@@ -50,6 +63,9 @@ DEVICE_CODE = (
 )
 ORIGINAL_IN_BUNDLE = ORIGINAL_ONNX  # package --with-original: the unpruned model, timed against on the device
 _ONNX_DTYPES = {1: "float32", 10: "float16"}
+
+REFERENCE_WHY = ("the shipped model's results on the shipped verification set, computed while packaging: the "
+                 "device must reproduce them per group within the gate tolerance")
 
 DEVICE_README = """pwdeploy bundle {bundle_id}
 target {target}, model {model_file}, packaged {created} by pwdeploy {version}
@@ -91,13 +107,9 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
     run = rundir.RunDir.open(run_dir)
     output = Path(output)
     _check_options(output, verification_size, tolerance, max_group_drop, release)
-    config, report = run.config, run.report
+    config, report = run.config, run.read_report()
     spec = get_target(target or config["target"])
-    model_path = run.file(spec.onnx_file)
-    if not model_path.is_file():
-        raise PwdeployError(f"{model_path} is missing: run `pwdeploy export {run.path} --target "
-                            f"onnx-{spec.precision}` first (or package another --target)")
-    _check_recorded_hash(report, spec.onnx_file, model_path)
+    model_path = _shipped_model(run, report, spec)
     io_info = onnx_io(model_path)
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     bundle_id = _bundle_id(run.path.name, spec.name, created)
@@ -122,7 +134,7 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
             "precision": spec.precision,
             "model": _model_entry(run, config, report, spec, io_info),
             "preprocessing": _preprocessing(report),
-            "groups": list(report["group_names"]),
+            "groups": list(report.group_names),
             "verification": {
                 "file": VSET_FILE, "n": len(evidence.vs), "per_group": evidence.vs.group_counts(),
                 "seed": int(seed), "batch_size": spec.engine_batches[-1], "source": evidence.source,
@@ -131,8 +143,7 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
             "reference": {
                 "metrics": evidence.reference,
                 "runner": evidence.runner,
-                "why": "the shipped model's results on the shipped verification set, computed while packaging: "
-                       "the device must reproduce them per group within the gate tolerance",
+                "why": REFERENCE_WHY,
                 "test_split": _test_split_reference(report, spec.name, spec.precision),
                 "original": evidence.original,
             },
@@ -152,12 +163,20 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
 def latency_section(run: rundir.RunDir, budgets: list, min_speedup: Optional[float],
                     with_original: bool) -> Optional[dict]:
     """The manifest's signed ``latency`` entry (pwdeploy.latency_gate), checked before anything is written."""
-    from .latency_gate import manifest_section
-
     if with_original and not run.file(rundir.ORIGINAL_ONNX).is_file():
         raise PwdeployError(f"--with-original: {run.file(rundir.ORIGINAL_ONNX)} is missing: compress writes it; "
                             "re-run compress, or package without --with-original")
     return manifest_section(budgets, min_speedup, ORIGINAL_IN_BUNDLE if with_original else None)
+
+
+def _shipped_model(run: rundir.RunDir, report: rundir.Report, spec: Target) -> Path:
+    """The target's ONNX in the run, unchanged since it was exported (and verified)."""
+    model_path = run.file(spec.onnx_file)
+    if not model_path.is_file():
+        raise PwdeployError(f"{model_path} is missing: run `pwdeploy export {run.path} --target "
+                            f"onnx-{spec.precision}` first (or package another --target)")
+    _check_recorded_hash(report, spec.onnx_file, model_path)
+    return model_path
 
 
 def default_release(created: dt.datetime) -> int:
@@ -172,8 +191,6 @@ def _check_options(output: Path, verification_size: int, tolerance, max_group_dr
         raise PwdeployError(f"-o {output}: a bundle is a .tar.gz file: name it e.g. {output.name}.tar.gz")
     if verification_size < 10:
         raise PwdeployError(f"--verification-size {verification_size} is too small for a per-group gate: use 100 or more")
-    from .manifest import MAX_RELEASE
-    from .validate import POINTS, Range, check
 
     check("--release", release, Range(0, MAX_RELEASE, integer=True))
 
@@ -182,10 +199,10 @@ def _check_options(output: Path, verification_size: int, tolerance, max_group_dr
     check("--max-group-drop", max_group_drop, POINTS)
 
 
-def _evidence(run: rundir.RunDir, config: dict, report: dict, model_path: Path, io_info: dict,
+def _evidence(run: rundir.RunDir, config: dict, report: rundir.Report, model_path: Path, io_info: dict,
               verification_size: int, seed: int, max_group_drop) -> _Evidence:
     """Cut the verification subset and run the shipped model (and, for --max-group-drop, the original) on it."""
-    group_names = list(report["group_names"])
+    group_names = list(report.group_names)
     vs, source = _verification_subset(run, config, verification_size, seed)
     if list(vs.group_names) != group_names:
         raise DataError(f"the verification set's groups {vs.group_names} differ from report.json's {group_names}: "
@@ -210,7 +227,7 @@ def _stage_files(root: Path, run: rundir.RunDir, spec: Target, model_path: Path,
                  engine_file: Optional[str], evidence: _Evidence, bundle_id: str, created: dt.datetime,
                  release: int) -> None:
     """Everything but the manifest: model (+ external data), engine, verification set, build script, device code."""
-    from .device.build_engine import render_script
+
 
     shutil.copy2(model_path, root / spec.onnx_file)
     for extra in io_info["external_data"]:
@@ -233,22 +250,23 @@ def _stage_files(root: Path, run: rundir.RunDir, spec: Target, model_path: Path,
         version=__version__, release=release, model_name=run.path.name))
 
 
-def _model_entry(run: rundir.RunDir, config: dict, report: dict, spec: Target, io_info: dict) -> dict:
+def _model_entry(run: rundir.RunDir, config: dict, report: rundir.Report, spec: Target, io_info: dict) -> dict:
     return {
         "name": run.path.name,
         "arch": str(config["model"]["arch"]),
         "file": spec.onnx_file,
         "format": "onnx-qdq" if spec.precision == "int8" else "onnx",
-        "class_names": list(report["class_names"]),
+        "class_names": list(report.class_names),
         "input": {"name": io_info["name"], "shape": io_info["shape"], "dtype": io_info["dtype"]},
         "output": {"name": io_info["output"]},
-        "flops_reduction": report["flops_reduction"],
-        "loss": report["loss"],
-        "method": report["method"],
+        "flops_reduction": report.flops_reduction,
+        "loss": report.loss,
+        "method": report.method,
     }
 
 
 def _engine_entry(spec: Target, engine_file: Optional[str], engine_trt: Optional[str]) -> dict:
+
     lo, opt, hi = spec.engine_batches
     return {"build_script": BUILD_SCRIPT, "file": engine_file, "tensorrt": engine_trt,
             "min_batch": lo, "opt_batch": opt, "max_batch": hi,
@@ -272,13 +290,7 @@ def verify_locally(bundle: str | os.PathLike, workdir: str | os.PathLike, *, run
     `pwdeploy ship` sends), in a subprocess of this Python with torch made unimportable: exactly what the
     device runs. Returns its result (``result["passed"]``: the gate); raises PwdeployError when the
     verifier cannot run."""
-    import json
-    import subprocess
-    import sys
 
-    from .anchor import ANCHOR_NAME, write_anchor
-    from .device import RESULT_PREFIX
-    from .safe_extract import safe_extract
 
     workdir = Path(workdir)
     names = safe_extract(str(bundle), str(workdir / "bundle"))
@@ -302,8 +314,6 @@ def verify_locally(bundle: str | os.PathLike, workdir: str | os.PathLike, *, run
         raise PwdeployError(f"the device verifier ran longer than {timeout:.0f} s on {root}") from None
     lines = proc.stdout.splitlines()
     if echo:
-        from .progress import console
-
         for line in lines:
             if not line.startswith(RESULT_PREFIX):
                 console.print(line, markup=False, highlight=False)
@@ -317,7 +327,6 @@ def verify_locally(bundle: str | os.PathLike, workdir: str | os.PathLike, *, run
 
 def onnx_io(path: Path) -> dict[str, Any]:
     """Input name, shape (-1 for a dynamic dim), dtype, output name and external data files of an ONNX."""
-    import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
@@ -333,9 +342,9 @@ def onnx_io(path: Path) -> dict[str, Any]:
             "output": graph.output[0].name, "external_data": external}
 
 
-def _check_recorded_hash(report: dict, name: str, path: Path) -> None:
-    recorded = (report.get("artifacts") or {}).get(name, {}).get("sha256")
-    if recorded and recorded != sha256_file(path):
+def _check_recorded_hash(report: rundir.Report, name: str, path: Path) -> None:
+    record = report.artifacts.get(name)
+    if record is not None and record.sha256 and record.sha256 != sha256_file(path):
         raise PwdeployError(f"{path} changed after it was exported and verified (sha256 differs from report.json): "
                             "re-run `pwdeploy export` so the bundle ships a verified model")
 
@@ -370,8 +379,6 @@ def _fit_size(size: int, chw: tuple) -> int:
     per_image = 4 * int(np.prod(chw))
     fitted = max(1, min(size, MAX_VERIFICATION_BYTES // per_image))
     if fitted < size:
-        from .progress import console
-
         console.print(f"note: {size} images of {list(chw)} would exceed {MAX_VERIFICATION_BYTES >> 20} MB: "
                       f"shipping {fitted}")
     return fitted
@@ -395,8 +402,6 @@ def _from_dataset(config: dict, size: int, seed: int) -> VerificationSet:
 
 def _run_onnx(path: Path, io_info: dict, images: np.ndarray) -> tuple[np.ndarray, str]:
     """The shipped model's logits here, with the device verifier's own ONNX Runtime runner (CPU)."""
-    from .runners import run_batches
-    from .runners.onnxruntime_runner import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(path, provider="cpu", input_name=io_info["name"])
     try:
@@ -411,39 +416,39 @@ def _run_onnx(path: Path, io_info: dict, images: np.ndarray) -> tuple[np.ndarray
     return logits, f"{d['runtime']} {d['version']} ({d['provider']}) on {d['model']}"
 
 
-def _test_split_reference(report: dict, target: str, precision: str) -> dict | None:
+def _test_split_reference(report: rundir.Report, target: str, precision: str) -> dict | None:
     """The full test split's per-group results from report.json, for context: the exported artifact's
     own (stored by `pwdeploy verify`) when present, else the pruned PyTorch model's."""
-    metrics = report.get("metrics") or {}
+    metrics = report.metrics
     for key in (target, f"onnx-{precision}", "pruned"):
         if isinstance(metrics.get(key), dict) and "groups" in metrics[key]:
             return {"source": f"report.json metrics[{key!r}]", "metrics": metrics[key]}
     return None
 
 
-def _calibration(report: dict, model_file: str, precision: str) -> dict | None:
+def _calibration(report: rundir.Report, model_file: str, precision: str) -> dict | None:
     if precision != "int8":
         return None
-    provenance = (report.get("artifacts") or {}).get(model_file, {}).get("calibration")
-    if isinstance(provenance, dict):
-        return provenance
+    record = report.artifacts.get(model_file)
+    if record is not None and record.calibration is not None:
+        return record.calibration
     return {"note": "report.json records no calibration provenance for this INT8 model"}
 
 
-def _engine(run: rundir.RunDir, report: dict, spec: Target, engine_for: str | None) -> tuple[str | None, str | None]:
+def _engine(run: rundir.RunDir, report: rundir.Report, spec: Target,
+            engine_for: str | None) -> tuple[str | None, str | None]:
     """Ship the run's engine only when asked and only when it was built on the named device."""
     if engine_for is None:
         return None, None
     if not spec.builds_engine:
         raise PwdeployError("--engine-for applies to trt-* targets only: drop it or use --target trt-fp16 (say)")
-    record = (report.get("artifacts") or {}).get(rundir.ENGINE)
-    if not run.file(rundir.ENGINE).is_file() or not isinstance(record, dict):
+    record = report.artifacts.get(rundir.ENGINE)
+    if not run.file(rundir.ENGINE).is_file() or record is None:
         raise PwdeployError(f"{run.file(rundir.ENGINE)} was not built in this run: drop --engine-for, the device "
                             "builds the engine itself")
-    info = record.get("engine") if isinstance(record.get("engine"), dict) else record  # export nests the build info
-    gpu = info.get("gpu") or record.get("gpu") or {}
-    gpu_name = gpu.get("name") if isinstance(gpu, dict) else str(gpu)
-    trt_version = info.get("tensorrt_version") or record.get("tensorrt_version")
+    build = record.engine  # the build info export records with the engine's artifact (one shape)
+    gpu_name = build.gpu_name if build is not None else None
+    trt_version = build.tensorrt_version if build is not None else None
     if not gpu_name or not trt_version:
         raise PwdeployError(f"report.json does not record which GPU/TensorRT built {rundir.ENGINE}: drop "
                             "--engine-for, the device builds the engine itself")
@@ -454,8 +459,8 @@ def _engine(run: rundir.RunDir, report: dict, spec: Target, engine_for: str | No
     return rundir.ENGINE, str(trt_version)
 
 
-def _preprocessing(report: dict) -> dict:
-    pre = dict(report["preprocessing"])
+def _preprocessing(report: rundir.Report) -> dict:
+    pre = dict(report.preprocessing)
     pre.setdefault("channel_order", "RGB")
     pre.setdefault("layout", "NCHW")
     pre.setdefault("resize", "bilinear")
@@ -494,9 +499,7 @@ def _write_tar(root: Path, path: Path, created: dt.datetime) -> None:
 
 
 def _print_summary(output: Path, manifest: dict, source: str) -> None:
-    from rich.table import Table
 
-    from .progress import console
 
     ref = manifest["reference"]["metrics"]
     table = Table(title="results the device must reproduce")

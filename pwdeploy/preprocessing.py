@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,6 @@ class Preprocessing:
     def resize_pil(self, image) -> np.ndarray:
         """The geometric part of ``apply_pil``: a PIL image -> uint8 HWC array of ``size`` (what the decoded-image
         cache stores; ``normalize`` of it is ``apply_pil``)."""
-        from PIL import Image
-
         image = image.convert("RGB")
         h, w = self.size
         if self.resize_shorter:

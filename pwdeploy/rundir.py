@@ -6,20 +6,29 @@ other module opens them for writing). Where each fact lives:
 
 - config.json: what decided the run: settings (data spec, model, pruning, target, INT8 options, seed, device),
   versions, the model's source and ``input_shape``.
-- report.json: what the run produced: class/group names and preprocessing of the data as read, metrics per
-  model and per exported target, MACs/params, ``artifacts`` (one ``ArtifactRecord`` per file), ``engine``,
-  ``verification`` (one ``VerificationRecord`` per target) and what later commands add (int8_sensitivity).
+- report.json: what the run produced, the typed ``pwdeploy.records.Report``: class/group names and
+  preprocessing of the data as read, metrics per model and per exported target, MACs/params, ``artifacts`` (one
+  ``ArtifactRecord`` per file), ``engine``, ``verification`` (one ``VerificationRecord`` per target) and what
+  later commands add (int8_sensitivity).
+
+Records become JSON here and nowhere else (``read_report`` / ``write_report``, through
+``pwdeploy.records.to_json`` / ``from_json``); ``read_report`` also reads the previous schema version.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional, Union
 
 from .errors import PwdeployError
 from .fsutil import read_json, write_json
 from .names import ENGINE, FP16_ONNX, INT8_ONNX, MODEL_ONNX, ORIGINAL_ONNX  # noqa: F401 - a run's file names
+from .records import (ArtifactRecord, EngineRecord, Report, RunProvenance, Speed, Stopping, VerificationRecord,
+                      from_json, to_json)
+from .report import render_reports
+
+__all__ = ["ArtifactRecord", "EngineRecord", "Report", "RunDir", "VerificationRecord"]
 
 CONFIG = "config.json"
 REPORT = "report.json"
@@ -30,68 +39,9 @@ CALIBRATION_JSON = "calibration.json"  # provenance of the INT8 scales
 CALIBRATION_RANGES = "calibration_ranges.json"  # ONNX Runtime's calibrated tensor ranges (reusable cache)
 COMPLETE = ".complete"  # written last: a directory without it is an interrupted run
 
-REPORT_SCHEMA = "pwdeploy.report/1"
+REPORT_SCHEMA = "pwdeploy.report/2"
+PREVIOUS_REPORT_SCHEMA = "pwdeploy.report/1"  # still read: it also had latency_ms (= speed.latency.batch_1)
 CONFIG_SCHEMA = "pwdeploy.config/1"
-
-
-class _Record:
-    """A typed JSON record: the named fields, plus ``details`` for what a producer adds beyond them
-    (flattened into the same JSON object, so the file format does not change)."""
-
-    details: dict
-
-    def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}
-        out = {k: v for k, v in out.items() if v is not None}
-        out.update(self.details)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        names = {f.name for f in fields(cls)} - {"details"}
-        return cls(**{k: v for k, v in data.items() if k in names},
-                   details={k: v for k, v in data.items() if k not in names})
-
-
-@dataclass
-class ArtifactRecord(_Record):
-    """One file of the run in report.json ``artifacts``: its content hash and what it is."""
-    sha256: str
-    precision: Optional[str] = None
-    runtime: Optional[str] = None
-    target: Optional[str] = None
-    role: Optional[str] = None
-    details: dict = field(default_factory=dict)  # e.g. calibration, quantization, group_protection, engine
-
-
-@dataclass
-class EngineRecord(_Record):
-    """report.json ``engine``: the TensorRT engine built here, or why not and how to build it on the device."""
-    built: bool
-    precision: str
-    build_script: str
-    reason: Optional[str] = None
-    verified_instead: Optional[str] = None
-    details: dict = field(default_factory=dict)  # tensorrt_version, gpu, batches, ...
-
-
-@dataclass
-class VerificationRecord(_Record):
-    """report.json ``verification[<target>]``: the gate result of `pwdeploy verify` for a run's own artifact."""
-    artifact: str
-    passed: bool
-    failed_groups: List[str]
-    tolerance: float
-    max_group_drop: Optional[float]
-    runner: Optional[dict]
-    data: dict
-    verify_json: str
-    details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:  # max_group_drop and runner are recorded even when None
-        out = asdict(self)
-        out.update(out.pop("details"))
-        return out
 
 
 @dataclass
@@ -124,7 +74,12 @@ class RunDir:
 
     @property
     def report(self) -> dict:
-        return read_json(self.path / REPORT)
+        """report.json as plain JSON (upgraded to the current schema), for callers that print or diff it."""
+        return {"schema": REPORT_SCHEMA, **to_json(self.read_report())}
+
+    def read_report(self) -> Report:
+        """report.json as the typed record; a report of the previous schema version is upgraded on the way."""
+        return parse_report(read_json(self.path / REPORT), self.path / REPORT)
 
     @property
     def input_shape(self) -> tuple:
@@ -132,23 +87,77 @@ class RunDir:
         return tuple(self.config["input_shape"])
 
     def artifacts(self) -> Dict[str, ArtifactRecord]:
-        return {name: ArtifactRecord.from_dict(r) for name, r in (self.report.get("artifacts") or {}).items()
-                if isinstance(r, dict)}
+        """report.json's artifact records alone (also of a report too incomplete for ``read_report``)."""
+        recorded = read_json(self.path / REPORT).get("artifacts") or {}
+        return from_json(Dict[str, ArtifactRecord], {k: v for k, v in recorded.items() if isinstance(v, dict)})
+
+    def provenance(self) -> RunProvenance:
+        """config.json's versions, model source, input shape and distributed set-up (not settings)."""
+        config = self.config
+        try:
+            return from_json(RunProvenance, {f: config.get(f) for f in RunProvenance.__dataclass_fields__})
+        except (TypeError, AttributeError) as exc:
+            raise PwdeployError(f"{self.path / CONFIG} lacks what compress records ({exc}): re-run compress") from None
 
     # --- writing (the only place config.json and report.json are written) ---
-    def write_config(self, config: dict) -> None:
-        write_json(self.path / CONFIG, {"schema": CONFIG_SCHEMA, **config})
+    def write_config(self, settings: dict, provenance: RunProvenance) -> None:
+        """config.json: the settings (pwdeploy.config.RunConfig.to_dict) and the run's provenance."""
+        write_json(self.path / CONFIG, {"schema": CONFIG_SCHEMA, **settings, **to_json(provenance)})
 
-    def write_report(self, report: dict) -> None:
+    def write_report(self, report: Union[Report, dict]) -> None:
         """report.json, and report.md / report.png rendered from it."""
-        from .report import render_reports
-
-        write_json(self.path / REPORT, {"schema": REPORT_SCHEMA, **report})
-        render_reports(self.path, report)
+        record = report if isinstance(report, Report) else parse_report(report, self.path / REPORT)
+        write_json(self.path / REPORT, {"schema": REPORT_SCHEMA, **to_json(record)})
+        render_reports(self.path, record)
 
     def update_report(self, change: Callable[[dict], None]) -> dict:
-        """Read report.json, apply ``change`` to it in place, write it once. Returns the new report."""
+        """Read report.json, apply ``change`` to its JSON form in place, write it once. Returns the new report."""
         report = self.report
         change(report)
         self.write_report(report)
         return report
+
+    def update_record(self, change: Callable[[Report], None]) -> Report:
+        """Read the typed report, apply ``change`` to it, write it once. Returns the new record."""
+        record = self.read_report()
+        change(record)
+        self.write_report(record)
+        return record
+
+
+def parse_report(data: dict, where: Union[Path, str] = REPORT) -> Report:
+    """The reader: report.json's content (this schema or the previous one) as a ``Report``."""
+    data = dict(data)
+    schema = data.pop("schema", REPORT_SCHEMA)
+    if schema == PREVIOUS_REPORT_SCHEMA:
+        data = _upgrade_v1(data)
+    elif schema != REPORT_SCHEMA:
+        raise PwdeployError(f"{where} has schema {schema!r}, which this pwdeploy does not read (it reads "
+                            f"{REPORT_SCHEMA} and {PREVIOUS_REPORT_SCHEMA}): upgrade pwdeploy or re-run compress")
+    data["artifacts"] = {k: v for k, v in (data.get("artifacts") or {}).items() if isinstance(v, dict)}
+    try:
+        return from_json(Report, data)
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise PwdeployError(f"{where} is not a complete pwdeploy report ({exc}): re-run compress") from None
+
+
+def parse_speed(record: dict) -> Speed:
+    """pwdeploy.speed's record (channel rounding, allocation, latency) as the typed ``Speed``."""
+    return from_json(Speed, record)
+
+
+def parse_stopping(record: Optional[dict]) -> Optional[Stopping]:
+    """pwdeploy.trajectory's record of pruning in rounds as the typed ``Stopping`` (None: one round)."""
+    return from_json(Optional[Stopping], record)
+
+
+def _upgrade_v1(data: dict) -> dict:
+    """Schema 1 stated the batch-1 latency twice (``latency_ms`` and ``speed.latency.batch_1``): keep one."""
+    latency_ms = data.pop("latency_ms", None)
+    speed = dict(data.get("speed") or {})
+    if latency_ms is not None and not speed.get("latency"):
+        batch = {"batch": 1, "original_ms": latency_ms["original"], "pruned_ms": latency_ms["pruned"],
+                 "speedup": latency_ms["speedup"]}
+        speed["latency"] = {"runtime": "unknown", "batches": {"1": batch}}
+    data["speed"] = speed
+    return data

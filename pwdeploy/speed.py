@@ -3,6 +3,7 @@ and the measured end-to-end latency recorded beside MACs in report.json (README 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import tempfile
@@ -10,20 +11,27 @@ from pathlib import Path
 
 import torch
 
+from pwdeploy.exporters.onnx_export import export_onnx
+
 from . import distributed
 from .config import RunConfig
 from .errors import ConfigError
+from .latency.lut import LatencyCost, LatencyLUT, runtime_key
+from .latency.measure import measure_pair
 from .latency.target import LatencyRequest, prune_to_latency
 from .progress import console
+from .prune import PruneResult, prune_to_flops
+from .prune.allocation import make_allocation, resolve_allocation
+from .prune.flops import count_macs_params
+from .targets import get_target
 
 
 def resolve_round_to(config: RunConfig) -> dict:
     """--round-to, or the deployment target's default; recorded with the reason."""
-    from .prune.alignment import default_round_to
-
     if config.prune.round_to is not None:
         return {"value": config.prune.round_to, "strict": True, "source": "--round-to"}
-    value, why = default_round_to(config.target)
+    rounding = get_target(config.target).rounding
+    value, why = rounding.multiple, rounding.why
     return {"value": value, "strict": False, "source": f"default for {config.target}: {why}; groups narrower than "
             f"{4 * value} channels keep smaller multiples (a quarter of their width, a power of two), and the "
             "last steps use single channels where no aligned step lands within 1 point of the target"}
@@ -35,8 +43,6 @@ def latency_threads(config: RunConfig) -> int:
 
 
 def _cost(config: RunConfig, example: torch.Tensor):
-    from .latency.lut import LatencyCost, LatencyLUT
-
     lut = LatencyLUT(threads=latency_threads(config))
     return LatencyCost(lut, example.cpu(), batch=config.prune.latency_batch)
 
@@ -47,12 +53,6 @@ def wants_latency(config: RunConfig) -> bool:
 
 def prune_for_deploy(config: RunConfig, model, original, example: torch.Tensor, input_shape: tuple, **prune_kwargs):
     """Prune ``model`` in place to the MACs or latency target; returns (PruneResult, speed record)."""
-    from pwdeploy.exporters.onnx_export import export_onnx
-
-    from .prune import PruneResult, prune_to_flops
-    from .prune.allocation import make_allocation, resolve_allocation
-    from .prune.flops import count_macs_params
-
     allocation_name, why = resolve_allocation(config.prune.allocation, config.target, config.prune.method)
     record = {"round_to": resolve_round_to(config), "allocation": allocation_name, "allocation_source": why}
     settings = dataclasses.replace(config.prune, round_to=record["round_to"]["value"], allocation=allocation_name)
@@ -100,16 +100,12 @@ def prune_for_deploy(config: RunConfig, model, original, example: torch.Tensor, 
 
 
 def _measure(config: RunConfig, original, pruned, input_shape: tuple, batch: int | None = None) -> dict:
-    from .latency.measure import measure_pair
-
     return measure_pair(_cpu_eval(original), _cpu_eval(pruned), input_shape,
                         batch=batch or config.prune.latency_batch, threads=latency_threads(config))
 
 
 def _cpu_eval(model):
     if isinstance(model, torch.nn.Module):
-        import copy
-
         return copy.deepcopy(model).cpu().eval()
     return model
 
@@ -117,8 +113,6 @@ def _cpu_eval(model):
 def measured_latency(config: RunConfig, original_onnx: Path, model_onnx: Path, input_shape: tuple) -> dict:
     """End-to-end latency of the exported original and pruned ONNX on ONNX Runtime CPU, batch 1 and the
     latency batch, timed alternately (report.json "latency")."""
-    from .latency.lut import runtime_key
-
     threads = latency_threads(config)
     batches = sorted({1, config.prune.latency_batch})
     timed = {b: _measure(config, original_onnx, model_onnx, input_shape, b) for b in batches}

@@ -14,22 +14,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from .config import LoaderSettings, TrainSettings
 from .data.base import GroupedDataset
 from .data.loading import DeviceNormalize, loader_options, yields_uint8
+from .errors import PwdeployError
 from .fastpath import channels_last, configure_backends
 from .precision import Precision
 from .progress import task
 
 
 def resolve_device(name: str) -> torch.device:
-    from . import distributed
-
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import PwdeployError
-
         raise PwdeployError(f"--device {name} asked for CUDA but no CUDA GPU is available: use --device cpu or auto")
     if name == "cuda" and distributed.is_active():
         return torch.device("cuda", distributed.local_rank())  # one GPU per process under torchrun
@@ -74,8 +72,6 @@ def make_loader(dataset: GroupedDataset, batch_size: int, *, shuffle: bool, seed
     """Training batches (``shuffle``) are the single-process global batches, split across torchrun ranks;
     workers and pinned memory follow ``loader`` (data/loading.py). Pass image batches through
     ``model_input(loader, device)``."""
-    from . import distributed
-
     generator = torch.Generator().manual_seed(seed)
     options = loader_options(dataset, loader, device)
     indexed = _Indexed(dataset, indices)
@@ -91,8 +87,6 @@ def predict_logits(model: nn.Module, dataset: GroupedDataset, device: torch.devi
                    description: str | None = None, loader: LoaderSettings | None = None) -> np.ndarray:
     """Logits for every sample in order (fp32). Under torchrun each rank runs a contiguous shard and the
     shards are gathered in order, so every rank returns the whole array."""
-    from . import distributed
-
     model.eval().to(device)
     outputs = []
     batches = make_loader(dataset, batch_size, shuffle=False, loader=loader, device=device,
@@ -154,8 +148,6 @@ def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSetti
     returns the mean loss per epoch over all processes.
 
     ``on_epoch_end(epoch, model)`` runs after each epoch (checkpoint selection on validation)."""
-    from . import distributed
-
     model.to(device)
     if settings.epochs <= 0:
         return []
@@ -174,8 +166,6 @@ def fit(model: nn.Module, dataset: GroupedDataset, loss_fn, settings: TrainSetti
 
 def _epochs(trained, model, stream, steps: int, loss_fn, settings: TrainSettings, optimizer, scheduler, amp,
             description: str, on_epoch_end, nhwc: bool) -> list[float]:
-    from . import distributed
-
     device = next(model.parameters()).device
     history = []
     with task(description, total=settings.epochs * steps) as bar:
@@ -210,8 +200,6 @@ FINITE_CHECK_EVERY = 16
 def _check_finite_loss(running: torch.Tensor, epoch: int, description: str) -> None:
     """A NaN/inf loss poisons every weight it touches: stop the run (exit 2; nothing is marked complete)."""
     if not bool(torch.isfinite(running)):
-        from .errors import PwdeployError
-
         raise PwdeployError(f"{description}: the loss became {running.item()} in epoch {epoch + 1}: the run was "
                             "stopped and nothing was kept; lower the learning rate, or check --pw-gamma, "
                             "--pw-min-weight and the data")

@@ -62,66 +62,13 @@ POINTS = Range(0.0, 100.0)  # accuracy points: tolerances and allowed drops
 LEARNING_RATE = Range(0.0, 10.0, low_open=True)
 SEED = Range(0, 2**63 - 1, integer=True)
 
-# Config keys (dotted, as in config.json and YAML); flags write into the same keys, so this covers both.
-CONFIG_RANGES = {
-    "prune.flops_reduction": Range(0.0, 1.0, high_open=True),
-    "prune.taylor_batches": COUNT,
-    "prune.steps_between": COUNT,
-    "prune.taylor_lr": LEARNING_RATE,
-    "prune.autobot_steps": COUNT,
-    "prune.prune_steps": COUNT,
-    "prune.prune_budget": Range(0.0, 1000.0),
-    "prune.autobot_lr": LEARNING_RATE,
-    "prune.autobot_flops_weight": NON_NEGATIVE,
-    "prune.max_layer_reduction": Range(0.0, 1.0, low_open=True, high_open=True),
-    "prune.round_to": Range(1, 256, integer=True),
-    "prune.latency_reduction": Range(0.0, 1.0, low_open=True, high_open=True),
-    "prune.target_latency_ms": POSITIVE,
-    "prune.latency_batch": COUNT,
-    "prune.latency_threads": COUNT,
-    "group_balance_strength": Range(0.0, 1.0, low_open=True),
-    "calib_size": COUNT,
-    "max_float_layers": NON_NEGATIVE_INT,
-    "loader.workers": NON_NEGATIVE_INT,
-    "kd.temperature": Range(0.0, 100.0, low_open=True),
-    "kd.alpha": FRACTION,
-    "seed": SEED,
-    "model.num_classes": COUNT,
-    "clusters.k": Range(1, 64, integer=True),
-    "clusters.max_k": Range(1, 16, integer=True),
-    "clusters.min_silhouette": Range(-1.0, 1.0),
-    "clusters.min_fraction": Range(0.0, 0.5),
-    "gdro.step_size": Range(0.0, 100.0),
-    "gdro.adjustment": Range(0.0, 100.0),
-    "stopping.max_group_drop": POINTS,
-    "stopping.round_size": Range(0.0, 1.0, low_open=True, high_open=True),
-}
-for _section in ("retrain", "baseline"):
-    CONFIG_RANGES.update({f"{_section}.epochs": NON_NEGATIVE_INT, f"{_section}.lr": LEARNING_RATE,
-                          f"{_section}.batch_size": COUNT, f"{_section}.weight_decay": NON_NEGATIVE})
-PW_RANGES = {"gamma": Range(0.0, 100.0), "min_weight": FRACTION}
+# The config's own ranges are declared with its settings (pwdeploy.config, checked by config.check_settings).
 
 # -D dataset options shared by several adapters; any other numeric option must still be finite.
 DATA_OPTION_RANGES = {
     "n": COUNT, "size": COUNT, "resize_shorter": COUNT, "seed": SEED, "minority_fraction": FRACTION,
     "val_fraction": Range(0.0, 1.0, high_open=True), "std": POSITIVE,
 }
-
-
-def check_config(config) -> None:
-    """Every numeric key of a RunConfig (pwdeploy.config) finite and in range."""
-    for key, rng in CONFIG_RANGES.items():
-        obj = config
-        for part in key.split("."):
-            obj = getattr(obj, part)
-        check(_flag_name(key), obj, rng)
-    for method, settings in config.pw.items():
-        for key, rng in PW_RANGES.items():
-            check(f"pw.{method}.{key} (--pw-{key.replace('_', '-')})", getattr(settings, key), rng)
-    for i, value in enumerate(config.stopping.auto_reductions):
-        check(f"stopping.auto_reductions[{i}]", value, CONFIG_RANGES["prune.flops_reduction"])
-    for i, value in enumerate(config.flops_reductions):
-        check(f"flops_reductions[{i}]", value, CONFIG_RANGES["prune.flops_reduction"])
 
 
 def check_data_options(options: dict) -> None:
@@ -136,8 +83,3 @@ def check_data_options(options: dict) -> None:
             elif isinstance(item, float) and not math.isfinite(item):
                 raise DataError(f"-D option {key} {item!r}: must be a finite number")
 
-
-def _flag_name(key: str) -> str:
-    """Config key plus the flag that sets it, so either spelling of the input is recognisable."""
-    leaf = key.split(".")[-1].replace("_", "-")
-    return f"{key} (--{leaf})" if key.split(".")[0] in ("prune", "retrain", "baseline") or "." not in key else key

@@ -138,10 +138,13 @@ def _validate(vs: VerificationSet, where: str) -> None:
             raise DataError("{}: {} has {} entries for {} labels: rewrite it with 'pwdeploy export'".format(
                 where, name, getattr(vs, name).shape[0], n))
     classes = len(vs.class_names)
+    # C logits for C classes, or one logit for a binary model (pwdeploy.metrics.predictions) where the set's meta
+    # says its models have one (``logit_width``; sets written before it: C)
+    width = 1 if classes == 2 and vs.meta.get("logit_width") == 1 else classes
     for name, logits in vs.logits.items():
-        if logits.ndim != 2 or logits.shape[0] != n or (classes and logits.shape[1] != classes):
-            raise DataError("{}: logits_{} has shape {}, expected {} rows of {} class logits: rewrite it with "
-                            "'pwdeploy export'".format(where, name, list(logits.shape), n, classes))
+        if logits.ndim != 2 or logits.shape[0] != n or (classes and logits.shape[1] != width):
+            raise DataError("{}: logits_{} has shape {}, expected {} rows of {} logits: rewrite it with "
+                            "'pwdeploy export'".format(where, name, list(logits.shape), n, width))
         if logits.dtype.kind != "f" or not np.isfinite(logits).all():
             raise DataError("{}: logits_{} holds NaN/inf values: the reference is damaged; rewrite it with "
                             "'pwdeploy export'".format(where, name))

@@ -12,21 +12,30 @@ which needs torch, and then the reference and original logits are recomputed fro
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
+from rich import box
+from rich.table import Table
+
+from pwdeploy.calibration.provenance import METADATA_KEY, check_fresh
 
 from . import __version__, rundir
+from .bootstrap import group_change_ci
 from .errors import PwdeployError
 from .fsutil import read_json, sha256_file, write_json
 from .evaluate import evaluate_artifact
 from .gate import tolerance_for
 from .metrics import group_metrics, predict
 from .names import ENGINE_SUFFIXES, VERIFICATION_SET
-from .runners import RUNNER_KINDS
+from .progress import console as default_console, task
+from .runners import RUNNER_KINDS, create_runner, run_batches, runner_for_suffix, torch_importable
 from .targets import ONNX_FOR_PRECISION, get_target, target_for_file
+from .validate import COUNT, POINTS, Range, check
+from .verification_set import load_verification_set
 from .verify_speed import add_speed
 
 SCHEMA = "pwdeploy.verify/1"
@@ -72,7 +81,6 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
     failed gate is ``failure`` (text naming the failed groups, None when every artifact verified here passed),
     raised as GateFailed (exit 1) only by the CLI; bad input raises PwdeployError (exit 2). ``speed_seconds``
     > 0 also times each ONNX artifact with the device verifier's code (pwdeploy.verify_speed)."""
-    from .progress import console as default_console
 
     console = console or default_console
     _check_options(tolerance, max_group_drop, bootstrap, runner, ort_provider, batch_size)
@@ -81,7 +89,7 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
         raise PwdeployError(f"artifact not found: {path}: pass a run directory, .onnx, .plan/.engine or .pt")
     run = _reference_run(path, reference)
     foreign = _foreign_home(path, run, force)
-    config, report = rundir.RunDir(run).config, rundir.RunDir(run).report
+    config, report = rundir.RunDir(run).config, rundir.RunDir(run).read_report()
     artifacts = _artifacts(path, run, report, target, runner)
     _check_not_stale(artifacts, run, report)
     if not any(not a.skip_reason for a in artifacts):
@@ -90,7 +98,7 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
 
     evald = _eval_data(run, config, report, data=data, data_root=data_root, data_options=data_options,
                        batch_size=batch_size)
-    recorded = report.get("metrics", {})
+    recorded = report.metrics
     ref_metrics, orig_metrics = _comparison_metrics(evald, recorded, max_group_drop)
     logits, described = _run_artifacts_once(artifacts, evald, run, runner, ort_provider, batch_size)
     results = {}
@@ -169,7 +177,6 @@ def _describe_result(art: Artifact, result: dict, runner: dict, evald: "EvalData
 
 
 def _check_options(tolerance, max_group_drop, bootstrap, runner, ort_provider, batch_size) -> None:
-    from .validate import COUNT, POINTS, Range, check
 
     check("--tolerance", tolerance, POINTS)
     check("--max-group-drop", max_group_drop, POINTS)
@@ -216,8 +223,8 @@ def _foreign_home(path: Path, run: Path, force: bool) -> Optional[Path]:
     return home
 
 
-def _artifacts(path: Path, run: Path, report: dict, target: Optional[str], runner: str) -> list:
-    recorded = report.get("artifacts", {})
+def _artifacts(path: Path, run: Path, report: rundir.Report, target: Optional[str], runner: str) -> list:
+    recorded = report.artifacts
     if not path.is_dir():
         in_run = path.resolve().parent == run.resolve()
         return [_file_artifact(path, run, recorded, in_run)]
@@ -225,27 +232,26 @@ def _artifacts(path: Path, run: Path, report: dict, target: Optional[str], runne
         return [_file_artifact(run / rundir.PRUNED_PT, run, recorded, True)]
     found = _run_artifacts(run, recorded, target)
     if runner != "auto":
-        from .runners import runner_for_suffix
-
         found = [a for a in found if runner_for_suffix(a.path) == runner]
         if not found:
             raise PwdeployError(f"{run} holds no artifact that --runner {runner} runs")
     return found
 
 
-def _run_artifacts(run: Path, recorded: dict, target: Optional[str]) -> list:
+def _run_artifacts(run: Path, recorded: Dict[str, rundir.ArtifactRecord], target: Optional[str]) -> list:
     engine = run / rundir.ENGINE
-    engine_precision = recorded.get(rundir.ENGINE, {}).get("precision")
+    engine_precision = recorded[rundir.ENGINE].precision if rundir.ENGINE in recorded else None
     if target is None:
         found = [_file_artifact(run / name, run, recorded, True) for name in ONNX_FOR_PRECISION.values()
                  if (run / name).is_file()]
         if engine.is_file():
             found.append(_file_artifact(engine, run, recorded, True))
         return found
-    precision = get_target(target).precision
+    spec = get_target(target)
+    precision = spec.precision
     onnx = run / ONNX_FOR_PRECISION[precision]
     engine_note = "the TensorRT engine was not built here"
-    if target.startswith("trt-") and engine.is_file() and engine_precision == precision:
+    if spec.builds_engine and engine.is_file() and engine_precision == precision:
         art = _file_artifact(engine, run, recorded, True)
         if not art.skip_reason:
             return [art]
@@ -254,20 +260,21 @@ def _run_artifacts(run: Path, recorded: dict, target: Optional[str]) -> list:
         raise PwdeployError(f"{run} has no {onnx.name} for --target {target}: make it with 'pwdeploy export "
                             f"{run} --target {target}'")
     art = _file_artifact(onnx, run, recorded, True)
-    if target.startswith("trt-"):
+    if spec.builds_engine:
         art.notes.append(f"{engine_note}; verified {onnx.name} instead (the ONNX the engine is built from); build "
                          "the engine on the target with build_engine.sh and verify model.plan there")
     return [art]
 
 
-def _file_artifact(path: Path, run: Path, recorded: dict, in_run: bool) -> Artifact:
+def _file_artifact(path: Path, run: Path, recorded: Dict[str, rundir.ArtifactRecord], in_run: bool) -> Artifact:
     suffix = path.suffix.lower()
     record = recorded.get(path.name) if in_run else None
     if record is None:  # a copy elsewhere: recognise it by content
         digest = sha256_file(path) if path.is_file() else None
-        record = next((r for r in recorded.values() if isinstance(r, dict) and r.get("sha256") == digest), None)
+        record = next((r for r in recorded.values() if r.sha256 == digest), None)
+    recorded_precision = record.precision if record is not None else None
     if suffix in ENGINE_SUFFIXES:
-        precision = (record or {}).get("precision") or _precision_from_name(path.name)
+        precision = recorded_precision or _precision_from_name(path.name)
         art = Artifact(path, f"trt-{precision}", precision, in_run)
         try:
             import tensorrt  # noqa: F401
@@ -280,8 +287,8 @@ def _file_artifact(path: Path, run: Path, recorded: dict, in_run: bool) -> Artif
         raise PwdeployError(f"cannot verify {path.name}: pass a run directory, .onnx, .plan/.engine or .pt")
     if path.name == rundir.ORIGINAL_ONNX and in_run:
         return Artifact(path, "original-onnx", "fp32", in_run)
-    precision = (record or {}).get("precision") or _precision_from_name(path.name)
-    target = (record or {}).get("target") or target_for_file(path.name) or f"onnx-{precision}"
+    precision = recorded_precision or _precision_from_name(path.name)
+    target = (record.target if record is not None else None) or target_for_file(path.name) or f"onnx-{precision}"
     art = Artifact(path, target, precision, in_run)
     if record is None:
         art.notes.append(f"{path.name} is not recorded in the reference run: precision {precision} was taken from "
@@ -294,22 +301,21 @@ def _precision_from_name(name: str) -> str:
     return "int8" if "int8" in lowered else "fp16" if "fp16" in lowered else "fp32"
 
 
-def _check_not_stale(artifacts: list, run: Path, report: dict) -> None:
+def _check_not_stale(artifacts: list, run: Path, report: rundir.Report) -> None:
     """fp16/INT8 artifacts of a run must come from its current model.onnx (INT8 scales especially)."""
     model = run / rundir.MODEL_ONNX
     if not model.is_file():
         return
     current = None
     for art in artifacts:
-        record = report.get("artifacts", {}).get(art.name, {}) if art.in_run else {}
-        if not record.get("source_sha256"):
+        record = report.artifacts.get(art.name) if art.in_run else None
+        source = record.details.get("source_sha256") if record is not None else None
+        if not source:
             continue
         current = current or sha256_file(model)
-        if record.get("calibration"):
-            from pwdeploy.calibration.provenance import check_fresh
-
-            check_fresh(record["calibration"], current, what=f"INT8 calibration of {art.name}")
-        if record["source_sha256"] != current:
+        if record.calibration:
+            check_fresh(record.calibration, current, what=f"INT8 calibration of {art.name}")
+        if source != current:
             raise PwdeployError(f"{art.name} was exported from another model.onnx than the run holds now: re-run "
                                 f"'pwdeploy export {run} --target {art.target}'")
 
@@ -319,12 +325,9 @@ def _check_embedded_calibration(art: Artifact, runner, run: Path) -> None:
     (its scales were computed on another model), wherever the file was copied to."""
     meta = runner.metadata() if hasattr(runner, "metadata") else {}
     model = run / rundir.MODEL_ONNX
-    from pwdeploy.calibration.provenance import METADATA_KEY
 
     if METADATA_KEY in meta and model.is_file():
-        import json
 
-        from pwdeploy.calibration.provenance import check_fresh
 
         check_fresh(json.loads(meta[METADATA_KEY]), sha256_file(model), what=f"INT8 calibration of {art.name}")
 
@@ -344,8 +347,8 @@ class _DatasetImages:
         return np.stack([self.dataset.load_image(i) for i in range(*index.indices(len(self)))])
 
 
-def _eval_data(run: Path, config: dict, report: dict, *, data, data_root, data_options, batch_size) -> EvalData:
-    from .runners import torch_importable
+def _eval_data(run: Path, config: dict, report: rundir.Report, *, data, data_root, data_options,
+               batch_size) -> EvalData:
 
     wants_dataset = data is not None or data_root is not None or bool(data_options)
     npz = run / VERIFICATION_SET
@@ -361,7 +364,6 @@ def _eval_data(run: Path, config: dict, report: dict, *, data, data_root, data_o
 
 
 def _from_verification_set(run: Path, npz: Path) -> EvalData:
-    from .verification_set import load_verification_set
 
     vs = load_verification_set(npz)
     pruned_pt = run / rundir.PRUNED_PT
@@ -409,7 +411,6 @@ def _from_dataset(run: Path, config: dict, *, data, data_root, data_options, bat
 # --- running and scoring ---------------------------------------------------------------------------------------
 
 def _make_runner(art: Artifact, runner: str, ort_provider: str):
-    from .runners import create_runner
 
     return create_runner(art.path, runner, provider=ort_provider, device="auto")
 
@@ -428,8 +429,6 @@ def _check_input_shape(art: Artifact, runner, evald: EvalData) -> None:
 
 def _run_all(runners: dict, evald: EvalData, batch_size: int, description: str = "verifying") -> dict:
     """One pass over the data, every runner on every batch (images are decoded once)."""
-    from .progress import task
-    from .runners import run_batches
 
     n = len(evald.labels)
     outputs = {name: [] for name in runners}
@@ -450,8 +449,6 @@ def _metrics_of(logits: np.ndarray, evald: EvalData) -> dict:
 def _evaluate(art: Artifact, logits: np.ndarray, evald: EvalData, ref_metrics: dict, orig_metrics: Optional[dict],
               recorded: dict, *, tolerance, max_group_drop, n_boot: int, seed: int,
               allow_empty_groups: bool = False) -> dict:
-    from .bootstrap import group_change_ci
-
     tol = tolerance_for(art.precision) if tolerance is None else float(tolerance)
     shared = evaluate_artifact(logits, evald.labels, evald.groups, evald.group_names, ref_metrics, tolerance=tol,
                                original=orig_metrics, max_group_drop=max_group_drop,
@@ -528,8 +525,6 @@ def _fmt_ci(ci) -> str:
 
 def _table(art: Artifact, result: dict, group_names: list):
     """Compact enough for an 80-column terminal; the reasons and the full numbers are in verify.json."""
-    from rich import box
-    from rich.table import Table
 
     status = "[bold green]PASSED[/]" if result["passed"] else "[bold red]FAILED[/]"
     runner = result.get("runner", {})
@@ -593,16 +588,16 @@ def _update_report(run: Path, artifacts: list, results: dict, evald: EvalData) -
            and not a.target.startswith("torch")]
     if not own:
         return
-    from .report import summarize
 
-    def record(report: dict) -> None:
+    def record(report: rundir.Report) -> None:
+        report.verification = report.verification or {}
         for art in own:
             r = results[art.name]
-            report.setdefault("metrics", {})[art.target] = r["metrics"]
-            report.setdefault("verification", {})[art.target] = rundir.VerificationRecord(
+            report.metrics[art.target] = r["metrics"]
+            report.verification[art.target] = rundir.VerificationRecord(
                 artifact=art.name, passed=r["passed"], failed_groups=r["failed_groups"], tolerance=r["tolerance"],
                 max_group_drop=r["max_group_drop"], runner=r.get("runner"), data=evald.source,
-                verify_json=VERIFY_JSON).to_dict()
-        report.update(summarize(report["metrics"]))  # worst group and changes for the new artifacts too
+                verify_json=VERIFY_JSON)
+        report.summarize()  # worst group and changes for the new artifacts too
 
-    rundir.RunDir(run).update_report(record)  # report.md and report.png show the exported artifacts as well
+    rundir.RunDir(run).update_record(record)  # report.md and report.png show the exported artifacts as well

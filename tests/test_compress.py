@@ -23,7 +23,7 @@ def test_run_directory_holds_every_artifact(tiny_run):
 
 def test_report_json_contract(tiny_run):
     report = json.loads((tiny_run / rundir.REPORT).read_text())
-    assert report["schema"] == "pwdeploy.report/1"
+    assert report["schema"] == "pwdeploy.report/2"
     assert report["method"] == "magnitude" and report["loss"] == "pw"
     assert report["flops_reduction_target"] == 0.5
     assert abs(report["flops_reduction"] - 0.5) <= 0.01

@@ -84,6 +84,39 @@ def test_gdro_ignores_groups_without_training_samples():
     assert loss.impl.q[1] == 0 and loss.impl.q.sum().item() == pytest.approx(1.0)
 
 
+def test_constraint_multipliers_follow_dual_ascent_on_the_accuracy_gaps_by_hand():
+    """Balancing Act's form: lambda_g <- max(0, lambda_g + eta * (gap_g - gap - tolerance)), loss = mean + sum lambda_g
+    loss_g; accuracies in [0, 1], the tolerance in points."""
+    loss = LossFn("gdro", gdro=GDROSettings(form="constraint", step_size=2.0, tolerance=10.0),
+                  group_counts=torch.tensor([3.0, 1.0]))
+    # the original is right on all four; the pruned model misses sample 3 (group 1) only
+    labels, groups = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 1])
+    original = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    logits = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    value = loss(logits, labels, original, groups)
+    # gaps: group 0: 0, group 1: 1, overall 0.25 -> violations -0.35 and 0.65
+    assert loss.impl.multipliers.values.tolist() == pytest.approx([0.0, 2.0 * 0.65])
+    ce_right, ce_wrong = math.log(1 + math.exp(-1)), math.log(1 + math.exp(1))
+    mean = (3 * ce_right + ce_wrong) / 4
+    assert value.item() == pytest.approx(mean + 1.3 * ce_wrong, rel=1e-5)
+    # a batch without group 1 leaves its multiplier; group 0 stays at the floor 0
+    loss(logits[:2], labels[:2], original[:2], groups[:2])
+    assert loss.impl.multipliers.values.tolist() == pytest.approx([0.0, 1.3])
+    settings = loss.record()["settings"]
+    assert settings["form"] == "constraint" and settings["multipliers"] == pytest.approx([0.0, 1.3])
+
+
+def test_disagreement_weight_counts_the_samples_the_original_classifies_differently():
+    labels = torch.tensor([0, 1, 1])
+    original = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    logits = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 3.0]])  # sample 1 disagrees with the original
+    per_sample = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    value = LossFn("ce", disagreement_weight=4.0)(logits, labels, original, None)
+    assert value.item() == pytest.approx(((per_sample * torch.tensor([1.0, 5.0, 1.0])).mean()).item(), rel=1e-6)
+    assert LossFn("ce", disagreement_weight=4.0).record()["disagreement_weight"] == 4.0
+    assert LossFn("ce")(logits, labels, original, None).item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ stopping rule
 class _Toy(nn.Module):
     def __init__(self):

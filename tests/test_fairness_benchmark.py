@@ -117,3 +117,44 @@ def test_summary_table_shows_the_best_label_free_arm_per_row():
     assert "| colour | taylor | 75% | 10.0 [10.0, 10.0] | 9.0 [9.0, 9.0] | kd+pseudo: 2.0 [2.0, 2.0] | – | " \
            "1.0 [1.0, 1.0] |" in text
     assert stats.markdown_summary(stats.aggregate([_cell(arm="ce")])) == []
+
+
+def test_a_cell_keeps_compress_results_numbers_without_a_run_directory():
+    """The in-memory runner: the cell's worst drop and MACs come from compress()'s result as report.json had them."""
+    from types import SimpleNamespace
+
+    from pwdeploy.config import RunConfig
+
+    original = {"overall": {"accuracy": 97.5}, "groups": {"majority": {"accuracy": 98.0}, "minority": {"accuracy": 92.0}}}
+    pruned = {"overall": {"accuracy": 96.0}, "groups": {"majority": {"accuracy": 97.0}, "minority": {"accuracy": 80.0}}}
+    prune = SimpleNamespace(reduction=0.9, macs_before=1000, macs_after=100, params_before=50, params_after=9,
+                            importance={"name": "taylor"})
+    result = SimpleNamespace(config=RunConfig(), prune=prune, losses={"retraining": {"name": "ce"}}, recipes=None,
+                             metrics={"original": original, "pruned": pruned, "pruned-before-retraining": pruned},
+                             checkpoint_selection=None, stopping={"rule": "max-group-drop", "reached": 0.8, "x": 1},
+                             pseudo_groups=None, timings_s={"prune": 1.0, "retrain": 2.0})
+    task = {"spec": {"variant": "colour"}, "overrides": {"loss": "ce"}}
+    cell = fairness._cell_record(task, result, started=0.0)
+    assert cell["worst_group_drop"] == {"group": "minority", "points": pytest.approx(12.0)}
+    assert cell["macs"] == {"original": 1000, "pruned": 100} and cell["flops_reduction"] == 0.9
+    assert cell["stopping"] == {"rule": "max-group-drop", "reached": 0.8, "stopped_early": None, "met": None,
+                                "curve": None}
+    assert stats.cell_numbers(dict(cell, spec=_cell()["spec"]))["worst_drop"] == pytest.approx(12.0)
+
+
+def test_goal_tables_at_75_and_90_and_the_stopping_rule_table():
+    cells = []
+    for red in (0.75, 0.9):
+        for seed in range(2):
+            cells += [_cell(arm="ce", seed=seed, reduction=red, minority=72.0),
+                      _cell(arm="gdro-c/0.1", seed=seed, reduction=red, minority=91.0),
+                      _cell(arm="kd", seed=seed, reduction=red, minority=86.0)]
+    stop = _cell(arm="ce/max-drop5", reduction=0.9, minority=89.0)
+    cells += [dict(stop, flops_reduction=0.7), dict(stop, flops_reduction=0.8, spec=dict(stop["spec"], seed=1))]
+    series = stats.aggregate(cells)
+    goals = "\n".join(stats.markdown_goals(stats.paired_comparisons(cells), 0.75))
+    assert "## Goals at 75% FLOPs removed" in goals
+    assert "| colour | taylor | 20.0 | kd: 6.0 (+0.0, n 2) | yes | gdro-c/0.1: 1.0 (+0.0, n 2) | yes |" in goals
+    table = "\n".join(stats.markdown_stopping(series))
+    assert "| colour | taylor | ce/max-drop5 | 90% | 75.0 [70.0, 80.0] | 3.0 [3.0, 3.0] |" in table
+    assert "| 20.0 [20.0, 20.0] | 2 |" in table  # next to CE's worst drop at the asked reduction

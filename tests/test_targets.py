@@ -154,3 +154,63 @@ def test_trt_engine_is_built_and_verified(run, capsys):
     assert (run / "build_engine.sh").is_file()  # for the target device, which may differ from this GPU
     assert main(["verify", str(run / "model.plan"), "--bootstrap", "0"]) == 0
     assert read_json(run / "verify.json")["artifacts"]["model.plan"]["runner"]["runner"] == "tensorrt"
+
+
+def test_targets_declare_their_policy_and_the_pipeline_reads_it(monkeypatch):
+    """Rounding and --allocation auto come from the Target, not from tables keyed by name elsewhere."""
+    import dataclasses
+
+    from pwdeploy import targets
+    from pwdeploy.config import build_config
+    from pwdeploy.prune.allocation import resolve_allocation
+    from pwdeploy.speed import resolve_round_to
+
+    for name in targets.list_targets():
+        spec = targets.get_target(name)
+        assert spec.rounding.multiple >= 1 and spec.rounding.why and spec.calib_size >= 1
+        lo, opt, hi = spec.engine_batches
+        assert 1 <= lo <= opt <= hi
+    custom = dataclasses.replace(targets.get_target("trt-fp16"), rounding=targets.Rounding(32, "a test rule"),
+                                 uniform_methods=("magnitude",))
+    monkeypatch.setitem(targets._TARGETS, "trt-fp16", custom)
+    record = resolve_round_to(build_config({"target": "trt-fp16", "prune": {"round_to": None}}, data_name="synthetic"))
+    assert record["value"] == 32 and "a test rule" in record["source"]
+    assert resolve_allocation("auto", "trt-fp16", "magnitude")[0] == "uniform"
+    assert resolve_allocation("auto", "trt-fp16", "taylor")[0] == "global"
+    with pytest.raises(ValueError, match="unknown runtime"):
+        targets.register_target(targets.Target("x-fp32", "tvm", "fp32"))
+
+
+@without_trt
+def test_export_uses_the_targets_engine_profile_and_calibration_size(run, monkeypatch):
+    import dataclasses
+
+    from pwdeploy import targets
+    from pwdeploy.exporters.targets import export_target
+
+    spec = dataclasses.replace(targets.get_target("trt-int8"), engine_batches=(2, 4, 16), calib_size=48)
+    monkeypatch.setitem(targets._TARGETS, "trt-int8", spec)
+    info = export_target(run, "trt-int8")  # no calib_size: the target's
+    assert info["artifacts"]["model.int8.onnx"]["calibration"]["requested_size"] == 48
+    script = (run / "build_engine.sh").read_text()
+    assert "2x3x16x16" in script and "4x3x16x16" in script and "16x3x16x16" in script
+    assert "32x3x16x16" not in script
+
+
+def test_a_one_logit_binary_models_verification_set_is_accepted(tmp_path):
+    """A binary model with one logit (CelebA's resnet18) has a verification set; a narrowed one is refused."""
+    from pwdeploy.errors import DataError
+    from pwdeploy.verification_set import VerificationSet, load_verification_set, write_verification_set
+
+    rng = np.random.default_rng(0)
+
+    def vs(width, meta):
+        return VerificationSet(images=rng.standard_normal((6, 3, 4, 4)).astype(np.float32),
+                               labels=np.array([0, 1] * 3), groups=np.array([0, 0, 0, 1, 1, 1]),
+                               group_names=["a", "b"], class_names=["no", "yes"], indices=np.arange(6),
+                               logits={"pruned": rng.standard_normal((6, width)).astype(np.float32)}, meta=meta)
+
+    write_verification_set(tmp_path / "one.npz", vs(1, {"logit_width": 1}))
+    assert load_verification_set(tmp_path / "one.npz").logits["pruned"].shape == (6, 1)
+    with pytest.raises(DataError, match="logits_pruned has shape"):
+        write_verification_set(tmp_path / "bad.npz", vs(1, {}))  # 2 classes, no record of a one-logit model

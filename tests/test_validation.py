@@ -355,25 +355,46 @@ def test_an_internal_error_is_one_line_exit_3_and_debug_shows_the_traceback(tmp_
 
 
 def test_every_numeric_config_key_has_a_range():
-    """A numeric key added to RunConfig without a range would take NaN, infinity or -5 silently: each one must be
-    listed in validate.CONFIG_RANGES (pw.* and flops_reductions have their own checks)."""
+    """A numeric setting declared without a range would take NaN, infinity or -5 silently, and an enumerated one
+    without choices any typo: the schema (pwdeploy.config settings) must give each a range or its choices."""
     import dataclasses
     import typing
 
-    from pwdeploy.config import RunConfig
-    from pwdeploy.validate import CONFIG_RANGES
+    from pwdeploy.config import SETTINGS, RunConfig
 
-    def numeric_keys(cls, prefix=""):
+    def leaf_keys(cls, prefix=""):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
-            if typing.get_origin(tp) in (dict, list):  # pw.* and flops_reductions: checked item by item
-                continue
             args = set(typing.get_args(tp)) - {type(None)} or {tp}
-            if any(dataclasses.is_dataclass(a) for a in args):
-                yield from numeric_keys(next(a for a in args if dataclasses.is_dataclass(a)), f"{prefix}{f.name}.")
-            elif args & {int, float}:
+            if typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
+                yield from leaf_keys(typing.get_args(tp)[1], f"{prefix}{f.name}.*.")
+            elif any(dataclasses.is_dataclass(a) for a in args):
+                yield from leaf_keys(next(a for a in args if dataclasses.is_dataclass(a)), f"{prefix}{f.name}.")
+            else:
                 yield prefix + f.name
 
-    missing = [k for k in numeric_keys(RunConfig) if k not in CONFIG_RANGES]
-    assert not missing, f"add a Range to validate.CONFIG_RANGES for: {missing}"
+    declared = {e.key: e for e in SETTINGS}
+    assert sorted(declared) == sorted(leaf_keys(RunConfig)), "every config field is one schema entry"
+    no_range = [k for k, e in declared.items() if e.numeric and e.setting.range is None]
+    assert not no_range, f"give these numeric settings a range= in pwdeploy/config.py: {no_range}"
+    enumerated = [e for e in declared.values() if e.base_type is str or typing.get_args(e.base_type) == (str,)]
+    no_choices = [e.key for e in enumerated if not e.choices() and not e.setting.text]
+    assert not no_choices, f"give these settings choices= (or text=True for free text) in pwdeploy/config.py: {no_choices}"
+    assert "prune.flops_reduction" in declared and declared["retrain.lr"].setting.range is not None
+    assert {"pw.*.gamma", "stopping.auto_reductions", "flops_reductions"} <= {k for k, e in declared.items() if e.numeric}
+
+
+def test_the_schema_check_fails_for_a_setting_without_range_or_choices():
+    """The test above is not vacuous: a numeric field without a range and a string without choices are found."""
+    from dataclasses import dataclass
+
+    from pwdeploy.schema import entries, setting
+
+    @dataclass
+    class Bad:
+        n: int = setting(3, help="no range")
+        mode: str = setting("a", help="no choices")
+
+    found = {e.key: (e.numeric, e.setting.range, e.choices(), e.setting.text) for e in entries(Bad)}
+    assert found == {"n": (True, None, (), False), "mode": (False, None, (), False)}

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import DataError
 from ..registry import Registry
+from ..validate import check_data_options
+from .spec import SPLITS, DataSpec
 
 if TYPE_CHECKING:
-    from .base import DataSpec, GroupedDataset
+    from .base import ArrayDataset, GroupedDataset
 
 # pwdeploy's own adapters (name -> module), imported on first use so a missing optional dependency of one never
 # breaks the others; other adapters come through @register_dataset or an entry point ("pwdeploy.datasets").
@@ -29,9 +31,6 @@ def list_datasets() -> list[str]:
 
 def create_dataset(spec: DataSpec, split: str) -> GroupedDataset:
     """Build ``split`` ('train', 'val' or 'test') of the dataset ``spec`` names."""
-    from ..validate import check_data_options
-    from .base import SPLITS
-
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     if spec.name not in DATASETS.names():
@@ -42,8 +41,9 @@ def create_dataset(spec: DataSpec, split: str) -> GroupedDataset:
 
 
 def __getattr__(name: str):
-    # The dataset classes import torch; they load on first use so that listing names (CLI help) stays light.
-    if name in ("ArrayDataset", "DataSpec", "GroupedDataset", "SPLITS"):
+    # The dataset classes import torch, which the CLI's start-up and `pwdeploy verify` run without: they load on
+    # first use.
+    if name in ("ArrayDataset", "GroupedDataset"):
         from . import base
 
         return getattr(base, name)

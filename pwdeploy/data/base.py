@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..preprocessing import Preprocessing
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class DataSpec:
-    """What names a dataset in a run: adapter name, root folder and adapter options (recorded in config.json)."""
-
-    name: str = "synthetic"
-    root: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "root": self.root, "options": dict(self.options)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DataSpec":
-        return cls(name=d["name"], root=d.get("root"), options=dict(d.get("options", {})))
+from .spec import SPLITS, DataSpec  # noqa: F401  (re-exported: their old home)
 
 
 class GroupedDataset(Dataset):

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from ..cache_dirs import image_cache_dir
 from ..errors import DataError
+from ..progress import task
 from .base import GroupedDataset
 from .images import ImageFileDataset
 
@@ -76,8 +78,6 @@ class ImageCache:
 
     def build(self, workers: int | None = None) -> None:
         """Decode every image (threads: Pillow releases the GIL while decoding and resizing) into the array."""
-        from ..progress import task
-
         ds = self.dataset
         h, w = ds.preprocessing.size
         self.folder.parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +114,6 @@ def use_cache(dataset: GroupedDataset, mode: str = "auto", root: str | Path | No
 
     Under torchrun the first process of each machine builds; the others wait and then read it.
     """
-    from .. import distributed
-
     if mode not in MODES:
         raise DataError(f"--image-cache must be one of {', '.join(MODES)}, got {mode!r}")
     if not isinstance(dataset, ImageFileDataset) or mode == "off" or len(dataset) == 0:

@@ -23,6 +23,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import DataError
 from ..preprocessing import Preprocessing
@@ -146,8 +147,7 @@ class CifarDataset(GroupedDataset):
 
 
 def _crop_and_flip(image: np.ndarray, pad: int = 4) -> np.ndarray:
-    import torch  # torch's RNG: DataLoader seeds it per worker
-
+    # torch's RNG, not numpy's: DataLoader seeds it per worker, so workers do not repeat the same crops
     h, w = image.shape[:2]
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
     r, c = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))

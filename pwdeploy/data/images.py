@@ -9,14 +9,18 @@ and the device all see the same input.
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
+from PIL import Image
 
 from ..errors import DataError
 from ..preprocessing import Preprocessing
+from ..progress import task
 from .base import GroupedDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,8 +71,6 @@ def find_root(root, dataset: str, subdir: str, marker: str, hint: str) -> Path:
 
 def open_rgb(path: Path):
     """Decode ``path`` fully into an RGB PIL image; any failure is a DataError naming the file."""
-    from PIL import Image
-
     try:
         _require_regular(path)
         with Image.open(path) as img:
@@ -84,8 +86,6 @@ def open_rgb(path: Path):
 
 def _require_regular(path: Path) -> None:
     """A FIFO or device would block (or never end) when opened: only regular files are images."""
-    import stat
-
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         raise DataError(f"image path {path} is not a regular file (a FIFO, device or folder): point the row at "
@@ -94,8 +94,6 @@ def _require_regular(path: Path) -> None:
 
 def _is_readable(path: Path) -> bool:
     """Decode the file (JPEGs at reduced scale: fast, but still reads every byte) to catch corrupt data."""
-    from PIL import Image
-
     try:
         _require_regular(path)
         with Image.open(path) as img:
@@ -108,8 +106,6 @@ def _is_readable(path: Path) -> bool:
 
 def find_bad_images(paths: Sequence[Path], description: str) -> list[int]:
     """Indices of files that are missing or do not decode (threads: Pillow releases the GIL while decoding)."""
-    from ..progress import task
-
     bad: list[int] = []
     workers = min(8, os.cpu_count() or 1)
     with task(description, len(paths)) as t, ThreadPoolExecutor(max_workers=workers) as pool:
@@ -206,8 +202,6 @@ class ImageFileDataset(GroupedDataset):
         else:
             resized = self.decode_resized(index)
         if self.augment:
-            import torch
-
             # torch's RNG: DataLoader seeds it per worker, so workers do not repeat the same flips
             if torch.rand(()) < 0.5:
                 resized = resized[:, ::-1]
@@ -222,6 +216,4 @@ def preprocess_array(preprocessing: Preprocessing, hwc: np.ndarray) -> np.ndarra
     resize is needed; the arithmetic is the same ``normalize``)."""
     if hwc.shape[:2] == tuple(preprocessing.size) and not preprocessing.resize_shorter:
         return preprocessing.normalize(hwc)
-    from PIL import Image
-
     return preprocessing.apply_pil(Image.fromarray(hwc))

@@ -15,7 +15,9 @@ import os
 import numpy as np
 import torch
 
+from .. import distributed
 from ..config import LoaderSettings
+from ..errors import ConfigError
 from .base import GroupedDataset
 from .images import ImageFileDataset
 
@@ -24,8 +26,6 @@ MIN_CORES_FOR_WORKERS = 4
 
 
 def cpus_per_process() -> int:
-    from .. import distributed
-
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // distributed.local_world_size())
 
@@ -41,8 +41,6 @@ def loader_options(dataset: GroupedDataset, settings: LoaderSettings | None, dev
     """Keyword arguments for ``DataLoader`` (workers, pin_memory, persistent workers)."""
     settings = settings or LoaderSettings()
     if settings.workers is not None and settings.workers < 0:
-        from ..errors import ConfigError
-
         raise ConfigError(f"--workers must be 0 or more, got {settings.workers}")
     workers = auto_workers(dataset) if settings.workers is None else settings.workers
     on_cuda = device is not None and device.type == "cuda"

@@ -18,7 +18,9 @@ import platform
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from ..cache_dirs import latency_cache_dir
@@ -43,8 +45,6 @@ def _cpu_signature() -> str:
 
 def runtime_key(provider: str = "cpu", threads: int | None = None) -> str:
     """What the table's numbers are valid for."""
-    import onnxruntime as ort
-
     return f"onnxruntime {ort.__version__} {provider} threads={threads or 'default'} on {_cpu_signature()}"
 
 
@@ -63,8 +63,6 @@ def layer_key(module: nn.Module, in_shape: tuple, batch: int) -> str | None:
 
 def _layer_onnx(key: str) -> tuple[bytes, tuple]:
     """A one-layer ONNX model for ``key`` (random weights) and its input shape."""
-    from onnx import TensorProto, helper, numpy_helper
-
     rng = np.random.default_rng(0)
     kind, *fields = key.split(":")
     batch = int(fields[-1][1:])

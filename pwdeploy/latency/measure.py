@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from pwdeploy.exporters.onnx_export import export_onnx
+
 from .timing import TimedSession, time_alternating
 
 
@@ -34,7 +36,5 @@ def measure_pair(original, pruned, input_shape: tuple, *, batch: int = 1, thread
 
 def _as_onnx(model, path: Path, input_shape: tuple) -> Path:
     if isinstance(model, nn.Module):
-        from pwdeploy.exporters.onnx_export import export_onnx
-
         return export_onnx(model, path, tuple(input_shape))
     return Path(model)

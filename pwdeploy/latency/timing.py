@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
 def session_options(threads: int | None, profile_prefix: str | None = None):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # Sessions timed in turn in one process: with spinning on, the idle session's pool keeps spinning on the
@@ -41,8 +40,6 @@ class TimedSession:
     """One ONNX model (path or serialized bytes) ready to time on a fixed input."""
 
     def __init__(self, model, *, threads: int | None = None, provider: str = "cpu", profile_prefix: str | None = None):
-        import onnxruntime as ort
-
         source = str(model) if isinstance(model, (str, Path)) else model
         self.session = ort.InferenceSession(source, sess_options=session_options(threads, profile_prefix),
                                             providers=PROVIDERS[provider])

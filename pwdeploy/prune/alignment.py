@@ -6,27 +6,13 @@ to its blocked NCHWc layout only when its input and output channels are multiple
 im2col + SGEMM, which for a pruned resnet18 is slower per MAC than the unpruned model (see README "MACs vs
 latency"). NVIDIA's guidance for Tensor Cores: input and output channels multiples of 8 for fp16 and of 16 for
 INT8 (cuDNN / "Convolutional Layers User's Guide"; Torch-Pruning's ``round_to``, ModelOpt's
-``channel_divisor`` and TAO's ``-pg 8`` follow the same rule).
+``channel_divisor`` and TAO's ``-pg 8`` follow the same rule). Each target's default multiple is declared on
+the target (pwdeploy.targets).
 """
 
 from __future__ import annotations
 
 import math
-
-# Default --round-to per deployment target, and why (recorded in report.json).
-DEFAULT_ROUND_TO = {
-    "onnx-fp32": (16, "ONNX Runtime CPU NCHWc block (16 with AVX-512, a multiple of AVX2's 8)"),
-    "onnx-fp16": (16, "ONNX Runtime NCHWc block on CPU; a multiple of 8 for fp16 Tensor Cores"),
-    "onnx-int8": (16, "INT8 Tensor Cores want multiples of 16; also ONNX Runtime's CPU NCHWc block"),
-    "trt-fp32": (8, "TensorRT: multiples of 8 keep fp16/TF32 Tensor Core kernels eligible"),
-    "trt-fp16": (8, "TensorRT fp16 Tensor Cores: channels multiples of 8"),
-    "trt-int8": (16, "TensorRT INT8 Tensor Cores: channels multiples of 16"),
-}
-
-
-def default_round_to(target: str) -> tuple[int, str]:
-    return DEFAULT_ROUND_TO.get(target, (8, "multiples of 8: the common Tensor Core / SIMD alignment"))
-
 
 def group_multiple(initial: int, round_to: int, strict: bool) -> int:
     """The multiple one group keeps. Strict (an explicit --round-to): ``round_to`` everywhere. Otherwise (the

@@ -15,6 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..latency.lut import layer_keys, resize_key
+from ..targets import Target, get_target
+
 
 def _affected_layers(graph, group) -> list[tuple[nn.Module, str]]:
     """(module, 'out' | 'in') for every Conv2d / Linear whose channels this DG group changes."""
@@ -44,8 +47,6 @@ class LatencyAllocation:
 
     def savings(self, remover) -> dict[str, float]:
         """ms saved per channel if ``round_to`` channels of each group went (at least one)."""
-        from ..latency.lut import layer_keys, resize_key
-
         lut = self.cost.lut
         keys = layer_keys(remover.model, self.cost.example_inputs, self.cost.batch)
         step = remover.round_to
@@ -79,24 +80,11 @@ def uniform_allocation(remover, scores: dict[str, torch.Tensor]) -> dict[str, to
     return out
 
 
-# --allocation auto: uniform where it was measured to help both speed and fairness, the plain ranking elsewhere.
-# Speed (benchmarks/speedup.py, ONNX Runtime CPU, 75% fewer MACs, rounded to 16): uniform turned 0.87-0.92 / 0.97
-# of the removed MACs into time at batch 1 / 8 for resnet18 and resnet50 (global 0.77-0.84 / 0.87-0.96), but less
-# for mobilenet_v2 (0.75 / 0.71 vs 0.80 / 0.84) and for INT8. Fairness (synthetic benchmark, 75%, 5 seeds): with
-# Taylor it cut the worst-group drop (colour 2.9 -> ~0, subtle 5.3 -> ~0.3); with magnitude and AutoBot it made it
-# worse (AutoBot/subtle collapsed to chance), so only Taylor gets it.
-UNIFORM_TARGETS = ("onnx-fp32",)
-UNIFORM_METHODS = ("taylor",)
-
-
-def resolve_allocation(name: str, target: str, method: str) -> tuple[str, str]:
-    """(allocation, why): ``--allocation`` as given, or for ``auto`` the measured choice for target and method."""
+def resolve_allocation(name: str, target: Target | str, method: str) -> tuple[str, str]:
+    """(allocation, why): ``--allocation`` as given, or for ``auto`` what the target declares for ``method``."""
     if name != "auto":
         return name, "--allocation"
-    if target in UNIFORM_TARGETS and method in UNIFORM_METHODS:
-        return "uniform", (f"auto: uniform for {method} on {target} (measured: more of the removed MACs become "
-                           "time, and less harm to the worst group; README 'MACs vs latency')")
-    return "global", f"auto: the global ranking for {method} on {target} (uniform not measured to help there)"
+    return (target if isinstance(target, Target) else get_target(target)).auto_allocation(method)
 
 
 def make_allocation(name: str, cost=None):
