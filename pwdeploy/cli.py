@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .device.install import DEFAULT_KEEP
+from .cli_fleet import register as register_device_commands
 from .cli_panels import BY_NAME as COMPRESS_FLAGS, parse_data_options, split_values, with_flags_signature
 from .errors import EXIT_INTERNAL, PwdeployError
 from .models import list_models
@@ -231,6 +231,8 @@ def verify_command(
     allow_empty_groups: bool = AllowEmptyOpt,
     force: bool = typer.Option(False, "--force", help="With --reference: verify an artifact whose recorded model "
                                                       "hash says it was exported from another run."),
+    speed_seconds: float = typer.Option(0.0, "--speed-seconds", help="Also time each ONNX artifact (and the "
+                                                                     "original) with the device's code, S seconds."),
 ):
     """Run the exported artifact per group; PASSED/FAILED per group, verify.json; exit 1 when the gate fails."""
     from .errors import GateFailed
@@ -240,7 +242,7 @@ def verify_command(
     summary = run_verify(artifact, reference=reference, target=target, data=data, data_root=data_root, data_options=options,
                tolerance=tolerance, max_group_drop=max_group_drop, runner=runner, ort_provider=ort_provider,
                bootstrap=bootstrap, seed=seed, batch_size=batch_size, allow_empty_groups=allow_empty_groups,
-               force=force)
+               force=force, speed_seconds=speed_seconds)
     if summary["failure"]:
         raise GateFailed(summary["failure"])
 
@@ -267,58 +269,25 @@ def package(
     release: Optional[int] = typer.Option(None, "--release", help="Release number of this bundle for its model "
                                                                   "(signed; devices refuse older ones). Default: the "
                                                                   "packaging time as YYYYMMDDHHMMSS."),
+    with_original: bool = typer.Option(False, "--with-original", help="Also ship original.onnx: the device times "
+                                                                      "both and reports the realized speed-up."),
+    max_latency_ms: Optional[list[str]] = typer.Option(None, "--max-latency-ms", metavar="MS[@BATCH]",
+                                                       help="Latency budget (median, batch 1 unless @BATCH) the "
+                                                            "device verify fails above; repeatable."),
+    min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="Fail the device verify below this "
+                                                                            "speed-up over the original (needs "
+                                                                            "--with-original)."),
 ):
     """Bundle a run for a Jetson: model, verification set + reference results, build_engine.sh, device verifier."""
     from .package import package_run
 
     package_run(run_dir, output, target=target, verification_size=verification_size, seed=seed,
                 engine_for=engine_for, tolerance=tolerance, max_group_drop=max_group_drop, sign_key=sign_key,
-                allow_empty_groups=allow_empty_groups, release=release)
+                allow_empty_groups=allow_empty_groups, release=release, with_original=with_original,
+                max_latency_ms=max_latency_ms, min_speedup=min_speedup)
 
 
-@app.command()
-def ship(
-    bundle: Path = typer.Argument(..., help="Bundle written by 'pwdeploy package' (NAME.tar.gz)."),
-    destination: str = typer.Argument(..., help="user@host:DIR on the device (DIR/current will point at it)."),
-    verify: bool = typer.Option(False, "--verify", help="Run the device-side verify in the new release first; switch "
-                                                        "`current` only if it passes; bring back its result."),
-    port: Optional[int] = typer.Option(None, "-p", "--port", help="SSH port."),
-    identity: Optional[str] = typer.Option(None, "-i", "--identity", help="SSH private key file."),
-    ssh_config: Optional[str] = typer.Option(None, "-F", "--ssh-config", help="ssh config file (default ~/.ssh/config)."),
-    ssh_option: Optional[list[str]] = typer.Option(None, "-o", "--ssh-option",
-                                                   help="Extra ssh option, repeatable (e.g. -o ProxyJump=gw)."),
-    remote_python: str = typer.Option("python3", "--remote-python", help="Python 3.8+ on the device (path or name)."),
-    runner: str = typer.Option("auto", "--runner", help="Device verify runtime: auto, tensorrt or onnxruntime."),
-    verify_timeout: float = typer.Option(3600.0, "--verify-timeout", help="Seconds allowed for the remote verify "
-                                                                          "(includes the engine build)."),
-    keep: int = typer.Option(DEFAULT_KEEP, "--keep", help="Releases kept on the device after switching, `current` "
-                                                         "included (older ones are removed; 0 keeps all)."),
-    allowed_signers: Optional[str] = typer.Option(None, "--allowed-signers",
-                                                  help="OpenSSH allowed-signers file: refuse an unsigned or wrongly "
-                                                       "signed bundle before sending it (the device checks its own "
-                                                       "DIR/allowed_signers too)."),
-    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a release older than the one the "
-                                                                          "device runs for this model."),
-    bootstrap: bool = typer.Option(False, "--bootstrap", help="Also install the trust anchor as "
-                                                              "DIR/.pwdeploy/anchor/pwdeploy-device.py (prints its "
-                                                              "sha256)."),
-):
-    """Copy a bundle over SSH, install it as DIR/current only if its hashes check out, optionally verify it there."""
-    from .errors import GateFailed
-    from .ship import ship as ship_bundle
-
-    result = ship_bundle(bundle, destination, verify=verify, port=port, identity=identity, ssh_config=ssh_config,
-                         ssh_options=ssh_option, remote_python=remote_python, runner=runner,
-                         verify_timeout=verify_timeout, keep=keep, allowed_signers=allowed_signers,
-                         allow_downgrade=allow_downgrade, bootstrap=bootstrap)
-    if result.passed is False:
-        gate = result.verify.get("gate", {})
-        failed = ", ".join(gate.get("failed_groups", [])) or ("no groups" if gate.get("groups_checked") == 0
-                                                              else "integrity")
-        kept = f"still points at {result.previous}" if result.previous else "was not created"
-        raise GateFailed(f"device verify FAILED on {result.destination} ({failed}); see {result.verify_path}; "
-                         f"`current` {kept}")
-
+register_device_commands(app)  # ship (one host or a fleet), status, rollback: pwdeploy/cli_fleet.py
 
 
 @app.command()

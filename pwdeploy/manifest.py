@@ -107,6 +107,9 @@ SPEC: Dict[str, Any] = {
     "engine": {"build_script": str, "file": Null(str), "tensorrt": Null(str), "min_batch": int,
                "opt_batch": int, "max_batch": int},
     "files": MapOf({"sha256": str, "bytes": int}),
+    # signed latency budgets and the original model to time against (pwdeploy.latency_gate)
+    "latency": Opt(Null({"budgets": ListOf({"max_ms": NUMBER, "batch": int}), "statistic": str,
+                         "min_speedup": Null(NUMBER), "original": Null(str)})),
 }
 
 
@@ -220,7 +223,8 @@ def validate_manifest(data: Any) -> Dict[str, Any]:
         if entry["bytes"] < 0:
             raise _fail("files.{}.bytes".format(name), "must be >= 0")
     for key, value in (("model.file", data["model"]["file"]), ("verification.file", data["verification"]["file"]),
-                       ("engine.build_script", data["engine"]["build_script"]), ("engine.file", data["engine"]["file"])):
+                       ("engine.build_script", data["engine"]["build_script"]), ("engine.file", data["engine"]["file"]),
+                       ("latency.original", (data.get("latency") or {}).get("original"))):
         if value is not None and value not in files:
             raise _fail(key, "names {} which is not listed under 'files'".format(_short(value)))
     groups = data["groups"]

@@ -33,8 +33,9 @@ from .device.build_engine import render_script
 from .errors import DataError, PwdeployError
 from .fsutil import atomic_path, sha256_file, write_json, write_text
 from .manifest import MANIFEST, MAX_RELEASE, SCHEMA, SIGNATURE_FILE, validate_manifest
+from .latency_gate import manifest_section
 from .metrics import group_metrics, predict
-from .names import BUILD_SCRIPT
+from .names import BUILD_SCRIPT, ORIGINAL_ONNX
 from .progress import console
 from .runners import run_batches
 from .runners.onnxruntime_runner import OnnxRuntimeRunner
@@ -58,7 +59,9 @@ DEVICE_CODE = (
     "pwdeploy/signature.py", "pwdeploy/device/args.py", "pwdeploy/device/state.py", "pwdeploy/device/releases.py",
     "pwdeploy/runners/__init__.py", "pwdeploy/runners/base.py", "pwdeploy/runners/onnxruntime_runner.py",
     "pwdeploy/runners/tensorrt_runner.py", "pwdeploy/runners/gpu.py",
+    "pwdeploy/latency_core.py", "pwdeploy/latency_gate.py", "pwdeploy/device/speed.py", "pwdeploy/device/facts.py",
 )
+ORIGINAL_IN_BUNDLE = ORIGINAL_ONNX  # package --with-original: the unpruned model, timed against on the device
 _ONNX_DTYPES = {1: "float32", 10: "float16"}
 
 REFERENCE_WHY = ("the shipped model's results on the shipped verification set, computed while packaging: the "
@@ -93,10 +96,14 @@ class _Evidence:
 def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target: str | None = None,
                 verification_size: int = 300, seed: int = 0, engine_for: str | None = None,
                 max_group_drop: float | None = None, tolerance: float | None = None, quiet: bool = False,
-                sign_key: str | None = None, allow_empty_groups: bool = False, release: int | None = None) -> Path:
+                sign_key: str | None = None, allow_empty_groups: bool = False, release: int | None = None,
+                with_original: bool = False, max_latency_ms: Optional[list] = None,
+                min_speedup: Optional[float] = None) -> Path:
     """Write the bundle ``output`` (.tar.gz) for ``run_dir``; returns its path. Nothing is written on error.
     With ``sign_key`` (an SSH private key) manifest.json is signed (manifest.json.sig, OpenSSH ``-Y sign``).
-    ``release``: the bundle's release number for its model (default: the packaging time, YYYYMMDDHHMMSS)."""
+    ``release``: the bundle's release number for its model (default: the packaging time, YYYYMMDDHHMMSS).
+    ``with_original`` ships original.onnx so the device measures the realized speed-up; ``max_latency_ms``
+    ("MS[@BATCH]" strings) and ``min_speedup`` are signed latency budgets the device gates on."""
     run = rundir.RunDir.open(run_dir)
     output = Path(output)
     _check_options(output, verification_size, tolerance, max_group_drop, release)
@@ -109,11 +116,14 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
     release = default_release(created) if release is None else int(release)
     evidence = _evidence(run, config, report, model_path, io_info, verification_size, seed, max_group_drop)
     engine_file, engine_trt = _engine(run, report, spec, engine_for)
+    latency = latency_section(run, max_latency_ms or [], min_speedup, with_original)
 
     with tempfile.TemporaryDirectory(prefix=".pwdeploy-package-", dir=output.parent if output.parent.exists() else None) as tmp:
         root = Path(tmp) / bundle_id
         root.mkdir()
         _stage_files(root, run, spec, model_path, io_info, engine_file, evidence, bundle_id, created, release)
+        if latency and latency["original"]:
+            shutil.copy2(run.file(rundir.ORIGINAL_ONNX), root / ORIGINAL_IN_BUNDLE)
         manifest = {
             "schema": SCHEMA,
             "bundle_id": bundle_id,
@@ -141,12 +151,22 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
                      "max_group_drop": max_group_drop, "allow_empty_groups": bool(allow_empty_groups)},
             "calibration": _calibration(report, spec.onnx_file, spec.precision),
             "engine": _engine_entry(spec, engine_file, engine_trt),
+            "latency": latency,
             "files": _hash_tree(root),
         }
         _seal(root, manifest, sign_key, output, created)
     if not quiet:
         _print_summary(output, manifest, evidence.source)
     return output
+
+
+def latency_section(run: rundir.RunDir, budgets: list, min_speedup: Optional[float],
+                    with_original: bool) -> Optional[dict]:
+    """The manifest's signed ``latency`` entry (pwdeploy.latency_gate), checked before anything is written."""
+    if with_original and not run.file(rundir.ORIGINAL_ONNX).is_file():
+        raise PwdeployError(f"--with-original: {run.file(rundir.ORIGINAL_ONNX)} is missing: compress writes it; "
+                            "re-run compress, or package without --with-original")
+    return manifest_section(budgets, min_speedup, ORIGINAL_IN_BUNDLE if with_original else None)
 
 
 def _shipped_model(run: rundir.RunDir, report: rundir.Report, spec: Target) -> Path:

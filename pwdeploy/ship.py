@@ -40,6 +40,12 @@ from .validate import NON_NEGATIVE_INT, Range, check
 _DEST = re.compile(r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):"
                    r"(?P<path>.+)$")
 _SAFE_PATH = re.compile(r"^(~/|/)?[A-Za-z0-9._+-][A-Za-z0-9._+/-]*$|^~$")
+
+
+class Unreachable(PwdeployError):
+    """The device could not be reached or logged in to (a fleet report counts it apart from refusals)."""
+
+
 @dataclass
 class Destination:
     user: str | None
@@ -151,8 +157,8 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
          identity: str | None = None, ssh_config: str | None = None, ssh_options: list[str] | None = None,
          remote_python: str = "python3", runner: str = "auto", upload_timeout: float | None = None,
          verify_timeout: float = 3600.0, keep: int = DEFAULT_KEEP, allowed_signers: str | None = None,
-         allow_downgrade: bool = False, bootstrap: bool = False,
-         log: Callable[[str], None] | None = None) -> ShipResult:
+         allow_downgrade: bool = False, bootstrap: bool = False, speed_seconds: float | None = None,
+         verify_path: Path | None = None, log: Callable[[str], None] | None = None) -> ShipResult:
     """Copy ``bundle`` to ``destination`` (user@host:DIR), install it as DIR/current, optionally verify it there.
     With ``allowed_signers`` the bundle's signature is checked here before anything is sent; the device
     checks it again against its own DIR/allowed_signers when that file exists. A release older than the
@@ -196,8 +202,9 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
 
     # 4. the bundle's own verifier, on the device, in the new release; `current` moves only if it passes
     log(f"unpacked and checked {shown} on {dest.target}; verifying it there before switching `current`")
-    result.verify = _verify_on_device(dest, settings, py, release, runner, verify_timeout, log)
-    result.verify_path = bundle.with_name(re.sub(r"(\.tar\.gz|\.tgz)$", "", bundle.name) + ".verify.json")
+    result.verify = _verify_on_device(dest, settings, py, release, runner, verify_timeout, log, speed_seconds)
+    result.verify_path = Path(verify_path) if verify_path else bundle.with_name(
+        re.sub(r"(\.tar\.gz|\.tgz)$", "", bundle.name) + ".verify.json")
     write_json(result.verify_path, result.verify)
     if result.verify.get("passed"):
         command = " ".join([py, "-I", "-B", "-", "switch", shlex.quote(release), shlex.quote(remote_dir), "--keep",
@@ -233,6 +240,16 @@ def install_anchor(dest: Destination, settings: SshSettings, remote_dir: str, py
     return digest
 
 
+def run_anchor(dest: Destination, settings: SshSettings, py: str, command: str, *, timeout: float = 120.0) -> _Out:
+    """Run the trust anchor (sent over stdin) on the device as ``command DEST_DIR`` (status, rollback); a
+    connection failure raises, the anchor's own exit status and output come back."""
+    out = _run(settings.ssh(dest, f"{py} -I -B - {command} {dest.path}"), dest, settings, timeout=timeout,
+               stdin=installer_script())
+    if out.returncode == 255:
+        _raise_for(out, dest, settings, f"running `{command}` on the device failed")
+    return out
+
+
 def _prepare_remote(dest: Destination, settings: SshSettings, py: str) -> str:
     """Create DIR/.incoming, check the device's python (3.8+); returns DIR resolved on the device."""
     probe = (f"mkdir -p -- {dest.path}/.incoming && cd -- {dest.path} && pwd -P && "
@@ -253,11 +270,12 @@ def _prepare_remote(dest: Destination, settings: SshSettings, py: str) -> str:
 
 
 def _verify_on_device(dest: Destination, settings: SshSettings, py: str, release: str, runner: str,
-                      timeout: float, log: Callable[[str], None]) -> dict:
+                      timeout: float, log: Callable[[str], None], speed_seconds: float | None = None) -> dict:
     """Verify ``release`` on the device with the trust anchor (sent over stdin); returns its result (``passed``
     decides the switch). The anchor refuses unlisted files and checks the signature (where the device has
     DIR/allowed_signers) and every hash before it imports anything from the release."""
-    command = f"{py} -I -B - verify {shlex.quote(release)} --runner {runner} --result-line"
+    command = f"{py} -I -B - verify {shlex.quote(release)} --runner {runner} --result-line" + (
+        "" if speed_seconds is None else f" --speed-seconds {float(speed_seconds)}")
     out = _run(settings.ssh(dest, command), dest, settings, timeout=timeout, on_line=log, stdin=installer_script())
     if out.returncode == 255:
         _raise_for(out, dest, settings, "running the verifier failed")
@@ -321,7 +339,7 @@ def _run(cmd: list[str], dest: Destination, settings: SshSettings, *, timeout: f
         raise PwdeployError(f"{cmd[0]} not found: install the OpenSSH client (Debian/Ubuntu: sudo apt install "
                             "openssh-client)") from None
     except subprocess.TimeoutExpired:
-        raise PwdeployError(f"{cmd[0]} to {dest.target} did not finish within {timeout:.0f} s: check the network "
+        raise Unreachable(f"{cmd[0]} to {dest.target} did not finish within {timeout:.0f} s: check the network "
                             "and the device, then ship again") from None
     fired = threading.Event()
 
@@ -378,19 +396,19 @@ def _raise_for(out: _Out, dest: Destination, settings: SshSettings, what: str) -
     text = out.stderr + "\n" + out.stdout
     where = f"{dest.target}" + (f" port {settings.port}" if settings.port else "")
     if "Permission denied (" in text or "Too many authentication failures" in text:
-        raise PwdeployError(f"cannot log in to {where}: the key was refused: pass the right key with -i KEY (or "
+        raise Unreachable(f"cannot log in to {where}: the key was refused: pass the right key with -i KEY (or "
                             "-F CONFIG), or add your public key to ~/.ssh/authorized_keys on the device")
     if "Could not resolve hostname" in text:
-        raise PwdeployError(f"cannot resolve host {dest.host!r}: check the name, or use the device's IP address")
+        raise Unreachable(f"cannot resolve host {dest.host!r}: check the name, or use the device's IP address")
     if "Connection refused" in text:
-        raise PwdeployError(f"{where} refused the connection: check the port (-p) and that sshd runs on the device")
+        raise Unreachable(f"{where} refused the connection: check the port (-p) and that sshd runs on the device")
     if "timed out" in text or "No route to host" in text or "Network is unreachable" in text:
-        raise PwdeployError(f"cannot reach {where}: check the address, the network and that the device is on")
+        raise Unreachable(f"cannot reach {where}: check the address, the network and that the device is on")
     if "Host key verification failed" in text or "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
         raise PwdeployError(f"host key of {dest.host} is unknown or changed: run `ssh {dest.target}` once to check "
                             "and accept it, or fix ~/.ssh/known_hosts")
     if "Connection closed" in text or "kex_exchange_identification" in text or "Connection reset" in text:
-        raise PwdeployError(f"{where} closed the connection: is it an SSH server (check -p)?")
+        raise Unreachable(f"{where} closed the connection: is it an SSH server (check -p)?")
     detail = _error_line(text) or f"exit status {out.returncode}"
     raise PwdeployError(f"{what} on {dest.target}: {detail}")
 

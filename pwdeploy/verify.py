@@ -36,6 +36,7 @@ from .runners import RUNNER_KINDS, create_runner, run_batches, runner_for_suffix
 from .targets import ONNX_FOR_PRECISION, get_target, target_for_file
 from .validate import COUNT, POINTS, Range, check
 from .verification_set import load_verification_set
+from .verify_speed import add_speed
 
 SCHEMA = "pwdeploy.verify/1"
 VERIFY_JSON = "verify.json"
@@ -73,11 +74,13 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
            data_root: Optional[str] = None, data_options: Optional[dict] = None,
            tolerance: Optional[float] = None, max_group_drop: Optional[float] = None, runner: str = "auto",
            ort_provider: str = "auto", bootstrap: int = 1000, seed: int = 0, batch_size: int = 64,
-           console=None, update_report: bool = True, allow_empty_groups: bool = False, force: bool = False) -> dict:
+           console=None, update_report: bool = True, allow_empty_groups: bool = False, force: bool = False,
+           speed_seconds: float = 0.0) -> dict:
     """Verify ``artifact`` (a run directory, .onnx, .plan/.engine or .pt). Writes verify.json next to it and,
     for a run's own artifacts, ``metrics[<target>]`` into its report.json. Returns the verify.json content: a
     failed gate is ``failure`` (text naming the failed groups, None when every artifact verified here passed),
-    raised as GateFailed (exit 1) only by the CLI; bad input raises PwdeployError (exit 2)."""
+    raised as GateFailed (exit 1) only by the CLI; bad input raises PwdeployError (exit 2). ``speed_seconds``
+    > 0 also times each ONNX artifact with the device verifier's code (pwdeploy.verify_speed)."""
 
     console = console or default_console
     _check_options(tolerance, max_group_drop, bootstrap, runner, ort_provider, batch_size)
@@ -109,6 +112,8 @@ def verify(artifact, *, reference=None, target: Optional[str] = None, data: Opti
                                       tolerance=tolerance, max_group_drop=max_group_drop, n_boot=bootstrap,
                                       seed=seed, allow_empty_groups=allow_empty_groups)
         _describe_result(art, results[art.name], described[art.name], evald, console)
+    if speed_seconds > 0:
+        add_speed(artifacts, results, run, evald.images, ort_provider, speed_seconds, console)
 
     out_dir = path if path.is_dir() else path.parent
     # in another run's folder, results go beside the artifact under its own name, never into that run's verify.json

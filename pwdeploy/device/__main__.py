@@ -28,6 +28,8 @@ def main(argv=None) -> int:
                         help="where the engine, its build log and the result go (default "
                              "DEPLOY_DIR/.pwdeploy/state/<release>, or BUNDLE_DIR.pwdeploy-state)")
     verify.add_argument("--build-timeout", type=float, default=3600.0, help="seconds allowed for the engine build")
+    verify.add_argument("--speed-seconds", type=float, default=None,
+                        help="seconds for the latency timing, all batches together (0: not timed; default 20)")
     verify.add_argument("--result-line", action="store_true", help="end with a machine-readable result line")
     verify.add_argument("--allowed-signers", default=None,
                         help="OpenSSH allowed-signers file: refuse unsigned or wrongly signed bundles (default "
@@ -48,7 +50,8 @@ def main(argv=None) -> int:
 
         result = verify_bundle(args.bundle_dir, runner=args.runner, result_path=args.json_path,
                                build_timeout=args.build_timeout, allowed_signers=args.allowed_signers,
-                               state_dir=args.state_dir)
+                               state_dir=args.state_dir, **({} if args.speed_seconds is None else
+                                                            {"speed_seconds": args.speed_seconds}))
         passed = result["passed"]
     except PwdeployError as exc:
         if args.debug:

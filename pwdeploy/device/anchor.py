@@ -33,6 +33,7 @@ from .args import Parser
 from .install import main as install_main
 from .releases import RELEASES
 from .state import state_dir
+from .status import main as status_main
 
 ANCHOR_PATH = os.path.join(".pwdeploy", "anchor", "pwdeploy-device.py")  # DEPLOY_DIR/<this>
 RUNNERS = ("auto", "tensorrt", "onnxruntime")
@@ -95,6 +96,7 @@ def _verify_parser() -> Parser:
     parser.add_argument("--json", dest="json_path", default="")
     parser.add_argument("--state-dir", default=None)
     parser.add_argument("--build-timeout", type=float, default=3600.0)
+    parser.add_argument("--speed-seconds", default=None)
     parser.add_argument("--result-line", action="store_true")
     parser.add_argument("--debug", action="store_true")
     return parser
@@ -118,6 +120,7 @@ def verify(argv: List[str]) -> int:
     forwarded = ["verify", root, "--runner", args.runner, "--build-timeout", str(args.build_timeout),
                  "--state-dir", state_dir(root, args.state_dir)]
     forwarded += ["--json", args.json_path] if args.json_path else []
+    forwarded += ["--speed-seconds", args.speed_seconds] if args.speed_seconds is not None else []
     forwarded += ["--allowed-signers", checked["signers"]] if checked["signers"] else []
     forwarded += [flag for flag, on in (("--result-line", args.result_line), ("--debug", args.debug)) if on]
     return hand_over(root, forwarded)
@@ -129,8 +132,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return verify(argv[1:])
     if argv[:1] in (["install"], ["switch"], ["rollback"]):
         return install_main(argv)  # the anchor's own copy, never the bundle's
+    if argv[:1] == ["status"]:
+        return status_main(argv[1:])
     print("error: usage: python3 -I -B pwdeploy-device.py verify BUNDLE_DIR | install ARCHIVE DEPLOY_DIR | "
-          "switch RELEASE DEPLOY_DIR | rollback DEPLOY_DIR", file=sys.stderr)
+          "switch RELEASE DEPLOY_DIR | rollback DEPLOY_DIR | status DEPLOY_DIR", file=sys.stderr)
     return EXIT_ERROR
 
 

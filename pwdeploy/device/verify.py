@@ -29,8 +29,11 @@ from ..evaluate import agreement, evaluate_artifact
 from ..manifest import check_files, parse_manifest, read_manifest, read_signature, unlisted_entries
 from ..metrics import fmt_points, predict
 from ..verification_set import load_verification_set
+from ..latency_gate import table_lines
 from ..signature import signers_for, verify as verify_signature
+from . import facts as device_facts
 from .runners import describe, run_batches, select_runner
+from .speed import DEFAULT_SECONDS, summary_lines, timed_and_gated
 from .state import state_dir as state_dir_of
 
 RESULT_SCHEMA = "pwdeploy.device_verify/1"
@@ -39,10 +42,12 @@ RESULT_FILE = "verify_result.json"
 
 def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callable[[str], None]] = None,
                   result_path: Optional[str] = "", build_timeout: float = 3600.0,
-                  allowed_signers: Optional[str] = None, state_dir: Optional[str] = None) -> Dict[str, Any]:
+                  allowed_signers: Optional[str] = None, state_dir: Optional[str] = None,
+                  speed_seconds: float = DEFAULT_SECONDS) -> Dict[str, Any]:
     """Verify an unpacked bundle; returns the result (``result["passed"]`` says whether the gate passed). ``result_path`` '' writes
     STATE_DIR/verify_result.json, None writes nothing; the state folder (device/state.py) also holds an engine
-    built here. Raises PwdeployError for unusable input
+    built here; ``speed_seconds`` bounds the latency timing (0: not timed, so a latency budget FAILS).
+    Raises PwdeployError for unusable input (a device lacking what the bundle needs among them)
     (invalid manifest, missing runtime, a missing or bad signature where an allowed-signers file applies);
     a hash mismatch, an unlisted file or a failed gate is a result, not an error."""
     log = log or (lambda line: print(line, flush=True))
@@ -60,6 +65,7 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
         "precision": manifest["precision"],
         "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": {"machine": platform.machine(), "python": platform.python_version(), "node": platform.node()},
+        "device": device_facts.collect(import_runtimes=True),
         "verifier": {"pwdeploy_version": __version__, "code_dir": os.path.dirname(os.path.abspath(__file__))},
         "signature": {"checked": bool(signers), "signer": signer, "allowed_signers": signers},
         "passed": False,
@@ -81,6 +87,7 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
 
     vs = load_verification_set(os.path.join(bundle_dir, manifest["verification"]["file"]))
     _check_set(vs, manifest)
+    device_facts.refuse_if_lacking(manifest, result["device"], runner)
     model_runner, note = select_runner(bundle_dir, manifest, runner, log=log, build_timeout=build_timeout,
                                        state_dir=state, manifest_sha256=sha256_bytes(raw))
     try:
@@ -96,6 +103,8 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
                                allow_empty_groups=manifest["gate"].get("allow_empty_groups", False),
                                reference_logits=vs.logits.get("reference"))
     gate, metrics = shared.pop("gate_result"), shared["metrics"]
+    speed, budgets = timed_and_gated(bundle_dir, manifest, vs.images, model_runner, speed_seconds, log)
+    shared["passed"] = bool(shared["passed"] and all(b.passed for b in budgets))
     result.update({
         "runner": dict(describe(model_runner), note=note),
         "n": len(vs),
@@ -104,9 +113,13 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
         **shared,
         # the shipped pruned PyTorch model too, where the bundle carries its logits
         "agreement": _agreement(predict(logits), vs),
+        "speed": speed,
+        "latency_gate": [b.to_dict() for b in budgets],
         "total_seconds": round(time.time() - started, 3),
     })
-    _print_table(log, metrics, gate, result["agreement"], len(vs), model_runner)
+    for line in summary_lines(speed) if speed is not None else []:
+        log(line)
+    _print_table(log, metrics, gate, result["agreement"], len(vs), model_runner, budgets)
     _write(result, state, result_path)
     return result
 
@@ -138,13 +151,13 @@ def _agreement(preds: np.ndarray, vs) -> Dict[str, Any]:
     return out
 
 
-def _print_table(log, metrics, gate, agreement, n, model_runner) -> None:
+def _print_table(log, metrics, gate, agreement, n, model_runner, budgets=()) -> None:
     flips = agreement.get("reference", {}).get("flipped_groups", {})
     log("runtime: {}".format(", ".join("{}={}".format(k, v) for k, v in describe(model_runner).items())))
     log("verification set: {} images; gate: every group within {} points of the reference{}".format(
         n, gate.tolerance, "" if gate.max_group_drop is None else
         " and within {} of the original model".format(gate.max_group_drop)))
-    width = max([len(c.group) for c in gate.checks] + [5])
+    width = max([len(c.group) for c in gate.checks] + [len(b.name) for b in budgets] + [5])
     log("  {:<{w}} {:>5} {:>9} {:>9} {:>7} {:>7}  result".format("group", "n", "accuracy", "reference", "change",
                                                                 "flips", w=width))
     for check in gate.checks:
@@ -154,11 +167,17 @@ def _print_table(log, metrics, gate, agreement, n, model_runner) -> None:
             "" if not check.reason else " ({})".format(check.reason), w=width))
     log("  {:<{w}} {:>5} {:>9}".format("overall", metrics["overall"]["n"], fmt_points(metrics["overall"]["accuracy"]),
                                        w=width))
-    if gate.passed:
-        log("PASSED: every group reproduces the packaged results within {} points".format(gate.tolerance))
+    for line in table_lines(list(budgets), width):
+        log(line)
+    slow = [b.name for b in budgets if not b.passed]
+    if gate.passed and not slow:
+        log("PASSED: every group reproduces the packaged results within {} points{}".format(
+            gate.tolerance, " and the latency budget holds" if budgets else ""))
+    elif gate.passed:
+        log("FAILED: {} over the latency budget: do not deploy this engine".format(", ".join(slow)))
     else:
         log("FAILED: group(s) {} fell below the packaged results: do not deploy this engine".format(
-            ", ".join(gate.failed_groups)))
+            ", ".join(gate.failed_groups + slow)))
 
 
 def _write(result: Dict[str, Any], state: str, result_path: Optional[str]) -> None:

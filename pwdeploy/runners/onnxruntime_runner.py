@@ -39,14 +39,17 @@ class OnnxRuntimeRunner(Runner):
     kind = "onnxruntime"
 
     def __init__(self, path: str | Path, *, provider: str = "auto", threads: int | None = None,
-                 input_name: str | None = None):
-        """``input_name``: the input the caller will feed (a bundle's manifest names it); checked here."""
+                 input_name: str | None = None, spinning: bool = True):
+        """``input_name``: the input the caller will feed (a bundle's manifest names it); checked here.
+        ``spinning=False`` for timed sessions: an idle session's spinning pool would steal the timed one's cores."""
         ort = _ort()
         self.path = Path(path)
         if not self.path.is_file():
             raise PwdeployError(f"ONNX file not found: {self.path}")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: fp16 Cast-insertion notes are not for the user
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
