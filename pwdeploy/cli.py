@@ -8,13 +8,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.table import Table
 
 from . import __version__
 from .cli_fleet import register as register_device_commands
 from .cli_panels import BY_NAME as COMPRESS_FLAGS, parse_data_options, split_values, with_flags_signature
-from .errors import EXIT_INTERNAL, PwdeployError
+from .errors import EXIT_INTERNAL, GateFailed, PwdeployError
 from .models import list_models
+from .registry import IMPORTANCES, LOSSES
+from .rundir import RunDir
 from .targets import DEFAULT_CALIB_SIZE, help_text as targets_help
+from .validate import COUNT, check
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fairness-preserving structured pruning (PW loss) and edge deployment.")
@@ -125,10 +129,7 @@ def compress(model: Path, **options):
 @app.command()
 def plugins():
     """List the registered importance criteria and losses (built-in and plug-ins) with what each does."""
-    from rich.table import Table
-
     from .progress import console
-    from .registry import IMPORTANCES, LOSSES
 
     for title, registry in (("importance criteria (--method)", IMPORTANCES), ("losses (--loss)", LOSSES)):
         table = Table(title=title)
@@ -174,8 +175,6 @@ def export(
     """Make a precision target (fp16 / INT8 Q/DQ ONNX, TensorRT engine or its build script) for an existing run."""
     from pwdeploy.exporters.targets import export_target
 
-    from .rundir import RunDir
-    from .validate import COUNT, check
 
     check("--calib-size", calib_size, COUNT)
 
@@ -235,7 +234,6 @@ def verify_command(
                                                                      "original) with the device's code, S seconds."),
 ):
     """Run the exported artifact per group; PASSED/FAILED per group, verify.json; exit 1 when the gate fails."""
-    from .errors import GateFailed
     from .verify import verify as run_verify
 
     options = _data_overrides(data or "", None, data_option)["data"].get("options")

@@ -5,6 +5,8 @@ They share one set of connection options (-p, -i, -F, -o, --remote-python), defi
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Optional
 
@@ -135,8 +137,6 @@ def status(
     ssh_option: Optional[list[str]] = SshOptionOpt, remote_python: str = RemotePythonOpt,
 ):
     """What each device runs now (release, device, last verification, rollback target); exit 1 if one is unreachable."""
-    import json
-
     from .fleet import fleet_status
     from .fleet_report import status_table
     from .progress import console

@@ -31,6 +31,7 @@ from .anchor import ANCHOR_NAME, write_anchor
 from .device import RESULT_PREFIX
 from .device.build_engine import render_script
 from .errors import DataError, PwdeployError
+from .data import DataSpec, create_dataset
 from .fsutil import atomic_path, sha256_file, write_json, write_text
 from .manifest import MANIFEST, MAX_RELEASE, SCHEMA, SIGNATURE_FILE, validate_manifest
 from .latency_gate import manifest_section
@@ -60,6 +61,7 @@ DEVICE_CODE = (
     "pwdeploy/runners/__init__.py", "pwdeploy/runners/base.py", "pwdeploy/runners/onnxruntime_runner.py",
     "pwdeploy/runners/tensorrt_runner.py", "pwdeploy/runners/gpu.py",
     "pwdeploy/latency_core.py", "pwdeploy/latency_gate.py", "pwdeploy/device/speed.py", "pwdeploy/device/facts.py",
+    "pwdeploy/device/status.py",
 )
 ORIGINAL_IN_BUNDLE = ORIGINAL_ONNX  # package --with-original: the unpruned model, timed against on the device
 _ONNX_DTYPES = {1: "float32", 10: "float16"}
@@ -135,18 +137,7 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
             "model": _model_entry(run, config, report, spec, io_info),
             "preprocessing": _preprocessing(report),
             "groups": list(report.group_names),
-            "verification": {
-                "file": VSET_FILE, "n": len(evidence.vs), "per_group": evidence.vs.group_counts(),
-                "seed": int(seed), "batch_size": spec.engine_batches[-1], "source": evidence.source,
-                "drawn": "equal shares per group (groups smaller than their share give all they have)",
-            },
-            "reference": {
-                "metrics": evidence.reference,
-                "runner": evidence.runner,
-                "why": REFERENCE_WHY,
-                "test_split": _test_split_reference(report, spec.name, spec.precision),
-                "original": evidence.original,
-            },
+            **_evidence_entries(evidence, report, spec, seed),
             "gate": {"tolerance": float(tolerance if tolerance is not None else spec.tolerance),
                      "max_group_drop": max_group_drop, "allow_empty_groups": bool(allow_empty_groups)},
             "calibration": _calibration(report, spec.onnx_file, spec.precision),
@@ -158,6 +149,24 @@ def package_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, target
     if not quiet:
         _print_summary(output, manifest, evidence.source)
     return output
+
+
+def _evidence_entries(evidence: _Evidence, report, spec: Target, seed: int) -> dict:
+    """The manifest's ``verification`` (what the device runs) and ``reference`` (what it must reproduce)."""
+    return {
+        "verification": {
+            "file": VSET_FILE, "n": len(evidence.vs), "per_group": evidence.vs.group_counts(),
+            "seed": int(seed), "batch_size": spec.engine_batches[-1], "source": evidence.source,
+            "drawn": "equal shares per group (groups smaller than their share give all they have)",
+        },
+        "reference": {
+            "metrics": evidence.reference,
+            "runner": evidence.runner,
+            "why": REFERENCE_WHY,
+            "test_split": _test_split_reference(report, spec.name, spec.precision),
+            "original": evidence.original,
+        },
+    }
 
 
 def latency_section(run: rundir.RunDir, budgets: list, min_speedup: Optional[float],
@@ -385,8 +394,6 @@ def _fit_size(size: int, chw: tuple) -> int:
 
 
 def _from_dataset(config: dict, size: int, seed: int) -> VerificationSet:
-    from .data import DataSpec, create_dataset
-
     try:
         ds = create_dataset(DataSpec.from_dict(config["data"]), "test")
     except PwdeployError as exc:

@@ -33,6 +33,7 @@ from .device.install import DEFAULT_KEEP
 from .errors import PwdeployError
 from .fsutil import sha256_file, write_json
 from .manifest import MANIFEST, SIGNATURE_FILE, parse_manifest
+from .progress import console
 from .safe_extract import ARCHIVE_ERRORS, check_archive, read_member, single_root
 from .signature import check_trust_file, verify as verify_signature
 from .validate import NON_NEGATIVE_INT, Range, check
@@ -206,6 +207,14 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
     result.verify_path = Path(verify_path) if verify_path else bundle.with_name(
         re.sub(r"(\.tar\.gz|\.tgz)$", "", bundle.name) + ".verify.json")
     write_json(result.verify_path, result.verify)
+    _switch_if_passed(result, dest, settings, py, remote_dir, keep, allow_downgrade, shown, was, log)
+    return result
+
+
+def _switch_if_passed(result: ShipResult, dest: Destination, settings: SshSettings, py: str, remote_dir: str,
+                      keep: int, allow_downgrade: bool, shown: str, was: str, log: Callable[[str], None]) -> None:
+    """Point `current` at the verified release only when the device's gate passed; say what runs now."""
+    release = result.release
     if result.verify.get("passed"):
         command = " ".join([py, "-I", "-B", "-", "switch", shlex.quote(release), shlex.quote(remote_dir), "--keep",
                             str(int(keep)), "--result-line"] + (["--allow-downgrade"] if allow_downgrade else []))
@@ -214,8 +223,7 @@ def ship(bundle: str | Path, destination: str, *, verify: bool = False, port: in
         log(f"device result: PASSED (saved to {result.verify_path}); {remote_dir}/current -> {shown}{was}")
     else:
         log(f"device result: FAILED (saved to {result.verify_path}); `current` not switched"
-            + (f", still {installed['previous']}" if installed.get("previous") else ""))
-    return result
+            + (f", still {result.previous}" if result.previous else ""))
 
 
 def install_anchor(dest: Destination, settings: SshSettings, remote_dir: str, py: str,
@@ -414,6 +422,4 @@ def _raise_for(out: _Out, dest: Destination, settings: SshSettings, what: str) -
 
 
 def _default_log(line: str) -> None:
-    from .progress import console
-
     console.print(line, markup=False, highlight=False)

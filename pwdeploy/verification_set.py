@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .errors import DataError
+from .fsutil import atomic_path
 from .names import VERIFICATION_SET as FILENAME  # noqa: F401 - the name readers import from here
 from .sampling import stratified_indices
 
@@ -66,8 +67,6 @@ class VerificationSet:
 
 def write_verification_set(path, vs: VerificationSet) -> None:
     """Write ``vs`` atomically (a temp file renamed into place)."""
-    from .fsutil import atomic_path
-
     _validate(vs, str(path))
     meta = dict(vs.meta)
     meta.update(schema=SCHEMA, group_names=list(vs.group_names), class_names=list(vs.class_names))

@@ -26,6 +26,7 @@ from pwdeploy.calibration.provenance import METADATA_KEY, check_fresh
 from . import __version__, rundir
 from .bootstrap import group_change_ci
 from .errors import PwdeployError
+from .data import DataSpec, create_dataset
 from .fsutil import read_json, sha256_file, write_json
 from .evaluate import evaluate_artifact
 from .gate import tolerance_for
@@ -379,7 +380,6 @@ def _from_verification_set(run: Path, npz: Path) -> EvalData:
 
 
 def _from_dataset(run: Path, config: dict, *, data, data_root, data_options, batch_size) -> EvalData:
-    from .data import DataSpec, create_dataset
     from .runners.torch_runner import TorchRunner
 
     spec = DataSpec.from_dict(config["data"])

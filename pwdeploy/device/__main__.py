@@ -7,15 +7,24 @@ import json
 import sys
 
 from . import EXIT_ERROR, EXIT_FAILED, EXIT_INTERNAL, EXIT_PASSED, RESULT_PREFIX
+from ..errors import PwdeployError
 from .args import Parser
+from .install import main as install_main
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("install", "switch", "rollback"):
-        from .install import main as install_main
-
         return install_main(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "verify":
+        parser.print_help()
+        return EXIT_ERROR
+    return _verify(args)
+
+
+def _parser() -> Parser:
     parser = Parser(prog="python3 -m pwdeploy.device", description="Check a pwdeploy bundle on this device.")
     sub = parser.add_subparsers(dest="command")
     verify = sub.add_parser("verify", help="check hashes, build the engine if needed, run the per-group gate")
@@ -38,13 +47,11 @@ def main(argv=None) -> int:
     sub.add_parser("install", help="install ARCHIVE into DEPLOY_DIR/releases and switch DEPLOY_DIR/current")
     sub.add_parser("switch", help="point DEPLOY_DIR/current at an installed release")
     sub.add_parser("rollback", help="switch DEPLOY_DIR/current to the previous verified release")
-    args = parser.parse_args(argv)
-    if args.command != "verify":
-        parser.print_help()
-        return EXIT_ERROR
+    return parser
 
-    from ..errors import PwdeployError
 
+def _verify(args) -> int:
+    """The verify command: exit 0 passed, 1 gate failed, 2 unusable input, 3 a bug (one line unless --debug)."""
     try:
         from .verify import verify_bundle
 

@@ -61,17 +61,7 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
     name = os.path.basename(archive)
     previous = current_release(deploy_dir)
     untouched = "`current` still points at {}".format(previous) if previous else "nothing was deployed"
-    if keep < 0:
-        raise InstallError("--keep must be 0 (keep all) or more, got {}".format(keep))
-    if allowed_signers and not os.path.lexists(allowed_signers):
-        raise InstallError("--allowed-signers {}: file not found; {}".format(allowed_signers, untouched))
-    if not os.path.isfile(archive):
-        raise InstallError("{} not found on the device: upload it again; {}".format(archive, untouched))
-    if expected_sha256:
-        actual = sha256_file(archive)
-        if actual != expected_sha256:
-            raise InstallError("{} arrived damaged (sha256 {}... differs from the sent {}...): refused, {}; "
-                               "ship it again".format(name, actual[:12], expected_sha256[:12], untouched))
+    _check_install_inputs(archive, keep, allowed_signers, expected_sha256, untouched)
     root, raw, manifest = _checked_before_unpacking(archive, deploy_dir, allowed_signers, untouched, log)
     bundle_id = manifest["bundle_id"]
     _check_order(deploy_dir, manifest, raw, allow_downgrade, untouched, log)
@@ -109,6 +99,22 @@ def install(archive: str, deploy_dir: str, *, expected_sha256: Optional[str] = N
     return {"bundle_id": bundle_id, "release": release, "current": os.path.join(deploy_dir, CURRENT),
             "previous": previous, "switched": bool(switch_current), "files": len(manifest["files"]),
             "removed": removed}
+
+
+def _check_install_inputs(archive: str, keep: int, allowed_signers: Optional[str], expected_sha256: Optional[str],
+                          untouched: str) -> None:
+    name = os.path.basename(archive)
+    if keep < 0:
+        raise InstallError("--keep must be 0 (keep all) or more, got {}".format(keep))
+    if allowed_signers and not os.path.lexists(allowed_signers):
+        raise InstallError("--allowed-signers {}: file not found; {}".format(allowed_signers, untouched))
+    if not os.path.isfile(archive):
+        raise InstallError("{} not found on the device: upload it again; {}".format(archive, untouched))
+    if expected_sha256:
+        actual = sha256_file(archive)
+        if actual != expected_sha256:
+            raise InstallError("{} arrived damaged (sha256 {}... differs from the sent {}...): refused, {}; "
+                               "ship it again".format(name, actual[:12], expected_sha256[:12], untouched))
 
 
 def _checked_before_unpacking(archive: str, deploy_dir: str, allowed_signers: Optional[str], untouched: str,

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from .. import __version__
+from ..errors import DataError
 from ..fsutil import sha256_bytes, write_json
 from ..evaluate import agreement, evaluate_artifact
 from ..manifest import check_files, parse_manifest, read_manifest, read_signature, unlisted_entries
@@ -44,11 +45,10 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
                   result_path: Optional[str] = "", build_timeout: float = 3600.0,
                   allowed_signers: Optional[str] = None, state_dir: Optional[str] = None,
                   speed_seconds: float = DEFAULT_SECONDS) -> Dict[str, Any]:
-    """Verify an unpacked bundle; returns the result (``result["passed"]`` says whether the gate passed). ``result_path`` '' writes
-    STATE_DIR/verify_result.json, None writes nothing; the state folder (device/state.py) also holds an engine
-    built here; ``speed_seconds`` bounds the latency timing (0: not timed, so a latency budget FAILS).
-    Raises PwdeployError for unusable input (a device lacking what the bundle needs among them)
-    (invalid manifest, missing runtime, a missing or bad signature where an allowed-signers file applies);
+    """Verify an unpacked bundle; returns the result (``result["passed"]``: the gate passed). ``result_path`` ''
+    writes STATE_DIR/verify_result.json (device/state.py; an engine built here goes there too), None nothing;
+    ``speed_seconds`` bounds the latency timing (0: not timed, so a latency budget FAILS). Unusable input (invalid
+    manifest, missing runtime, a device lacking what the bundle needs, a bad signature) raises PwdeployError;
     a hash mismatch, an unlisted file or a failed gate is a result, not an error."""
     log = log or (lambda line: print(line, flush=True))
     bundle_dir = os.path.abspath(bundle_dir)
@@ -58,33 +58,12 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
     manifest = parse_manifest(raw, os.path.join(bundle_dir, "manifest.json"))
     signers = signers_for(bundle_dir, allowed_signers)
     signer = verify_signature(raw, read_signature(bundle_dir), signers, what=bundle_dir) if signers else None
-    result = {
-        "schema": RESULT_SCHEMA,
-        "bundle_id": manifest["bundle_id"],
-        "target": manifest["target"],
-        "precision": manifest["precision"],
-        "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "python": platform.python_version(), "node": platform.node()},
-        "device": device_facts.collect(import_runtimes=True),
-        "verifier": {"pwdeploy_version": __version__, "code_dir": os.path.dirname(os.path.abspath(__file__))},
-        "signature": {"checked": bool(signers), "signer": signer, "allowed_signers": signers},
-        "passed": False,
-    }  # type: Dict[str, Any]
+    result = _new_result(manifest, signers, signer)
     log("pwdeploy device verify: bundle {} (target {}, packaged {})".format(
         manifest["bundle_id"], manifest["target"], manifest["created"]))
-
-    problems = ["{} is not listed in the manifest".format(extra) for extra in unlisted_entries(bundle_dir, manifest)]
-    problems += check_files(bundle_dir, manifest)
-    result["integrity"] = {"passed": not problems, "checked": len(manifest["files"]), "problems": problems}
-    if problems:
-        for problem in problems:
-            log("FAILED  integrity: " + problem)
-        log("FAILED: {} of {} files do not match the manifest; nothing was run. Copy the bundle again "
-            "(pwdeploy ship refuses such a bundle before switching `current`)".format(len(problems), len(manifest["files"])))
+    if not _integrity(bundle_dir, manifest, result, log):
         _write(result, state, result_path)
         return result
-    log("files: {} checked, every sha256 matches the manifest".format(len(manifest["files"])))
-
     vs = load_verification_set(os.path.join(bundle_dir, manifest["verification"]["file"]))
     _check_set(vs, manifest)
     device_facts.refuse_if_lacking(manifest, result["device"], runner)
@@ -124,9 +103,38 @@ def verify_bundle(bundle_dir: str, *, runner: str = "auto", log: Optional[Callab
     return result
 
 
-def _check_set(vs, manifest: Dict[str, Any]) -> None:
-    from ..errors import DataError
+def _new_result(manifest: Dict[str, Any], signers, signer) -> Dict[str, Any]:
+    """The result's header: what was checked, where, by which verifier (``passed`` False until the gate runs)."""
+    return {
+        "schema": RESULT_SCHEMA,
+        "bundle_id": manifest["bundle_id"],
+        "target": manifest["target"],
+        "precision": manifest["precision"],
+        "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"machine": platform.machine(), "python": platform.python_version(), "node": platform.node()},
+        "device": device_facts.collect(import_runtimes=True),
+        "verifier": {"pwdeploy_version": __version__, "code_dir": os.path.dirname(os.path.abspath(__file__))},
+        "signature": {"checked": bool(signers), "signer": signer, "allowed_signers": signers},
+        "passed": False,
+    }
 
+
+def _integrity(bundle_dir: str, manifest: Dict[str, Any], result: Dict[str, Any], log) -> bool:
+    """Every listed file's sha256 and no unlisted file; records the outcome in ``result``."""
+    problems = ["{} is not listed in the manifest".format(extra) for extra in unlisted_entries(bundle_dir, manifest)]
+    problems += check_files(bundle_dir, manifest)
+    result["integrity"] = {"passed": not problems, "checked": len(manifest["files"]), "problems": problems}
+    if problems:
+        for problem in problems:
+            log("FAILED  integrity: " + problem)
+        log("FAILED: {} of {} files do not match the manifest; nothing was run. Copy the bundle again "
+            "(pwdeploy ship refuses such a bundle before switching `current`)".format(len(problems), len(manifest["files"])))
+        return False
+    log("files: {} checked, every sha256 matches the manifest".format(len(manifest["files"])))
+    return True
+
+
+def _check_set(vs, manifest: Dict[str, Any]) -> None:
     if list(vs.group_names) != list(manifest["groups"]):
         raise DataError("the verification set's groups {} differ from the manifest's {}: re-create the bundle "
                         "with `pwdeploy package`".format(vs.group_names, manifest["groups"]))
