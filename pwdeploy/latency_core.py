@@ -4,7 +4,7 @@ numpy only, Python 3.8 compatible: bundles ship this file, and the device verifi
 the same functions. A "run" is a callable that runs one batch to completion (outputs copied back), so the
 numbers are what the application sees. Two rules from the speed benchmarks:
 - nothing else spins while one side is timed: ONNX Runtime sessions are made with thread-pool spinning off
-  (see ``ort_session_config``), and only the sessions being timed exist;
+  (``ORT_NO_SPIN``, which the ONNX Runtime runner and pwdeploy.latency.timing set), and only the sessions being timed exist;
 - a ratio (the realized speed-up) comes from the two sides run in turn in one process, round by round, so a
   load change on a shared machine hits both.
 """

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ..latency_core import ORT_NO_SPIN
+
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
@@ -27,7 +29,7 @@ def session_options(threads: int | None, profile_prefix: str | None = None):
     # Sessions timed in turn in one process: with spinning on, the idle session's pool keeps spinning on the
     # cores the timed one needs (resnet18 b8 on 2 cores: 2.4x measured instead of 3.6x, and LUT entries off by
     # up to 100x). A deployed model runs alone, so this timing is the one that predicts it.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry(*ORT_NO_SPIN)
     if threads:
         options.intra_op_num_threads = int(threads)
     if profile_prefix:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PwdeployError
+from ..latency_core import ORT_NO_SPIN
 from .base import Runner, RunnerError
 
 PROVIDERS = {
@@ -49,7 +50,7 @@ class OnnxRuntimeRunner(Runner):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: fp16 Cast-insertion notes are not for the user
         if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry(*ORT_NO_SPIN)
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
